@@ -1,0 +1,1 @@
+"""AFedPG on Ray."""

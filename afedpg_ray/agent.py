@@ -1,0 +1,58 @@
+"""One rollout agent: receives a point, samples there, returns a gradient. Plain class; ``runtime.py``
+wraps it as a Ray actor."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from afedpg_ray.config import TrainConfig
+from afedpg_ray.heterogeneity import padding_seconds, wait
+from afedpg_ray.messages import Dispatch, GradientMeta
+from afedpg_ray.rollout import Sampler
+
+
+class RolloutAgent:
+    """Agent ``agent_id``: a :class:`Sampler` plus its modelled slowdown and communication delay."""
+
+    def __init__(self, agent_id: int, config: TrainConfig, slowdown: float = 1.0, comm_delay: float = 0.0) -> None:
+        torch.set_num_threads(1)  # many agents share few cores: one thread each avoids oversubscription
+        self.agent_id = agent_id
+        self.config = config
+        self.slowdown = slowdown
+        self.comm_delay = comm_delay
+        self.sampler = Sampler(
+            config.env, config.num_envs, config.seed + 1000 * (agent_id + 1), config.hidden, config.estimator
+        )
+
+    def step(self, dispatch: Dispatch) -> tuple[GradientMeta, np.ndarray]:
+        """One iteration: sample ``batch`` steps at the dispatched point and estimate the gradient."""
+        start = time.perf_counter()
+        self.sampler.set_policy(dispatch.params, dispatch.obs_stats)
+        estimate = self.sampler.sample_gradient(self.config.batch)
+        compute = time.perf_counter() - start
+        pause = padding_seconds(self.slowdown, compute, self.config.iteration_time) + self.comm_delay
+        wait(pause)
+        meta = GradientMeta(
+            agent_id=self.agent_id,
+            version=dispatch.version,
+            samples=estimate.samples,
+            episode_returns=estimate.episode_returns,
+            episode_lengths=estimate.episode_lengths,
+            obs_delta=estimate.obs_delta,
+            compute_seconds=compute,
+            wait_seconds=pause,
+            grad_norm=float(np.linalg.norm(estimate.grad)),
+        )
+        return meta, estimate.grad
+
+    def node_id(self) -> str:
+        """The Ray node this agent runs on (empty outside Ray)."""
+        try:
+            import ray
+
+            return ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - outside Ray there is no node
+            return ""

@@ -1,0 +1,224 @@
+"""The command line: ``afedpg train``, ``afedpg eval`` and friends.
+
+Bad input gets one line naming the option and what is allowed, and exit code 2, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from afedpg_ray.config import (
+    ALGORITHMS,
+    SCHEDULES,
+    AgentResources,
+    ConfigError,
+    EstimatorConfig,
+    TrainConfig,
+    config_from_dict,
+)
+from afedpg_ray.envs import env_defaults
+from afedpg_ray.heterogeneity import PROFILE_HELP
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are a single line (no usage dump) with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``afedpg: error: ...`` and exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Print a one-line error and exit."""
+    print(f"afedpg: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_agent_resources(text: str) -> tuple[AgentResources, ...]:
+    """Parse ``'{"0-3": {"num_cpus": 1, "resources": {"fast_node": 1}}, "4": {...}}'``."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            "--agent-resources", f'not valid JSON ({err.msg}); e.g. \'{{"0-3": {{"resources": {{"fast_node": 1}}}}}}\''
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("--agent-resources", 'must be a JSON object mapping agent ranges like "0-3" to requests')
+    groups = []
+    for key, request in raw.items():
+        first, _, last = str(key).partition("-")
+        try:
+            lo, hi = int(first), int(last or first)
+        except ValueError:
+            raise ConfigError("--agent-resources", f'agent range {key!r} must look like "3" or "0-3"') from None
+        if not isinstance(request, dict) or set(request) - {"num_cpus", "memory", "resources"}:
+            raise ConfigError(
+                "--agent-resources", f"request for {key!r} may only have keys num_cpus, memory, resources"
+            )
+        groups.append(
+            AgentResources(lo, hi, request.get("num_cpus"), request.get("memory"), dict(request.get("resources", {})))
+        )
+    return tuple(groups)
+
+
+ESTIMATOR_FLAGS = {f.name for f in dataclasses.fields(EstimatorConfig)}
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and the sweeps. Defaults are None so the env table can apply."""
+    d = TrainConfig()
+    e = EstimatorConfig()
+    add = parser.add_argument
+    add("--env", help=f"gymnasium environment id (default {d.env})")
+    add("--algo", help=f"update rule: {', '.join(ALGORITHMS)} (default {d.algo})")
+    add("--agents", type=int, help=f"number of agents (default {d.agents}; pg uses 1)")
+    add("--hetero", help=f"slowdown profile: {PROFILE_HELP} (default {d.hetero})")
+    add("--iteration-time", type=float, help="pad agent i's iteration to exactly s_i * T seconds")
+    add("--comm-delay", type=_floats, help="extra seconds per iteration: one value, or one per agent")
+    add("--samples", type=int, help=f"environment steps over all agents (default {d.samples})")
+    add("--batch", type=int, help=f"environment steps per gradient (default {d.batch})")
+    add("--num-envs", type=int, help=f"environments each agent steps at once (default {d.num_envs})")
+    add("--seed", type=int, help=f"random seed (default {d.seed})")
+    add("--hidden", type=_ints, help="hidden layer widths, e.g. 64,64")
+    add("--schedule", help=f"step sizes: {', '.join(SCHEDULES)} (default {d.schedule})")
+    add("--eta0", type=float, help=f"normalised step length or its scale (default {d.eta0})")
+    add("--alpha0", type=float, help=f"momentum weight or its scale, in (0, 1] (default {d.alpha0})")
+    add("--lr", type=float, help=f"a3c's Adam step size (default {d.lr})")
+    add("--max-grad-norm", type=float, help="reject gradients with a larger norm")
+    add("--gamma", type=float, help=f"discount (default {e.gamma}; per-env table may differ)")
+    add("--gae-lambda", type=float, help=f"GAE lambda (default {e.gae_lambda})")
+    add("--critic", type=_bool, help="private per-agent value network as baseline (true/false)")
+    add("--critic-lr", type=float, help=f"critic Adam step size (default {e.critic_lr})")
+    add("--critic-epochs", type=int, help=f"critic passes per batch (default {e.critic_epochs})")
+    add("--normalize-obs", type=_bool, help="shared observation normaliser (true/false)")
+    add("--scale-rewards", type=_bool, help="scale rewards by the return's running std (true/false)")
+    add("--normalize-advantages", type=_bool, help="standardise advantages per batch (true/false)")
+    add("--log-std-init", type=float, help=f"initial log std of the Gaussian policy (default {e.log_std_init})")
+    add("--entropy-coef", type=float, help="entropy bonus weight (default 0)")
+    add("--agent-cpus", type=float, help="CPUs per agent (default: the cluster's CPUs shared evenly, at most 1)")
+    add("--agent-resources", help='per-agent Ray requests as JSON, e.g. \'{"0-3": {"resources": {"fast_node": 1}}}\'')
+    add("--address", help="existing Ray cluster (auto, host:port or ray://...); default starts a local one")
+
+
+def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> TrainConfig:
+    """Merge defaults, the per-environment table and the given options into a validated config."""
+    raw: dict[str, Any] = {}
+    est: dict[str, Any] = {}
+    given = {k.replace("-", "_"): v for k, v in vars(args).items() if v is not None}
+    env = given.get("env", TrainConfig.env)
+    table = env_defaults(env)
+    est.update(table.pop("estimator", {}))
+    raw.update(table)
+    for key, value in given.items():
+        if key in ESTIMATOR_FLAGS:
+            est[key] = value
+        elif key == "agent_resources":
+            raw[key] = parse_agent_resources(value)
+        elif key in {f.name for f in dataclasses.fields(TrainConfig)}:
+            raw[key] = value
+    if raw.get("algo") == "pg" and "agents" not in given:
+        raw["agents"] = 1
+    raw.update(extra or {})
+    raw["estimator"] = est
+    return config_from_dict(raw)
+
+
+def build_parser() -> OneLineParser:
+    """The ``afedpg`` argument parser with all subcommands."""
+    parser = OneLineParser(prog="afedpg", description="AFedPG: asynchronous federated policy gradient on Ray")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    train_p = sub.add_parser("train", help="train a shared policy with N asynchronous agents")
+    add_train_options(train_p)
+    train_p.add_argument("--out", help="output directory (default runs/<env>-<algo>-...)")
+    train_p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train_p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    eval_p = sub.add_parser("eval", help="run a saved policy deterministically and print its mean return")
+    eval_p.add_argument("run_dir", help="a run directory written by afedpg train")
+    eval_p.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
+    eval_p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
+    eval_p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``afedpg train``."""
+    extra = {"progress": not args.no_progress, "tensorboard": not args.no_tensorboard}
+    config = config_from_args(args, extra)
+    from afedpg_ray.runtime import RunError
+    from afedpg_ray.train import train
+
+    try:
+        result = train(config)
+    except RunError as err:
+        fail(str(err), code=1)
+    print(
+        f"done: return {result.return_mean:.1f} after {result.samples_total} samples, {result.updates} updates "
+        f"in {result.wall_time:.0f}s ({result.updates_per_second:.1f} upd/s, mean delay {result.mean_delay:.2f}); "
+        f"outputs in {result.out_dir}"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``afedpg eval RUN_DIR``."""
+    if args.episodes < 1:
+        fail(f"--episodes: must be a positive integer, got {args.episodes}")
+    from afedpg_ray.rollout import evaluate
+    from afedpg_ray.train import load_policy
+
+    try:
+        policy, stats, env = load_policy(Path(args.run_dir))
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    returns = evaluate(policy, stats, env, args.episodes, args.seed, deterministic=not args.stochastic)
+    mean = sum(returns) / len(returns)
+    print(
+        f"{env}: mean return {mean:.1f} over {len(returns)} episodes (min {min(returns):.1f}, max {max(returns):.1f})"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``afedpg`` console script."""
+    args = build_parser().parse_args(argv)
+    commands = {"train": cmd_train, "eval": cmd_eval}
+    try:
+        return commands[args.command](args)
+    except ConfigError as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Typed, frozen run configuration, validated once at the edge and saved as ``config.json``.
+
+Every option has a docstring-style comment; derived values are properties. Tune and the tests pass
+plain dicts through :func:`config_from_dict`, which validates exactly as the CLI does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ALGORITHMS = ("afedpg", "vanilla", "fedpg", "a3c", "pg")
+SCHEDULES = ("constant", "theory")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem: the message names the option and what is allowed."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
+
+
+@dataclass(frozen=True)
+class AgentResources:
+    """Ray resource request for one group of agents (``first``..``last`` inclusive)."""
+
+    first: int
+    last: int
+    num_cpus: float | None = None
+    memory: int | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """How an agent turns its samples into a policy-gradient estimate (see ``rollout.py``)."""
+
+    gamma: float = 0.99
+    """Discount factor of the return."""
+    gae_lambda: float = 0.95
+    """GAE(lambda) mixing; 1.0 gives the Monte-Carlo reward-to-go (GPOMDP with a critic baseline)."""
+    critic: bool = True
+    """Private per-agent value network as baseline (never sent); False uses the batch-mean baseline."""
+    critic_lr: float = 1e-3
+    """Adam step size of the private critic."""
+    critic_epochs: int = 5
+    """Passes over each batch when fitting the critic."""
+    normalize_advantages: bool = True
+    """Standardise advantages within a batch."""
+    normalize_obs: bool = True
+    """Observation normaliser whose statistics are merged at the server and shipped with theta."""
+    scale_rewards: bool = True
+    """Divide rewards by a running std of the discounted return (private to each agent)."""
+    log_std_init: float = 0.0
+    """Initial state-independent log standard deviation of the Gaussian policy."""
+    entropy_coef: float = 0.0
+    """Weight of the policy-entropy bonus added to the ascent direction."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: environment, algorithm, agents, budget and outputs."""
+
+    env: str = "CartPole-v1"
+    """Any gymnasium environment id with a Box observation space."""
+    algo: str = "afedpg"
+    """Update rule: afedpg | vanilla | fedpg | a3c | pg."""
+    agents: int = 4
+    """Number of rollout agents (pg uses exactly one)."""
+    hetero: str = "linear:4"
+    """Per-agent slowdown profile: none | linear:R | sqrt | straggler:R | lognormal:SIGMA."""
+    iteration_time: float | None = None
+    """If set, agent i's iteration is padded to exactly s_i * T seconds."""
+    comm_delay: tuple[float, ...] = ()
+    """Extra seconds per iteration modelling communication; one value for all or one per agent."""
+    samples: int = 200_000
+    """Total environment steps over all agents."""
+    batch: int = 1000
+    """Environment steps per gradient (per agent iteration)."""
+    num_envs: int = 4
+    """Environments each agent steps at once (batched inference)."""
+    seed: int = 0
+    """Seed of the run; agent i uses seed + 1000 * (i + 1)."""
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the policy (and critic) MLP."""
+    schedule: str = "constant"
+    """Step-size schedule: constant | theory (N-PG-IGT: eta0*2/(k+2), alpha0*(2/(k+2))^0.8)."""
+    eta0: float = 0.01
+    """Normalised step length (constant) or its scale (theory)."""
+    alpha0: float = 0.2
+    """Momentum weight (constant) or its scale (theory)."""
+    lr: float = 3e-3
+    """A3C's plain step size (Adam) - only used by ``a3c``."""
+    max_grad_norm: float = 1e6
+    """Gradients with a larger norm are rejected by the server."""
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    """Gradient estimator options."""
+    agent_cpus: float | None = None
+    """CPUs each agent requests from Ray; None spreads the cluster's CPUs over the agents."""
+    agent_resources: tuple[AgentResources, ...] = ()
+    """Per-group Ray resource requests (override agent_cpus for the agents they cover)."""
+    address: str | None = None
+    """Existing Ray cluster address; None starts a local Ray instance."""
+    out: str | None = None
+    """Output directory; None picks runs/<env>-<algo>-<timestamp>."""
+    progress: bool = True
+    """Show a progress bar."""
+    tensorboard: bool = True
+    """Write TensorBoard event files next to progress.csv."""
+
+    @property
+    def lookahead(self) -> bool:
+        """Whether the rule samples at the extrapolated point."""
+        return self.algo in ("afedpg", "fedpg", "pg")
+
+    @property
+    def synchronous(self) -> bool:
+        """Whether the rule waits for all agents every round."""
+        return self.algo == "fedpg"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        """Write the config as pretty JSON."""
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _positive(option: str, value: float | int, integer: bool = False) -> None:
+    kind = "integer" if integer else "number"
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ConfigError(option, f"must be a positive {kind}, got {value!r}")
+    if value <= 0:
+        raise ConfigError(option, f"must be a positive {kind}, got {value!r}")
+    if integer and int(value) != value:
+        raise ConfigError(option, f"must be a positive integer, got {value!r}")
+
+
+def _in_unit(option: str, value: float, low_open: bool = True) -> None:
+    ok = (0 < value <= 1) if low_open else (0 <= value <= 1)
+    if not ok:
+        interval = "(0, 1]" if low_open else "[0, 1]"
+        raise ConfigError(option, f"must lie in {interval}, got {value!r}")
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Check every option; raise :class:`ConfigError` naming the first bad one. Returns ``config``.
+
+    Only cheap checks that need no Ray; the environment id is checked against gymnasium's registry.
+    """
+    from afedpg_ray.heterogeneity import parse_profile  # local import: avoids a cycle
+
+    if config.algo not in ALGORITHMS:
+        raise ConfigError("--algo", f"unknown algorithm {config.algo!r}; choose one of {', '.join(ALGORITHMS)}")
+    if config.schedule not in SCHEDULES:
+        raise ConfigError("--schedule", f"unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    _positive("--agents", config.agents, integer=True)
+    if config.algo == "pg" and config.agents != 1:
+        raise ConfigError("--agents", f"pg is the single-agent rule and needs --agents 1, got {config.agents}")
+    _positive("--samples", config.samples, integer=True)
+    _positive("--batch", config.batch, integer=True)
+    _positive("--num-envs", config.num_envs, integer=True)
+    if config.batch < config.num_envs:
+        raise ConfigError("--batch", f"must be at least --num-envs ({config.num_envs}), got {config.batch}")
+    if config.iteration_time is not None:
+        _positive("--iteration-time", config.iteration_time)
+    for delay in config.comm_delay:
+        if not math.isfinite(delay) or delay < 0:
+            raise ConfigError("--comm-delay", f"must be non-negative seconds, got {delay!r}")
+    if len(config.comm_delay) not in (0, 1, config.agents):
+        raise ConfigError(
+            "--comm-delay", f"give one value or one per agent ({config.agents}), got {len(config.comm_delay)}"
+        )
+    if not config.hidden or any(int(h) != h or h < 1 for h in config.hidden):
+        raise ConfigError("--hidden", f"must be positive layer widths such as 64,64, got {config.hidden!r}")
+    _positive("--eta0", config.eta0)
+    _positive("--lr", config.lr)
+    _positive("--max-grad-norm", config.max_grad_norm)
+    _in_unit("--alpha0", config.alpha0)
+    if config.agent_cpus is not None:
+        _positive("--agent-cpus", config.agent_cpus)
+    for group in config.agent_resources:
+        if not 0 <= group.first <= group.last < config.agents:
+            raise ConfigError(
+                "--agent-resources", f"agent range {group.first}-{group.last} is outside 0-{config.agents - 1}"
+            )
+    est = config.estimator
+    _in_unit("--gamma", est.gamma)
+    _in_unit("--gae-lambda", est.gae_lambda, low_open=False)
+    _positive("--critic-lr", est.critic_lr)
+    _positive("--critic-epochs", est.critic_epochs, integer=True)
+    if est.entropy_coef < 0:
+        raise ConfigError("--entropy-coef", f"must be non-negative, got {est.entropy_coef!r}")
+    parse_profile(config.hetero, config.agents, config.seed)
+    check_env_id(config.env)
+    return config
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise :class:`ConfigError` unless gymnasium knows ``env_id`` and its spaces are supported."""
+    import gymnasium as gym
+
+    if env_id not in gym.registry:
+        close = [name for name in gym.registry if name.lower().startswith(env_id.split("-")[0].lower())][:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (e.g. CartPole-v1, Hopper-v5)"
+        raise ConfigError("--env", f"unknown gymnasium environment {env_id!r}{hint}")
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    """Rebuild and validate a :class:`TrainConfig` from a plain dict (config.json, Tune)."""
+    raw = dict(raw)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown option; known options are {', '.join(sorted(known))}")
+    est = raw.pop("estimator", {}) or {}
+    if isinstance(est, dict):
+        est_known = {f.name for f in dataclasses.fields(EstimatorConfig)}
+        bad = sorted(set(est) - est_known)
+        if bad:
+            raise ConfigError(bad[0], f"unknown estimator option; known: {', '.join(sorted(est_known))}")
+        est = EstimatorConfig(**est)
+    groups = tuple(g if isinstance(g, AgentResources) else AgentResources(**g) for g in raw.pop("agent_resources", ()))
+    for key in ("hidden", "comm_delay"):
+        if key in raw:
+            raw[key] = tuple(raw[key])
+    return validate(TrainConfig(estimator=est, agent_resources=groups, **raw))
+
+
+def load_config(path: Path) -> TrainConfig:
+    """Load ``config.json`` written by a run."""
+    return config_from_dict(json.loads(path.read_text()))

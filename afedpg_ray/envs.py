@@ -1,0 +1,20 @@
+"""Per-environment defaults, kept in one table as RL zoos keep them.
+
+Each entry overrides :class:`~afedpg_ray.config.TrainConfig` / ``EstimatorConfig`` defaults for one
+environment; options given on the command line override the table. Values are chosen by the
+measurements recorded in ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Swimmer's reward arrives slowly and its episodes are long: it needs a long horizon.
+    "Swimmer-v5": {"estimator": {"gamma": 0.999}},
+}
+
+
+def env_defaults(env_id: str) -> dict[str, Any]:
+    """The table's overrides for ``env_id`` (empty if it has none)."""
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in ENV_DEFAULTS.get(env_id, {}).items()}

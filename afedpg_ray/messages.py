@@ -1,0 +1,56 @@
+"""Typed messages that cross a process boundary (server <-> agents <-> driver)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from afedpg_ray.normalizer import RunningStats
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What the server sends an agent: the point to sample at, its version and the shared normaliser."""
+
+    params: np.ndarray
+    version: int
+    obs_stats: RunningStats
+
+
+@dataclass(frozen=True)
+class GradientMeta:
+    """The small half of an agent's reply (the gradient itself travels as a separate object)."""
+
+    agent_id: int
+    version: int
+    """Version of the point the gradient was computed at."""
+    samples: int
+    episode_returns: tuple[float, ...]
+    episode_lengths: tuple[int, ...]
+    obs_delta: RunningStats
+    """Statistics of the observations seen in this iteration, to merge into the shared normaliser."""
+    compute_seconds: float
+    wait_seconds: float
+    """Padding that modelled this agent's slowdown and communication delay."""
+    grad_norm: float
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """One row of progress.csv: what the server did with one arrival."""
+
+    update: int
+    wall_time: float
+    agent: int
+    delay: int
+    samples_total: int
+    episodes_total: int
+    return_mean: float
+    accepted: bool
+    reason: str = ""
+    alpha: float = float("nan")
+    eta: float = float("nan")
+    grad_norm: float = float("nan")
+    agent_iteration_seconds: float = float("nan")
+    extra: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,23 @@
+"""Update rules on one interface; :func:`make_rule` builds the one a config names."""
+
+from __future__ import annotations
+
+from afedpg_ray.rules.a3c import A3CRule
+from afedpg_ray.rules.base import RuleState, StepInfo, UpdateRule
+from afedpg_ray.rules.nigt import NormalisedMomentumRule, afedpg, fedpg, pg, vanilla
+from afedpg_ray.rules.schedules import Schedule
+
+__all__ = ["A3CRule", "NormalisedMomentumRule", "RuleState", "Schedule", "StepInfo", "UpdateRule", "make_rule"]
+
+
+def make_rule(
+    algo: str, schedule: str = "constant", eta0: float = 0.01, alpha0: float = 0.2, lr: float = 3e-3
+) -> UpdateRule:
+    """Build the update rule named ``algo`` with its schedule constants."""
+    sched = Schedule(schedule, eta0, alpha0)
+    builders = {"afedpg": afedpg, "vanilla": vanilla, "fedpg": fedpg, "pg": pg}
+    if algo in builders:
+        return builders[algo](sched)
+    if algo == "a3c":
+        return A3CRule(lr)
+    raise ValueError(f"unknown algorithm {algo!r}")

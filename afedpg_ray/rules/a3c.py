@@ -1,0 +1,45 @@
+"""A3C-style asynchronous step: every arrival is applied as it comes, no momentum-lookahead,
+no normalisation and no staleness handling. The step is Adam's (as A3C implementations use an
+adaptive optimiser; the plain-SGD variant is ``beta1 = beta2 = 0`` and no bias correction)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from afedpg_ray.rules.base import RuleState, StepInfo
+
+
+class A3CRule:
+    """``theta <- theta + lr * adam(g)`` per arrival; the agent gets the new theta back."""
+
+    name = "a3c"
+    synchronous = False
+
+    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+
+    def apply(
+        self, state: RuleState, grads: list[np.ndarray], issue_versions: list[int]
+    ) -> tuple[np.ndarray, StepInfo]:
+        """One Adam ascent step with the single arriving gradient."""
+        if len(grads) != 1:
+            raise ValueError(f"a3c applies one gradient at a time, got {len(grads)}")
+        g = grads[0]
+        if state.momentum is None:
+            state.momentum = np.zeros_like(g)
+            state.extra = {"second_moment": np.zeros_like(g)}
+        assert state.extra is not None
+        v = state.extra["second_moment"]
+        t = state.version + 1
+        state.momentum = self.beta1 * state.momentum + (1 - self.beta1) * g
+        state.extra["second_moment"] = v = self.beta2 * v + (1 - self.beta2) * g * g
+        m_hat = state.momentum / (1 - self.beta1**t)
+        v_hat = v / (1 - self.beta2**t)
+        theta_new = state.theta + self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+        state.theta_prev, state.theta = state.theta, theta_new
+        state.version = t
+        state.point = theta_new.copy()
+        return state.point, StepInfo(alpha=1.0, eta=self.lr, momentum_norm=float(np.linalg.norm(state.momentum)))

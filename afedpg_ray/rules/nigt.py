@@ -1,0 +1,73 @@
+"""Normalised momentum with optional lookahead: AFedPG, its vanilla variant, FedPG and PG.
+
+All four are the same N-PG-IGT step; they differ only in (a) whether the next point is the
+extrapolated lookahead or theta itself, and (b) whether one arrival or a synchronous round of N
+averaged gradients drives a step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from afedpg_ray.rules.base import RuleState, StepInfo, lookahead_point, momentum_update, normalised_step
+from afedpg_ray.rules.schedules import Schedule
+
+
+class NormalisedMomentumRule:
+    """The NIGT step ``d <- (1-a) d + a g; theta <- theta + eta d/||d||`` and its dispatch point.
+
+    ``alpha`` is indexed by the version the (first) gradient's point was issued at, which is what
+    makes the AFedPG lookahead delay-adaptive. The very first step skips the extrapolation, as
+    N-PG-IGT's code does (there is no previous direction to extrapolate along yet).
+    """
+
+    def __init__(self, name: str, schedule: Schedule, lookahead: bool, synchronous: bool) -> None:
+        self.name = name
+        self.schedule = schedule
+        self.lookahead = lookahead
+        self.synchronous = synchronous
+
+    def apply(
+        self, state: RuleState, grads: list[np.ndarray], issue_versions: list[int]
+    ) -> tuple[np.ndarray, StepInfo]:
+        """One momentum + normalised step; returns the next sampling point."""
+        if self.synchronous:
+            g = np.mean(grads, axis=0)
+        else:
+            if len(grads) != 1:
+                raise ValueError(f"{self.name} applies one gradient at a time, got {len(grads)}")
+            g = grads[0]
+        k = state.version
+        a = self.schedule.alpha(min(issue_versions))
+        eta = self.schedule.eta(k)
+        first = state.momentum is None
+        state.momentum = momentum_update(state.momentum, g, a)
+        theta_new = normalised_step(state.theta, state.momentum, eta)
+        state.theta_prev, state.theta = state.theta, theta_new
+        state.version = k + 1
+        if self.lookahead and not first and a < 1.0:
+            point = lookahead_point(theta_new, state.theta_prev, a)
+        else:
+            point = theta_new.copy()
+        state.point = point
+        return point, StepInfo(alpha=a, eta=eta, momentum_norm=float(np.linalg.norm(state.momentum)))
+
+
+def afedpg(schedule: Schedule) -> NormalisedMomentumRule:
+    """AFedPG: asynchronous arrivals, delay-adaptive lookahead."""
+    return NormalisedMomentumRule("afedpg", schedule, lookahead=True, synchronous=False)
+
+
+def vanilla(schedule: Schedule) -> NormalisedMomentumRule:
+    """Vanilla asynchronous NIGT: AFedPG without the lookahead (agents sample at theta itself)."""
+    return NormalisedMomentumRule("vanilla", schedule, lookahead=False, synchronous=False)
+
+
+def fedpg(schedule: Schedule) -> NormalisedMomentumRule:
+    """FedPG: all N agents at the same lookahead point, gradients averaged, one step per round."""
+    return NormalisedMomentumRule("fedpg", schedule, lookahead=True, synchronous=True)
+
+
+def pg(schedule: Schedule) -> NormalisedMomentumRule:
+    """PG (N = 1): the single-agent N-PG-IGT rule; identical arithmetic to AFedPG with zero delay."""
+    return NormalisedMomentumRule("pg", schedule, lookahead=True, synchronous=False)

@@ -1,0 +1,135 @@
+"""What a run writes for people to open: progress.csv, events.csv, TensorBoard and a progress bar."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from afedpg_ray.messages import UpdateRecord
+
+PROGRESS_COLUMNS = [f.name for f in dataclasses.fields(UpdateRecord) if f.name != "extra"]
+EVENT_COLUMNS = ["wall_time", "kind", "agent", "message"]
+
+
+class RunLog:
+    """Appends update records and events to CSV files, TensorBoard and a tqdm bar."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        total_samples: int,
+        show_progress: bool = True,
+        tensorboard: bool = True,
+        append: bool = False,
+        initial_samples: int = 0,
+    ) -> None:
+        self.out_dir = out_dir
+        mode = "a" if append else "w"
+        progress_path, events_path = out_dir / "progress.csv", out_dir / "events.csv"
+        write_header = not (append and progress_path.exists())
+        self._progress_file = progress_path.open(mode, newline="")
+        self._progress = csv.DictWriter(self._progress_file, fieldnames=PROGRESS_COLUMNS, extrasaction="ignore")
+        if write_header:
+            self._progress.writeheader()
+        events_header = not (append and events_path.exists())
+        self._events_file = events_path.open(mode, newline="")
+        self._events = csv.DictWriter(self._events_file, fieldnames=EVENT_COLUMNS)
+        if events_header:
+            self._events.writeheader()
+        self._tb = _tensorboard_writer(out_dir / "tb") if tensorboard else None
+        self._bar = _progress_bar(total_samples, initial_samples) if show_progress else None
+        self._samples_seen = initial_samples
+        self._times: deque[float] = deque(maxlen=200)
+        self._delays: deque[int] = deque(maxlen=200)
+        self.last: UpdateRecord | None = None
+        self.accepted = 0
+        self.delay_sum = 0
+        self._listeners: list[Callable[[UpdateRecord], None]] = []
+
+    def add_listener(self, callback: Callable[[UpdateRecord], None]) -> None:
+        """Call ``callback`` with every record (Tune reports through this)."""
+        self._listeners.append(callback)
+
+    def record(self, rec: UpdateRecord) -> None:
+        """Log one server update (accepted or rejected)."""
+        row = dataclasses.asdict(rec)
+        self._progress.writerow(row)
+        self.last = rec
+        if rec.accepted:
+            self.accepted += 1
+            self.delay_sum += rec.delay
+            self._times.append(time.monotonic())
+            self._delays.append(rec.delay)
+        if self._tb is not None and rec.accepted:
+            step = rec.samples_total
+            if not math.isnan(rec.return_mean):
+                self._tb.add_scalar("return_mean", rec.return_mean, step)
+            self._tb.add_scalar("delay", rec.delay, step)
+            self._tb.add_scalar("version", rec.update, step)
+        if self._bar is not None:
+            self._bar.update(max(0, rec.samples_total - self._samples_seen))
+            self._bar.set_postfix(self.summary_fields(), refresh=False)
+        self._samples_seen = max(self._samples_seen, rec.samples_total)
+        for callback in self._listeners:
+            callback(rec)
+
+    def summary_fields(self) -> dict[str, Any]:
+        """Recent return, updates per second and mean delay, as shown on the progress bar."""
+        rate = (
+            (len(self._times) - 1) / (self._times[-1] - self._times[0])
+            if len(self._times) > 1 and self._times[-1] > self._times[0]
+            else 0.0
+        )
+        delay = sum(self._delays) / len(self._delays) if self._delays else 0.0
+        ret = self.last.return_mean if self.last is not None else float("nan")
+        return {"return": f"{ret:.1f}", "upd/s": f"{rate:.1f}", "delay": f"{delay:.2f}"}
+
+    def event(self, kind: str, agent: int | None, message: str, wall_time: float) -> None:
+        """Log a run event (agent restart, dropped agent, rejection notice)."""
+        self._events.writerow(
+            {"wall_time": f"{wall_time:.3f}", "kind": kind, "agent": "" if agent is None else agent, "message": message}
+        )
+        self._events_file.flush()
+        if self._bar is not None:
+            self._bar.write(f"[{kind}] agent {agent}: {message}")
+
+    def flush(self) -> None:
+        """Flush files to disk."""
+        self._progress_file.flush()
+        self._events_file.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Flush and close everything."""
+        self.flush()
+        self._progress_file.close()
+        self._events_file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _tensorboard_writer(path: Path) -> Any:
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(path))
+
+
+def _progress_bar(total: int, initial: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", unit_scale=True, dynamic_ncols=True, desc="samples")
+
+
+def read_progress(path: Path) -> list[dict[str, str]]:
+    """Rows of a progress.csv as dicts of strings."""
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -1,0 +1,152 @@
+"""The parameter server's state and logic: a plain class; ``runtime.py`` wraps it as one Ray actor.
+
+It holds theta_k, theta_{k-1}, the momentum, the version k, every agent's version k_i, the shared
+observation statistics and the run's counters. Every gradient is validated before it touches the
+global parameters, so a bad agent can never make them non-finite.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+import torch
+
+from afedpg_ray.config import TrainConfig
+from afedpg_ray.messages import Dispatch, GradientMeta, UpdateRecord
+from afedpg_ray.normalizer import RunningStats
+from afedpg_ray.policy import build_policy, get_flat
+from afedpg_ray.rules import RuleState, make_rule
+
+RETURN_WINDOW = 20
+"""Finished training episodes averaged into ``return_mean``."""
+
+
+class ParameterServer:
+    """Applies arriving gradients one at a time with the configured update rule."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        torch.manual_seed(config.seed)
+        policy, obs_dim = build_policy(config.env, config.hidden, config.estimator.log_std_init)
+        self.config = config
+        self.rule = make_rule(config.algo, config.schedule, config.eta0, config.alpha0, config.lr)
+        self.state = RuleState.initial(get_flat(policy))
+        self.obs_stats = RunningStats.empty(obs_dim)
+        self.agent_versions: dict[int, int] = {}
+        self.samples_total = 0
+        self.episodes_total = 0
+        self.recent_returns: deque[float] = deque(maxlen=RETURN_WINDOW)
+        self.rejected: dict[str, int] = {}
+        self.start_time = time.time()
+
+    @property
+    def num_params(self) -> int:
+        """Number of policy parameters."""
+        return int(self.state.theta.size)
+
+    def dispatch(self, agent_id: int) -> Dispatch:
+        """(Re)start ``agent_id`` at the most recent dispatch point (theta_0 at the start)."""
+        self.agent_versions[agent_id] = self.state.version
+        return self._dispatch()
+
+    def _dispatch(self) -> Dispatch:
+        assert self.state.point is not None
+        return Dispatch(self.state.point.astype(np.float32), self.state.version, self.obs_stats)
+
+    def check(self, meta: GradientMeta, grad: np.ndarray) -> str:
+        """Why this gradient must be rejected, or ``""`` if it is acceptable."""
+        if meta.agent_id not in self.agent_versions:
+            return "unknown_agent"
+        if meta.version != self.agent_versions[meta.agent_id] or meta.version > self.state.version:
+            return "wrong_version"
+        if not isinstance(grad, np.ndarray) or grad.shape != self.state.theta.shape:
+            return "wrong_shape"
+        if not np.all(np.isfinite(grad)) or not meta.obs_delta.is_finite():
+            return "non_finite"
+        if float(np.linalg.norm(grad)) > self.config.max_grad_norm:
+            return "norm_too_large"
+        return ""
+
+    def apply(self, meta: GradientMeta, grad: np.ndarray) -> tuple[Dispatch, UpdateRecord]:
+        """Validate and apply one asynchronous arrival; the sender gets the next point back."""
+        reason = self.check(meta, grad)
+        if reason:
+            return self._reject(meta, reason)
+        issued = self.agent_versions[meta.agent_id]
+        delay = self.state.version - issued
+        _, info = self.rule.apply(self.state, [np.asarray(grad, dtype=np.float64)], [issued])
+        self._absorb(meta)
+        self.agent_versions[meta.agent_id] = self.state.version
+        record = self._record(meta, delay, True, "", info.alpha, info.eta)
+        return self._dispatch(), record
+
+    def apply_round(self, metas: list[GradientMeta], *grads: np.ndarray) -> tuple[Dispatch, list[UpdateRecord]]:
+        """Synchronous round (FedPG): average the valid gradients, one step, everyone gets the new point."""
+        reasons = [self.check(m, g) for m, g in zip(metas, grads, strict=True)]
+        valid = [(m, np.asarray(g, dtype=np.float64)) for m, g, r in zip(metas, grads, reasons, strict=True) if not r]
+        records: list[UpdateRecord] = []
+        for meta, reason in zip(metas, reasons, strict=True):
+            if reason:
+                records.append(self._reject(meta, reason)[1])
+        if valid:
+            issued = [self.agent_versions[m.agent_id] for m, _ in valid]
+            _, info = self.rule.apply(self.state, [g for _, g in valid], issued)
+            for meta, _ in valid:
+                self._absorb(meta)
+            for meta, _ in valid:
+                records.append(self._record(meta, 0, True, "", info.alpha, info.eta))
+        for meta in metas:
+            self.agent_versions[meta.agent_id] = self.state.version
+        return self._dispatch(), records
+
+    def _absorb(self, meta: GradientMeta) -> None:
+        self.obs_stats = self.obs_stats.merge(meta.obs_delta)
+        self.samples_total += meta.samples
+        self.episodes_total += len(meta.episode_returns)
+        self.recent_returns.extend(meta.episode_returns)
+
+    def _reject(self, meta: GradientMeta, reason: str) -> tuple[Dispatch, UpdateRecord]:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        if meta.agent_id in self.agent_versions:
+            self.agent_versions[meta.agent_id] = self.state.version
+        return self._dispatch(), self._record(meta, self.state.version - meta.version, False, reason)
+
+    def _record(
+        self,
+        meta: GradientMeta,
+        delay: int,
+        accepted: bool,
+        reason: str,
+        alpha: float = float("nan"),
+        eta: float = float("nan"),
+    ) -> UpdateRecord:
+        return UpdateRecord(
+            update=self.state.version,
+            wall_time=time.time() - self.start_time,
+            agent=meta.agent_id,
+            delay=delay,
+            samples_total=self.samples_total,
+            episodes_total=self.episodes_total,
+            return_mean=float(np.mean(self.recent_returns)) if self.recent_returns else float("nan"),
+            accepted=accepted,
+            reason=reason,
+            alpha=alpha,
+            eta=eta,
+            grad_norm=meta.grad_norm,
+            agent_iteration_seconds=meta.compute_seconds + meta.wait_seconds,
+        )
+
+    def policy_snapshot(self) -> dict:
+        """The global parameters and normaliser, for saving the final policy."""
+        return {
+            "theta": self.state.theta.copy(),
+            "obs_mean": self.obs_stats.mean.copy(),
+            "obs_var": self.obs_stats.var.copy(),
+            "obs_count": self.obs_stats.count,
+            "version": self.state.version,
+        }
+
+    def rejected_counts(self) -> dict[str, int]:
+        """Rejected gradients so far, by reason."""
+        return dict(self.rejected)

@@ -1,0 +1,122 @@
+"""One entry point, ``train(config) -> TrainResult``, called by the CLI, the Tune trainable and tests."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from afedpg_ray.config import TrainConfig, load_config
+from afedpg_ray.normalizer import RunningStats
+from afedpg_ray.policy import Policy, build_policy, set_flat
+from afedpg_ray.runlog import RunLog
+from afedpg_ray.runtime import RayRunner, connect
+
+POLICY_FILE = "policy.pt"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run reports (also written as summary.json)."""
+
+    out_dir: str
+    return_mean: float
+    updates: int
+    samples_total: int
+    wall_time: float
+    updates_per_second: float
+    mean_delay: float
+    rejected: dict[str, int]
+    restarts: dict[int, int]
+    dropped_agents: list[int]
+
+
+def default_out_dir(config: TrainConfig) -> Path:
+    """``runs/<env>-<algo>-n<agents>-s<seed>-<timestamp>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.env}-{config.algo}-n{config.agents}-s{config.seed}-{stamp}"
+
+
+def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = None) -> TrainResult:
+    """Train ``config`` on Ray (local or ``config.address``) and write the run directory.
+
+    ``on_record`` (optional) is called with every :class:`~afedpg_ray.messages.UpdateRecord`; Tune
+    uses it to report progress.
+    """
+    out_dir = Path(config.out) if config.out else default_out_dir(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save(out_dir / "config.json")
+    connect(config.address)
+    log = RunLog(out_dir, config.samples, config.progress, config.tensorboard)
+    if on_record is not None:
+        log.add_listener(on_record)
+    start = time.time()
+    try:
+        runner = RayRunner(config, log, name_prefix)
+        stats = runner.run()
+        snapshot = ray.get(runner.server.policy_snapshot.remote())
+        rejected = ray.get(runner.server.rejected_counts.remote())
+        ray.kill(runner.server, no_restart=True)
+    finally:
+        log.close()
+    wall = time.time() - start
+    save_policy(out_dir / POLICY_FILE, config, snapshot)
+    last = log.last
+    result = TrainResult(
+        out_dir=str(out_dir),
+        return_mean=float(last.return_mean) if last else float("nan"),
+        updates=int(snapshot["version"]),
+        samples_total=int(last.samples_total) if last else 0,
+        wall_time=wall,
+        updates_per_second=log.accepted / wall if wall > 0 else 0.0,
+        mean_delay=log.delay_sum / log.accepted if log.accepted else 0.0,
+        rejected=rejected,
+        restarts=dict(stats.restarts),
+        dropped_agents=list(stats.dropped),
+    )
+    (out_dir / "summary.json").write_text(json.dumps(result.__dict__, indent=2) + "\n")
+    return result
+
+
+def save_policy(path: Path, config: TrainConfig, snapshot: dict[str, Any]) -> None:
+    """Write the final policy (flat parameters, normaliser, architecture) atomically."""
+    payload = {
+        "env": config.env,
+        "hidden": list(config.hidden),
+        "log_std_init": config.estimator.log_std_init,
+        "normalize_obs": config.estimator.normalize_obs,
+        **{k: np.asarray(v) if isinstance(v, np.ndarray) else v for k, v in snapshot.items()},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_policy(run_dir: Path) -> tuple[Policy, RunningStats | None, str]:
+    """Load ``RUN_DIR/policy.pt``; returns the policy, its normaliser (or None) and the env id."""
+    path = run_dir / POLICY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no saved policy (is {run_dir} a finished run directory?)")
+    try:
+        payload = torch.load(path, weights_only=False)
+        policy, _ = build_policy(payload["env"], tuple(payload["hidden"]), payload["log_std_init"])
+        set_flat(policy, np.asarray(payload["theta"]))
+    except (KeyError, ValueError, RuntimeError, EOFError) as err:
+        raise ValueError(f"{path}: corrupt or incompatible policy file ({err})") from None
+    stats = None
+    if payload.get("normalize_obs", True):
+        var = np.asarray(payload["obs_var"])
+        count = float(payload["obs_count"])
+        stats = RunningStats(count, np.asarray(payload["obs_mean"]), var * count)
+    return policy, stats, payload["env"]
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """The config a run was started with."""
+    return load_config(run_dir / "config.json")
