@@ -107,8 +107,9 @@ def load_policy(run_dir: Path) -> tuple[Policy, RunningStats | None, str]:
         payload = torch.load(path, weights_only=False)
         policy, _ = build_policy(payload["env"], tuple(payload["hidden"]), payload["log_std_init"])
         set_flat(policy, np.asarray(payload["theta"]))
-    except (KeyError, ValueError, RuntimeError, EOFError) as err:
-        raise ValueError(f"{path}: corrupt or incompatible policy file ({err})") from None
+    except Exception as err:  # noqa: BLE001 - any failure to read it means the file is unusable
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{path}: corrupt or incompatible policy file ({first})") from None
     stats = None
     if payload.get("normalize_obs", True):
         var = np.asarray(payload["obs_var"])

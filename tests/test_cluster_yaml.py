@@ -7,7 +7,8 @@ build its single node type from ``head_ip``/``worker_ips``) and
 ``validate_config`` (``ray-schema.json`` plus Ray's own consistency checks),
 as Ray's ``python/ray/tests/test_autoscaler_yaml.py`` does. Neither step
 contacts a cloud API (bootstrapping, which does, is not called); the
-``_no_network`` fixture makes any socket use fail to prove it.
+``_no_network`` fixture makes any non-loopback connection or DNS lookup fail
+to prove it.
 
 On top of schema validity we check what the configs promise: heterogeneous
 fast/slow worker resources, token authentication for every ``ray start``, a
@@ -45,17 +46,48 @@ def _param_files():
     return pytest.mark.parametrize("path", YAML_FILES, ids=[p.name for p in YAML_FILES])
 
 
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "", None}
+
+
+def _is_loopback(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0] if isinstance(address, tuple) and address else None
+    return host in _LOOPBACK_HOSTS or (isinstance(host, str) and host.startswith("127."))
+
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
-    """Fail loudly if anything (e.g. a cloud SDK) tries to open a connection."""
+    """Fail loudly if anything (e.g. a cloud SDK) tries to reach a non-loopback host.
 
-    def _blocked(*args, **kwargs):
-        raise RuntimeError("network access attempted during an offline config test")
+    Loopback stays allowed so a Ray session started by other tests in the same
+    process keeps working while these tests run.
+    """
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
 
-    monkeypatch.setattr(socket.socket, "connect", _blocked)
-    monkeypatch.setattr(socket.socket, "connect_ex", _blocked)
-    monkeypatch.setattr(socket, "create_connection", _blocked)
-    monkeypatch.setattr(socket, "getaddrinfo", _blocked)
+    def _refuse(what):
+        raise RuntimeError(f"network access attempted during an offline config test: {what!r}")
+
+    def connect(self, address):
+        return real_connect(self, address) if _is_loopback(address) else _refuse(address)
+
+    def connect_ex(self, address):
+        return real_connect_ex(self, address) if _is_loopback(address) else _refuse(address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        return real_getaddrinfo(host, *args, **kwargs) if _is_loopback((host,)) else _refuse(host)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_network_guard_blocks_remote_hosts():
+    with pytest.raises(RuntimeError, match="network access attempted"):
+        socket.create_connection(("192.0.2.1", 443), timeout=1)
+    with pytest.raises(RuntimeError, match="network access attempted"):
+        socket.getaddrinfo("ec2.us-west-2.amazonaws.com", 443)
 
 
 def _load(path: Path) -> dict:

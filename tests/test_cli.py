@@ -1,0 +1,111 @@
+"""The command line: bad input fails fast with one line and exit 2; a tiny train + eval end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from afedpg_ray.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--env", "NoSuchEnv-v9"], "--env"),
+        (["--agents", "0"], "--agents"),
+        (["--samples", "0"], "--samples"),
+        (["--batch", "-5"], "--batch"),
+        (["--iteration-time", "0"], "--iteration-time"),
+        (["--iteration-time", "-1"], "--iteration-time"),
+        (["--algo", "ppo"], "--algo"),
+        (["--hetero", "linear:x"], "--hetero"),
+        (["--hetero", "zigzag"], "--hetero"),
+        (["--algo", "pg", "--agents", "4"], "--agents"),
+        (["--alpha0", "1.5"], "--alpha0"),
+        (["--schedule", "cosine"], "--schedule"),
+        (["--comm-delay", "1,2,3"], "--comm-delay"),
+        (["--agent-resources", "{not json"], "--agent-resources"),
+        (["--agent-resources", '{"0-9": {"num_cpus": 1}}'], "--agent-resources"),
+        (["--agents", "two"], "--agents"),
+    ],
+)
+def test_bad_train_input_is_one_line_exit_2(argv, option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and option in err, err
+
+
+def test_eval_of_missing_run_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "policy.pt" in err
+
+
+def test_eval_of_corrupt_policy_is_one_line(tmp_path, capsys):
+    (tmp_path / "policy.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "policy.pt" in capsys.readouterr().err
+
+
+def test_console_script_fails_before_ray_starts():
+    proc = subprocess.run(
+        [sys.executable, "-m", "afedpg_ray.cli", "train", "--env", "Nope-v0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "--env" in proc.stderr
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_train_then_eval_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--env",
+            "CartPole-v1",
+            "--agents",
+            "2",
+            "--hetero",
+            "straggler:2",
+            "--samples",
+            "1200",
+            "--batch",
+            "200",
+            "--num-envs",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--seed",
+            "3",
+        ]
+    )
+    assert code == 0
+    assert "done: return" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["agents"] == 2 and config["hetero"] == "straggler:2" and config["seed"] == 3
+    assert main(["eval", str(out), "--episodes", "2"]) == 0
+    assert "mean return" in capsys.readouterr().out
+
+
+def test_env_table_applies_unless_overridden():
+    from afedpg_ray.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    swimmer = config_from_args(parser.parse_args(["train", "--env", "Swimmer-v5"]))
+    assert swimmer.estimator.gamma == 0.999
+    override = config_from_args(parser.parse_args(["train", "--env", "Swimmer-v5", "--gamma", "0.95"]))
+    assert override.estimator.gamma == 0.95
+    assert config_from_args(parser.parse_args(["train", "--algo", "pg"])).agents == 1

@@ -1,0 +1,81 @@
+"""Pure maths of the supporting pieces: GAE, merged statistics, heterogeneity profiles."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from afedpg_ray.config import ConfigError
+from afedpg_ray.heterogeneity import padding_seconds, parse_profile, theoretical_speedup
+from afedpg_ray.normalizer import RunningStats
+from afedpg_ray.rollout import gae
+
+
+def test_gae_by_hand():
+    rewards = np.array([[1.0], [1.0], [1.0]])
+    values = np.array([[0.5], [0.5], [0.5]])
+    next_values = np.array([[0.5], [0.5], [0.0]])
+    dones = np.array([[0.0], [0.0], [1.0]])
+    adv = gae(rewards, values, next_values, dones, gamma=0.9, lam=0.5)
+    d2 = 1.0 - 0.5
+    d1 = 1.0 + 0.9 * 0.5 - 0.5
+    d0 = d1
+    a2 = d2
+    a1 = d1 + 0.45 * a2
+    a0 = d0 + 0.45 * a1
+    assert np.allclose(adv[:, 0], [a0, a1, a2])
+
+
+def test_gae_cuts_at_episode_end():
+    rewards = np.ones((2, 1))
+    values = np.zeros((2, 1))
+    adv = gae(rewards, values, np.zeros((2, 1)), np.array([[1.0], [0.0]]), 0.99, 1.0)
+    assert np.allclose(adv[:, 0], [1.0, 1.0])
+
+
+def test_gae_lambda_one_is_discounted_reward_to_go():
+    rewards = np.array([[1.0], [2.0], [3.0]])
+    adv = gae(rewards, np.zeros((3, 1)), np.zeros((3, 1)), np.array([[0.0], [0.0], [1.0]]), 0.5, 1.0)
+    assert np.allclose(adv[:, 0], [1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3])
+
+
+def test_running_stats_merge_equals_whole_batch():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(7, 3)), rng.normal(3.0, 2.0, size=(11, 3))
+    merged = RunningStats.of(a).merge(RunningStats.of(b))
+    whole = RunningStats.of(np.concatenate([a, b]))
+    assert merged.count == 18
+    assert np.allclose(merged.mean, whole.mean) and np.allclose(merged.var, whole.var)
+    assert np.allclose(RunningStats.empty(3).merge(merged).mean, merged.mean)
+
+
+def test_profiles():
+    assert parse_profile("none", 3) == [1.0, 1.0, 1.0]
+    assert parse_profile("linear:4", 4) == [1.0, 2.0, 3.0, 4.0]
+    assert parse_profile("sqrt", 4) == pytest.approx([1.0, math.sqrt(2), math.sqrt(3), 2.0])
+    assert parse_profile("straggler:10", 3) == [1.0, 1.0, 10.0]
+    lognormal = parse_profile("lognormal:0.5", 5, seed=3)
+    assert lognormal == parse_profile("lognormal:0.5", 5, seed=3) and all(s >= 1 for s in lognormal)
+    assert parse_profile("linear:4", 1) == [1.0]
+
+
+@pytest.mark.parametrize(
+    "spec", ["linear", "linear:0.5", "fast", "sqrt:2", "straggler:x", "lognormal:-1", "linear:nan"]
+)
+def test_bad_profiles_name_the_option(spec):
+    with pytest.raises(ConfigError, match="--hetero"):
+        parse_profile(spec, 4)
+
+
+def test_theoretical_speedup():
+    # t = 1, 2, 3, 4: (4 / 4) * (1 + 1/2 + 1/3 + 1/4) = 25/12
+    assert theoretical_speedup([1.0, 2.0, 3.0, 4.0]) == pytest.approx(25 / 12)
+    assert theoretical_speedup([2.0, 2.0]) == pytest.approx(1.0)
+
+
+def test_padding():
+    assert padding_seconds(3.0, 0.2, 1.0) == pytest.approx(2.8)
+    assert padding_seconds(1.0, 1.5, 1.0) == 0.0
+    assert padding_seconds(4.0, 0.5, None) == pytest.approx(1.5)

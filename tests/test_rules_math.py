@@ -1,0 +1,127 @@
+"""Each update rule's step against numbers computed by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from afedpg_ray.rules import A3CRule, RuleState, Schedule, make_rule
+from afedpg_ray.rules.base import lookahead_point, momentum_update, normalised_step
+
+
+def test_momentum_first_arrival_sets_d_to_g():
+    g = np.array([3.0, 4.0])
+    assert np.array_equal(momentum_update(None, g, 0.3), g)
+
+
+def test_momentum_mixes_old_and_new():
+    d = momentum_update(np.array([1.0, 0.0]), np.array([0.0, 2.0]), 0.25)
+    assert np.allclose(d, [0.75, 0.5])
+
+
+def test_normalised_step_moves_exactly_eta():
+    theta = normalised_step(np.zeros(2), np.array([3.0, 4.0]), 0.5)
+    assert np.allclose(theta, [0.3, 0.4])  # 0.5 * (3, 4) / 5
+    assert np.allclose(normalised_step(np.ones(2), np.zeros(2), 0.5), np.ones(2))
+
+
+def test_lookahead_extrapolates_by_one_minus_a_over_a():
+    # theta~ = theta_new + ((1 - a) / a) (theta_new - theta_old); a = 0.25 gives factor 3
+    point = lookahead_point(np.array([1.0, 1.0]), np.array([0.0, 1.0]), 0.25)
+    assert np.allclose(point, [4.0, 1.0])
+
+
+def test_theory_schedule_values():
+    s = Schedule("theory", eta0=0.1, alpha0=1.0)
+    assert s.eta(0) == pytest.approx(0.1)
+    assert s.eta(2) == pytest.approx(0.05)
+    assert s.alpha(0) == 1.0
+    assert s.alpha(2) == pytest.approx(0.5**0.8)
+    assert Schedule("constant", 0.01, 0.2).alpha(1000) == 0.2
+
+
+def test_afedpg_two_steps_by_hand():
+    rule = make_rule("afedpg", "constant", eta0=0.5, alpha0=0.5)
+    state = RuleState.initial(np.zeros(2))
+    # step 1: d = g = (3, 4); theta1 = 0.5 * (0.6, 0.8) = (0.3, 0.4); the first step skips the lookahead
+    point, info = rule.apply(state, [np.array([3.0, 4.0])], [0])
+    assert np.allclose(state.theta, [0.3, 0.4]) and np.allclose(point, [0.3, 0.4])
+    assert state.version == 1 and info.alpha == 0.5
+    # step 2: d = 0.5 (3, 4) + 0.5 (1, 0) = (2, 2); theta2 = theta1 + 0.5 (2, 2)/sqrt(8)
+    point, _ = rule.apply(state, [np.array([1.0, 0.0])], [1])
+    step = 0.5 / np.sqrt(2)
+    theta2 = np.array([0.3 + step, 0.4 + step])
+    assert np.allclose(state.momentum, [2.0, 2.0])
+    assert np.allclose(state.theta, theta2)
+    assert np.allclose(state.theta_prev, [0.3, 0.4])
+    # lookahead with a = 0.5: factor (1 - 0.5) / 0.5 = 1
+    assert np.allclose(point, theta2 + (theta2 - np.array([0.3, 0.4])))
+
+
+def test_afedpg_alpha_is_indexed_by_issue_version_not_current():
+    rule = make_rule("afedpg", "theory", eta0=0.1, alpha0=1.0)
+    state = RuleState.initial(np.zeros(3))
+    for _ in range(5):
+        rule.apply(state, [np.ones(3)], [state.version])
+    d_before = state.momentum.copy()
+    g = np.array([1.0, -1.0, 0.5])
+    # a gradient computed at a point issued at version 1 arrives at version 5 (delay 4)
+    _, info = rule.apply(state, [g], [1])
+    a = (2.0 / 3.0) ** 0.8  # alpha(1), not alpha(5)
+    assert info.alpha == pytest.approx(a)
+    assert info.eta == pytest.approx(0.1 * 2.0 / 7.0)  # eta is indexed by the current version k = 5
+    assert np.allclose(state.momentum, (1 - a) * d_before + a * g)
+
+
+def test_vanilla_dispatches_theta_itself():
+    rule = make_rule("vanilla", "constant", eta0=0.5, alpha0=0.5)
+    state = RuleState.initial(np.zeros(2))
+    rule.apply(state, [np.array([3.0, 4.0])], [0])
+    point, _ = rule.apply(state, [np.array([1.0, 0.0])], [1])
+    assert np.allclose(point, state.theta)
+
+
+def test_fedpg_averages_then_one_step():
+    rule = make_rule("fedpg", "constant", eta0=1.0, alpha0=0.5)
+    state = RuleState.initial(np.zeros(2))
+    grads = [np.array([2.0, 0.0]), np.array([0.0, 2.0]), np.array([1.0, 1.0])]
+    rule.apply(state, grads, [0, 0, 0])
+    # mean (1, 1); first arrival d = mean; theta = (1, 1)/sqrt(2)
+    assert np.allclose(state.momentum, [1.0, 1.0])
+    assert np.allclose(state.theta, [1 / np.sqrt(2), 1 / np.sqrt(2)])
+    assert state.version == 1
+
+
+def test_a3c_first_step_is_lr_times_sign():
+    rule = A3CRule(lr=0.1)
+    state = RuleState.initial(np.zeros(3))
+    rule.apply(state, [np.array([2.0, -0.5, 0.0])], [0])
+    # Adam's bias-corrected first step is lr * g / (|g| + eps)
+    assert np.allclose(state.theta, [0.1, -0.1, 0.0], atol=1e-6)
+    assert state.momentum is not None and state.version == 1
+
+
+def test_async_rules_refuse_several_gradients():
+    for algo in ("afedpg", "vanilla", "a3c", "pg"):
+        with pytest.raises(ValueError):
+            make_rule(algo).apply(RuleState.initial(np.zeros(2)), [np.ones(2), np.ones(2)], [0, 0])
+
+
+@pytest.mark.parametrize("algo", ["afedpg", "vanilla", "fedpg", "a3c", "pg"])
+def test_rule_contract(algo):
+    """Every rule: one version per apply, finite outputs of the right shape, ascent on a concave objective."""
+    rule = make_rule(algo, "constant", eta0=0.05, alpha0=0.5, lr=0.05)
+    assert rule.name == algo
+    target = np.array([1.0, -2.0, 0.5])
+    state = RuleState.initial(np.zeros(3))
+    rng = np.random.default_rng(0)
+    start = -np.sum((state.theta - target) ** 2)
+    point = state.point
+    for k in range(200):
+        n = 3 if rule.synchronous else 1
+        grads = [-2 * (point - target) + 0.01 * rng.normal(size=3) for _ in range(n)]
+        point, info = rule.apply(state, grads, [k] * n)
+        assert state.version == k + 1
+        assert point.shape == (3,) and np.all(np.isfinite(point)) and np.all(np.isfinite(state.theta))
+        assert np.isfinite(info.alpha) and np.isfinite(info.eta)
+    assert -np.sum((state.theta - target) ** 2) > start + 4.0  # most of the way from -5.25 to 0

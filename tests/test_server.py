@@ -1,0 +1,83 @@
+"""The parameter server in-process: arrival bookkeeping, delays, validation, and agent round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from afedpg_ray.agent import RolloutAgent
+from afedpg_ray.config import TrainConfig
+from afedpg_ray.messages import GradientMeta
+from afedpg_ray.normalizer import RunningStats
+from afedpg_ray.server import ParameterServer
+
+CONFIG = TrainConfig(env="CartPole-v1", agents=3, batch=64, num_envs=2, samples=1000, progress=False, tensorboard=False)
+
+
+def meta(agent: int, version: int, samples: int = 10, obs_dim: int = 4) -> GradientMeta:
+    stats = RunningStats.of(np.ones((samples, obs_dim)))
+    return GradientMeta(agent, version, samples, (1.0,), (5,), stats, 0.01, 0.0, 1.0)
+
+
+@pytest.fixture
+def server() -> ParameterServer:
+    s = ParameterServer(CONFIG)
+    for i in range(CONFIG.agents):
+        s.dispatch(i)
+    return s
+
+
+def test_delays_come_from_versions(server):
+    p = server.num_params
+    _, r0 = server.apply(meta(0, 0), np.ones(p))
+    _, r1 = server.apply(meta(1, 0), np.ones(p))
+    d0, r2 = server.apply(meta(0, 1), np.ones(p))
+    _, r3 = server.apply(meta(2, 0), np.ones(p))
+    assert [r.delay for r in (r0, r1, r2, r3)] == [0, 1, 1, 3]
+    assert [r.update for r in (r0, r1, r2, r3)] == [1, 2, 3, 4]
+    assert d0.version == 3 and server.agent_versions == {0: 3, 1: 2, 2: 4}
+    assert r3.samples_total == 40 and r3.episodes_total == 4
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda s: (meta(0, 0), np.ones(s.num_params + 1)), "wrong_shape"),
+        (lambda s: (meta(0, 0), np.full(s.num_params, np.nan)), "non_finite"),
+        (lambda s: (meta(0, 0), np.full(s.num_params, np.inf)), "non_finite"),
+        (lambda s: (meta(0, 0), np.full(s.num_params, 1e9)), "norm_too_large"),
+        (lambda s: (meta(0, 7), np.ones(s.num_params)), "wrong_version"),
+        (lambda s: (meta(9, 0), np.ones(s.num_params)), "unknown_agent"),
+    ],
+)
+def test_bad_gradients_are_rejected_and_counted(server, make, reason):
+    before = server.state.theta.copy()
+    dispatch, record = server.apply(*make(server))
+    assert not record.accepted and record.reason == reason
+    assert server.rejected == {reason: 1}
+    assert np.array_equal(server.state.theta, before) and server.state.version == 0
+    assert np.all(np.isfinite(dispatch.params))
+
+
+def test_fedpg_round_takes_one_gradient_per_agent():
+    cfg = TrainConfig(env="CartPole-v1", algo="fedpg", agents=3, batch=64, num_envs=2)
+    s = ParameterServer(cfg)
+    for i in range(3):
+        s.dispatch(i)
+    p = s.num_params
+    dispatch, records = s.apply_round([meta(i, 0) for i in range(3)], *[np.ones(p) * (i + 1) for i in range(3)])
+    assert s.state.version == 1 and sorted(r.agent for r in records) == [0, 1, 2]
+    assert all(r.delay == 0 and r.accepted for r in records)
+    assert dispatch.version == 1 and set(s.agent_versions.values()) == {1}
+
+
+def test_agent_gradient_round_trip_in_process():
+    s = ParameterServer(CONFIG)
+    agent = RolloutAgent(0, CONFIG)
+    dispatch = s.dispatch(0)
+    for _ in range(3):
+        m, g = agent.step(dispatch)
+        assert g.shape == (s.num_params,) and m.samples == 64 and m.version == dispatch.version
+        dispatch, record = s.apply(m, g)
+        assert record.accepted
+    assert s.state.version == 3 and s.obs_stats.count == 3 * 64
