@@ -11,6 +11,7 @@ import torch
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.heterogeneity import padding_seconds, wait
 from afedpg_ray.messages import Dispatch, GradientMeta
+from afedpg_ray.metrics import AgentMetrics
 from afedpg_ray.rollout import Sampler
 
 
@@ -23,6 +24,8 @@ class RolloutAgent:
         self.config = config
         self.slowdown = slowdown
         self.comm_delay = comm_delay
+        self.metrics = AgentMetrics(agent_id)
+        self.node = self.node_id()
         self.sampler = Sampler(
             config.env, config.num_envs, config.seed + 1000 * (agent_id + 1), config.hidden, config.estimator
         )
@@ -45,7 +48,9 @@ class RolloutAgent:
             compute_seconds=compute,
             wait_seconds=pause,
             grad_norm=float(np.linalg.norm(estimate.grad)),
+            node_id=self.node,
         )
+        self.metrics.observe_iteration(compute + pause)
         return meta, estimate.grad
 
     def node_id(self) -> str:

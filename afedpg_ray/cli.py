@@ -162,11 +162,13 @@ def build_parser() -> OneLineParser:
     train_p.add_argument("--out", help="output directory (default runs/<env>-<algo>-...)")
     train_p.add_argument("--no-progress", action="store_true", help="no progress bar")
     train_p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    train_p.set_defaults(handler=cmd_train)
     eval_p = sub.add_parser("eval", help="run a saved policy deterministically and print its mean return")
     eval_p.add_argument("run_dir", help="a run directory written by afedpg train")
     eval_p.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
     eval_p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
     eval_p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    eval_p.set_defaults(handler=cmd_eval)
     return parser
 
 
@@ -211,9 +213,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``afedpg`` console script."""
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "eval": cmd_eval}
     try:
-        return commands[args.command](args)
+        return args.handler(args)
     except ConfigError as err:
         fail(str(err))
     except KeyboardInterrupt:

@@ -34,6 +34,8 @@ class GradientMeta:
     wait_seconds: float
     """Padding that modelled this agent's slowdown and communication delay."""
     grad_norm: float
+    node_id: str = ""
+    """Ray node the agent ran on (for the straggler table)."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,10 @@ PLACEMENT_TIMEOUT_S = 60.0
 """How long an agent may wait for its resources before the run reports it as unplaceable."""
 
 
+NAMESPACE = "afedpg"
+"""Ray namespace of the named server and agent actors (``afedpg status`` looks there)."""
+
+
 class RunError(RuntimeError):
     """A run cannot continue (e.g. every agent failed, or an agent's resources do not exist)."""
 
@@ -37,9 +41,9 @@ def connect(address: str | None) -> None:
         return
     try:
         if address:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+            ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
         else:
-            ray.init(logging_level="WARNING", include_dashboard=None)
+            ray.init(namespace=NAMESPACE, logging_level="WARNING")
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
         raise RunError(f"--address: cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}") from None
 

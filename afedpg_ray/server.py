@@ -9,18 +9,45 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.messages import Dispatch, GradientMeta, UpdateRecord
+from afedpg_ray.metrics import ServerMetrics
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import build_policy, get_flat
 from afedpg_ray.rules import RuleState, make_rule
 
 RETURN_WINDOW = 20
 """Finished training episodes averaged into ``return_mean``."""
+
+
+@dataclass
+class AgentStats:
+    """What the server has seen of one agent, for the straggler table."""
+
+    updates: int = 0
+    rejected: int = 0
+    iteration_seconds_sum: float = 0.0
+    delay_sum: int = 0
+    delay_max: int = 0
+    last_seen: float = 0.0
+    node_id: str = ""
+
+    def observe(self, meta: GradientMeta, delay: int, accepted: bool) -> None:
+        """Count one arrival from this agent."""
+        self.last_seen = time.time()
+        self.node_id = meta.node_id or self.node_id
+        if not accepted:
+            self.rejected += 1
+            return
+        self.updates += 1
+        self.iteration_seconds_sum += meta.compute_seconds + meta.wait_seconds
+        self.delay_sum += delay
+        self.delay_max = max(self.delay_max, delay)
 
 
 class ParameterServer:
@@ -39,6 +66,8 @@ class ParameterServer:
         self.recent_returns: deque[float] = deque(maxlen=RETURN_WINDOW)
         self.rejected: dict[str, int] = {}
         self.start_time = time.time()
+        self.agent_stats: dict[int, AgentStats] = {}
+        self.metrics = ServerMetrics()
 
     @property
     def num_params(self) -> int:
@@ -121,7 +150,8 @@ class ParameterServer:
         alpha: float = float("nan"),
         eta: float = float("nan"),
     ) -> UpdateRecord:
-        return UpdateRecord(
+        self.agent_stats.setdefault(meta.agent_id, AgentStats()).observe(meta, delay, accepted)
+        record = UpdateRecord(
             update=self.state.version,
             wall_time=time.time() - self.start_time,
             agent=meta.agent_id,
@@ -136,6 +166,8 @@ class ParameterServer:
             grad_norm=meta.grad_norm,
             agent_iteration_seconds=meta.compute_seconds + meta.wait_seconds,
         )
+        self.metrics.observe(record)
+        return record
 
     def policy_snapshot(self) -> dict:
         """The global parameters and normaliser, for saving the final policy."""
@@ -145,6 +177,19 @@ class ParameterServer:
             "obs_var": self.obs_stats.var.copy(),
             "obs_count": self.obs_stats.count,
             "version": self.state.version,
+        }
+
+    def status(self) -> dict:
+        """Live view for ``afedpg status``: version, rates, and per-agent straggler statistics."""
+        elapsed = time.time() - self.start_time
+        return {
+            "version": self.state.version,
+            "elapsed": elapsed,
+            "updates_per_second": self.state.version / elapsed if elapsed > 0 else 0.0,
+            "samples_total": self.samples_total,
+            "return_mean": float(np.mean(self.recent_returns)) if self.recent_returns else float("nan"),
+            "rejected": dict(self.rejected),
+            "agents": {i: asdict(stats) for i, stats in sorted(self.agent_stats.items())},
         }
 
     def rejected_counts(self) -> dict[str, int]:

@@ -1,0 +1,83 @@
+"""Ray metrics (``ray.util.metrics``) for the dashboard, Prometheus and Grafana.
+
+Exported with a ``ray_`` prefix at each node's metrics port. Every metric is created lazily inside
+the actor that records it; outside Ray (in-process mode) recording is a no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from afedpg_ray.messages import UpdateRecord
+
+DELAY_BOUNDARIES = [0.5, 1, 2, 4, 8, 16, 32, 64, 128]
+SECONDS_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32]
+
+
+def _ray_metrics_available() -> bool:
+    try:
+        import ray
+
+        return ray.is_initialized()
+    except ImportError:
+        return False
+
+
+class ServerMetrics:
+    """The server's gauges, counters and histograms."""
+
+    def __init__(self) -> None:
+        self.enabled = _ray_metrics_available()
+        if not self.enabled:
+            return
+        from ray.util.metrics import Counter, Gauge, Histogram
+
+        self.version = Gauge("afedpg_server_version", description="Updates applied by the parameter server.")
+        self.updates = Counter("afedpg_updates", description="Accepted updates per agent.", tag_keys=("agent",))
+        self.delay = Histogram(
+            "afedpg_update_delay",
+            description="Staleness of each accepted update (server versions).",
+            boundaries=DELAY_BOUNDARIES,
+            tag_keys=("agent",),
+        )
+        self.return_mean = Gauge("afedpg_return_mean", description="Mean return of recent training episodes.")
+        self.rejected = Counter(
+            "afedpg_rejected_updates", description="Gradients rejected by the server.", tag_keys=("reason",)
+        )
+
+    def observe(self, record: UpdateRecord) -> None:
+        """Record one server decision."""
+        if not self.enabled:
+            return
+        if not record.accepted:
+            self.rejected.inc(1, tags={"reason": record.reason})
+            return
+        tags = {"agent": str(record.agent)}
+        self.version.set(record.update)
+        self.updates.inc(1, tags=tags)
+        self.delay.observe(record.delay, tags=tags)
+        if record.return_mean == record.return_mean:  # skip NaN before the first finished episode
+            self.return_mean.set(record.return_mean)
+
+
+class AgentMetrics:
+    """An agent's iteration-time histogram."""
+
+    def __init__(self, agent_id: int) -> None:
+        self.enabled = _ray_metrics_available()
+        self.tags = {"agent": str(agent_id)}
+        self.iteration: Any = None
+        if self.enabled:
+            from ray.util.metrics import Histogram
+
+            self.iteration = Histogram(
+                "afedpg_agent_iteration_seconds",
+                description="Wall time of one agent iteration (sampling, gradient and modelled slowdown).",
+                boundaries=SECONDS_BOUNDARIES,
+                tag_keys=("agent",),
+            )
+
+    def observe_iteration(self, seconds: float) -> None:
+        """Record one iteration's wall time."""
+        if self.enabled:
+            self.iteration.observe(seconds, tags=self.tags)
