@@ -3,6 +3,7 @@ wraps it as a Ray actor."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -15,10 +16,17 @@ from afedpg_ray.metrics import AgentMetrics
 from afedpg_ray.rollout import Sampler
 
 
+def agent_seed(run_seed: int, agent_id: int, incarnation: int) -> int:
+    """Seed of one agent; a restarted agent (``incarnation`` > 0) must not replay its old episodes."""
+    return run_seed + 1000 * (agent_id + 1) + 100_003 * incarnation
+
+
 class RolloutAgent:
     """Agent ``agent_id``: a :class:`Sampler` plus its modelled slowdown and communication delay."""
 
-    def __init__(self, agent_id: int, config: TrainConfig, slowdown: float = 1.0, comm_delay: float = 0.0) -> None:
+    def __init__(
+        self, agent_id: int, config: TrainConfig, slowdown: float = 1.0, comm_delay: float = 0.0, incarnation: int = 0
+    ) -> None:
         torch.set_num_threads(1)  # many agents share few cores: one thread each avoids oversubscription
         self.agent_id = agent_id
         self.config = config
@@ -27,7 +35,7 @@ class RolloutAgent:
         self.metrics = AgentMetrics(agent_id)
         self.node = self.node_id()
         self.sampler = Sampler(
-            config.env, config.num_envs, config.seed + 1000 * (agent_id + 1), config.hidden, config.estimator
+            config.env, config.num_envs, agent_seed(config.seed, agent_id, incarnation), config.hidden, config.estimator
         )
 
     def step(self, dispatch: Dispatch) -> tuple[GradientMeta, np.ndarray]:
@@ -52,6 +60,10 @@ class RolloutAgent:
         )
         self.metrics.observe_iteration(compute + pause)
         return meta, estimate.grad
+
+    def pid(self) -> int:
+        """Process id of this agent (chaos tests kill it)."""
+        return os.getpid()
 
     def node_id(self) -> str:
         """The Ray node this agent runs on (empty outside Ray)."""

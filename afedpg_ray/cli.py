@@ -115,6 +115,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     add("--alpha0", type=float, help=f"momentum weight or its scale, in (0, 1] (default {d.alpha0})")
     add("--lr", type=float, help=f"a3c's Adam step size (default {d.lr})")
     add("--max-grad-norm", type=float, help="reject gradients with a larger norm")
+    add("--checkpoint-every", type=int, help=f"checkpoint the server every K updates (default {d.checkpoint_every})")
     add("--gamma", type=float, help=f"discount (default {e.gamma}; per-env table may differ)")
     add("--gae-lambda", type=float, help=f"GAE lambda (default {e.gae_lambda})")
     add("--critic", type=_bool, help="private per-agent value network as baseline (true/false)")
@@ -160,6 +161,9 @@ def build_parser() -> OneLineParser:
     train_p = sub.add_parser("train", help="train a shared policy with N asynchronous agents")
     add_train_options(train_p)
     train_p.add_argument("--out", help="output directory (default runs/<env>-<algo>-...)")
+    train_p.add_argument(
+        "--resume", help="continue the run in RUN_DIR from its checkpoint (--samples may raise the budget)"
+    )
     train_p.add_argument("--no-progress", action="store_true", help="no progress bar")
     train_p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
     train_p.set_defaults(handler=cmd_train)
@@ -169,18 +173,30 @@ def build_parser() -> OneLineParser:
     eval_p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
     eval_p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
     eval_p.set_defaults(handler=cmd_eval)
+    from tune_sweeps.cli import add_commands
+
+    add_commands(sub)
+    from afedpg_ray.status import add_commands as add_status_commands
+
+    add_status_commands(sub)
     return parser
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``afedpg train``."""
+    """``afedpg train`` (or ``afedpg train --resume RUN_DIR``)."""
     extra = {"progress": not args.no_progress, "tensorboard": not args.no_tensorboard}
-    config = config_from_args(args, extra)
+    from afedpg_ray.checkpoint import CheckpointError
     from afedpg_ray.runtime import RunError
     from afedpg_ray.train import train
 
+    if args.resume:
+        config = resume_config(args, extra)
+    else:
+        config = config_from_args(args, extra)
     try:
-        result = train(config)
+        result = train(config, resume=bool(args.resume))
+    except CheckpointError as err:
+        fail(str(err))
     except RunError as err:
         fail(str(err), code=1)
     print(
@@ -189,6 +205,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"outputs in {result.out_dir}"
     )
     return 0
+
+
+def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfig:
+    """The config of the run in ``--resume RUN_DIR``; only --samples, --address and output flags may change."""
+    run_dir = Path(args.resume)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError("--resume", f"{path}: no config.json (is {run_dir} a run directory?)")
+    allowed = {"resume", "samples", "address", "no_progress", "no_tensorboard", "handler", "command"}
+    changed = sorted(k for k, v in vars(args).items() if v is not None and v is not False and k not in allowed)
+    if changed:
+        raise ConfigError("--resume", f"a resumed run keeps its config; drop --{changed[0].replace('_', '-')}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError("--resume", f"{path}: corrupt config.json ({err.msg})") from None
+    raw.update(extra, out=str(run_dir))
+    if args.samples is not None:
+        raw["samples"] = args.samples
+    if args.address is not None:
+        raw["address"] = args.address
+    return config_from_dict(raw)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

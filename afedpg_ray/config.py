@@ -98,6 +98,8 @@ class TrainConfig:
     """A3C's plain step size (Adam) - only used by ``a3c``."""
     max_grad_norm: float = 1e6
     """Gradients with a larger norm are rejected by the server."""
+    checkpoint_every: int = 25
+    """The server's state is checkpointed every this many updates (and at the start and the end)."""
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     """Gradient estimator options."""
     agent_cpus: float | None = None
@@ -179,6 +181,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         )
     if not config.hidden or any(int(h) != h or h < 1 for h in config.hidden):
         raise ConfigError("--hidden", f"must be positive layer widths such as 64,64, got {config.hidden!r}")
+    _positive("--checkpoint-every", config.checkpoint_every, integer=True)
     _positive("--eta0", config.eta0)
     _positive("--lr", config.lr)
     _positive("--max-grad-norm", config.max_grad_norm)

@@ -30,18 +30,9 @@ class RunLog:
         initial_samples: int = 0,
     ) -> None:
         self.out_dir = out_dir
-        mode = "a" if append else "w"
         progress_path, events_path = out_dir / "progress.csv", out_dir / "events.csv"
-        write_header = not (append and progress_path.exists())
-        self._progress_file = progress_path.open(mode, newline="")
-        self._progress = csv.DictWriter(self._progress_file, fieldnames=PROGRESS_COLUMNS, extrasaction="ignore")
-        if write_header:
-            self._progress.writeheader()
-        events_header = not (append and events_path.exists())
-        self._events_file = events_path.open(mode, newline="")
-        self._events = csv.DictWriter(self._events_file, fieldnames=EVENT_COLUMNS)
-        if events_header:
-            self._events.writeheader()
+        self._progress_file, self._progress = _csv_writer(progress_path, PROGRESS_COLUMNS, append)
+        self._events_file, self._events = _csv_writer(events_path, EVENT_COLUMNS, append)
         self._tb = _tensorboard_writer(out_dir / "tb") if tensorboard else None
         self._bar = _progress_bar(total_samples, initial_samples) if show_progress else None
         self._samples_seen = initial_samples
@@ -115,6 +106,16 @@ class RunLog:
             self._tb.close()
         if self._bar is not None:
             self._bar.close()
+
+
+def _csv_writer(path: Path, columns: list[str], append: bool) -> tuple[Any, csv.DictWriter]:
+    """A line-buffered CSV writer (rows reach the disk even if the driver is SIGKILLed)."""
+    has_rows = append and path.is_file() and path.stat().st_size > 0
+    handle = path.open("a" if append else "w", newline="", buffering=1)
+    writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+    if not has_rows:
+        writer.writeheader()
+    return handle, writer
 
 
 def _tensorboard_writer(path: Path) -> Any:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from afedpg_ray.agent import RolloutAgent
+from afedpg_ray.checkpoint import save_checkpoint
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.heterogeneity import parse_profile
 from afedpg_ray.runlog import RunLog
@@ -23,6 +25,8 @@ from afedpg_ray.server import ParameterServer
 
 MAX_AGENT_RESTARTS = 3
 """Restarts per agent before the run continues without it."""
+MAX_SERVER_RESTORES = 5
+"""Server restores from checkpoint before the run gives up."""
 PLACEMENT_TIMEOUT_S = 60.0
 """How long an agent may wait for its resources before the run reports it as unplaceable."""
 
@@ -83,37 +87,70 @@ class LoopStats:
 
     restarts: dict[int, int] = field(default_factory=dict)
     dropped: list[int] = field(default_factory=list)
+    server_restores: int = 0
+
+
+class ServerLostError(RuntimeError):
+    """The server actor died; the loop restores it from the last checkpoint."""
 
 
 class RayRunner:
-    """Creates the server and agent actors and drives them until the sample budget is spent."""
+    """Creates the server and agent actors and drives them until the sample budget is spent.
+
+    The server's state is checkpointed to ``run_dir`` every ``config.checkpoint_every`` updates, at
+    the start and at the end; if the server actor dies it is recreated from the last checkpoint and
+    every agent is re-dispatched (in-flight gradients are dropped, never applied twice).
+    """
 
     def __init__(
-        self, config: TrainConfig, log: RunLog, name_prefix: str = "afedpg", server: Any | None = None
+        self,
+        config: TrainConfig,
+        log: RunLog,
+        run_dir: Path,
+        name_prefix: str = "afedpg",
+        resume_state: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.log = log
+        self.run_dir = run_dir
         self.prefix = name_prefix
         self.start = time.time()
         self.slowdowns = parse_profile(config.hetero, config.agents, config.seed)
         delays = config.comm_delay or (0.0,)
         self.comm_delays = [delays[0] if len(delays) == 1 else delays[i] for i in range(config.agents)]
+        self.stats = LoopStats()
+        self.last_state = resume_state
+        self.incarnation = int(resume_state["rule_state"]["version"]) if resume_state else 0
+        self.samples_total = int(resume_state["samples_total"]) if resume_state else 0
+        self.server = self._make_server()
         cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        self.server = server or ray.remote(ParameterServer).options(name=f"{name_prefix}-server", num_cpus=0).remote(
-            config
-        )
         self.slots = [AgentSlot(i, None, agent_options(config, i, cluster_cpus)) for i in range(config.agents)]
         for slot in self.slots:
             slot.actor = self._make_agent(slot)
-        self.stats = LoopStats()
-        self.samples_total = 0
         self._check_placement()
+        if resume_state is None:
+            self._checkpoint()
+
+    # -- actors -----------------------------------------------------------------------------------
+
+    def _make_server(self) -> Any:
+        """Create the server actor, restored from ``self.last_state`` if there is one."""
+        options = {"num_cpus": 0, "max_restarts": 0}
+        try:
+            server = ray.remote(ParameterServer).options(name=f"{self.prefix}-server", **options).remote(self.config)
+        except ValueError:  # the dead server's name may not be released yet
+            name = f"{self.prefix}-server-r{self.stats.server_restores}"
+            server = ray.remote(ParameterServer).options(name=name, **options).remote(self.config)
+        if self.last_state is not None:
+            ray.get(server.restore.remote(self.last_state))
+        return server
 
     def _make_agent(self, slot: AgentSlot) -> Any:
         i = slot.agent_id
         name = f"{self.prefix}-agent-{i}" if slot.restarts == 0 else f"{self.prefix}-agent-{i}-r{slot.restarts}"
         actor_cls = ray.remote(RolloutAgent).options(name=name, **slot.options)
-        return actor_cls.remote(i, self.config, self.slowdowns[i], self.comm_delays[i])
+        incarnation = self.incarnation + slot.restarts
+        return actor_cls.remote(i, self.config, self.slowdowns[i], self.comm_delays[i], incarnation)
 
     def _check_placement(self) -> None:
         """Fail with the agent and its request named if an agent cannot be placed in time."""
@@ -137,6 +174,35 @@ class RayRunner:
     def _submit(self, slot: AgentSlot, dispatch_ref: Any) -> tuple[Any, Any]:
         return slot.actor.step.options(num_returns=2).remote(dispatch_ref)
 
+    # -- checkpoints and server faults ------------------------------------------------------------
+
+    def _server_call(self, ref: Any) -> Any:
+        """``ray.get`` a server result, turning the server's death into :class:`ServerLostError`."""
+        try:
+            return ray.get(ref)
+        except RayActorError as err:
+            raise ServerLostError(_first_line(err)) from None
+
+    def _checkpoint(self) -> None:
+        self.last_state = self._server_call(self.server.export_state.remote())
+        save_checkpoint(self.run_dir, self.last_state)
+
+    def _restore_server(self, reason: str) -> None:
+        """Recreate the server from the last checkpoint (bounded retries, then give up)."""
+        self.stats.server_restores += 1
+        if self.stats.server_restores > MAX_SERVER_RESTORES:
+            raise RunError(f"the parameter server died {self.stats.server_restores} times; last: {reason}")
+        ray.kill(self.server, no_restart=True)
+        self.server = self._make_server()
+        assert self.last_state is not None
+        version = int(self.last_state["rule_state"]["version"])
+        self.samples_total = int(self.last_state["samples_total"])
+        self.log.event(
+            "server_restored", None, f"server died ({reason}); restored at update {version}", self._elapsed()
+        )
+
+    # -- agent faults -----------------------------------------------------------------------------
+
     def _agent_failed(self, slot: AgentSlot, err: Exception) -> None:
         """Drop the in-flight gradient, then schedule a restart (with backoff) or retire the agent."""
         ray.kill(slot.actor, no_restart=True)
@@ -145,66 +211,15 @@ class RayRunner:
         if slot.restarts > MAX_AGENT_RESTARTS:
             slot.alive = False
             self.stats.dropped.append(slot.agent_id)
-            self.log.event(
-                "agent_dropped",
-                slot.agent_id,
-                f"gave up after {MAX_AGENT_RESTARTS} restarts: {_first_line(err)}",
-                self._elapsed(),
-            )
+            message = f"gave up after {MAX_AGENT_RESTARTS} restarts: {_first_line(err)}"
+            self.log.event("agent_dropped", slot.agent_id, message, self._elapsed())
             if not any(s.alive for s in self.slots):
                 raise RunError(f"every agent failed; last error: {_first_line(err)}")
             return
         backoff = min(8.0, 0.5 * 2 ** (slot.restarts - 1))
         slot.retry_at = time.monotonic() + backoff
-        self.log.event(
-            "agent_restart",
-            slot.agent_id,
-            f"restart {slot.restarts} in {backoff:.1f}s after: {_first_line(err)}",
-            self._elapsed(),
-        )
-
-    def run(self) -> LoopStats:
-        """Drive the loop (asynchronous or synchronous) until the sample budget is spent."""
-        if self.config.synchronous:
-            self._run_sync()
-        else:
-            self._run_async()
-        for slot in self.slots:
-            if slot.alive:
-                ray.kill(slot.actor, no_restart=True)
-        return self.stats
-
-    def _run_async(self) -> None:
-        pending: dict[Any, tuple[AgentSlot, Any]] = {}
-        for slot in self.slots:
-            meta_ref, grad_ref = self._submit(slot, self.server.dispatch.remote(slot.agent_id))
-            pending[meta_ref] = (slot, grad_ref)
-        while self.samples_total < self.config.samples:
-            for slot in self._restart_due():
-                meta_ref, grad_ref = self._submit(slot, self.server.dispatch.remote(slot.agent_id))
-                pending[meta_ref] = (slot, grad_ref)
-            if not pending:
-                time.sleep(0.05)
-                continue
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=self._wait_timeout())
-            if not ready:
-                continue
-            slot, grad_ref = pending.pop(ready[0])
-            try:
-                meta = ray.get(ready[0])
-            except (RayActorError, RayTaskError) as err:
-                self._agent_failed(slot, err)
-                continue
-            dispatch_ref, record_ref = self.server.apply.options(num_returns=2).remote(meta, grad_ref)
-            meta_ref, next_grad_ref = self._submit(slot, dispatch_ref)
-            pending[meta_ref] = (slot, next_grad_ref)
-            record = ray.get(record_ref)
-            self.log.record(record)
-            self.samples_total = record.samples_total
-
-    def _wait_timeout(self) -> float | None:
-        due = [s.retry_at for s in self.slots if s.alive and s.retry_at is not None]
-        return max(0.0, min(due) - time.monotonic()) if due else None
+        message = f"restart {slot.restarts} in {backoff:.1f}s after: {_first_line(err)}"
+        self.log.event("agent_restart", slot.agent_id, message, self._elapsed())
 
     def _restart_due(self) -> list[AgentSlot]:
         """Recreate the agents whose backoff has passed; returns them."""
@@ -218,6 +233,63 @@ class RayRunner:
                 self.log.event("agent_rejoined", slot.agent_id, "restarted at the current point", self._elapsed())
         return restarted
 
+    def _wait_timeout(self) -> float | None:
+        due = [s.retry_at for s in self.slots if s.alive and s.retry_at is not None]
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    # -- the loops --------------------------------------------------------------------------------
+
+    def run(self) -> LoopStats:
+        """Drive the loop (asynchronous or synchronous) until the sample budget is spent."""
+        loop = self._run_sync if self.config.synchronous else self._run_async
+        while True:
+            try:
+                loop()
+                self._checkpoint()
+                break
+            except ServerLostError as lost:
+                self._restore_server(str(lost))
+        for slot in self.slots:
+            if slot.alive:
+                ray.kill(slot.actor, no_restart=True)
+        return self.stats
+
+    def _after_update(self, record: Any) -> None:
+        self.log.record(record)
+        if record.accepted:
+            self.samples_total = max(self.samples_total, record.samples_total)
+            if record.update % self.config.checkpoint_every == 0:
+                self._checkpoint()
+
+    def _run_async(self) -> None:
+        pending: dict[Any, tuple[AgentSlot, Any]] = {}
+        for slot in self.slots:
+            if slot.alive and slot.retry_at is None:
+                meta_ref, grad_ref = self._submit(slot, self.server.dispatch.remote(slot.agent_id))
+                pending[meta_ref] = (slot, grad_ref)
+        while self.samples_total < self.config.samples:
+            for slot in self._restart_due():
+                meta_ref, grad_ref = self._submit(slot, self.server.dispatch.remote(slot.agent_id))
+                pending[meta_ref] = (slot, grad_ref)
+            if not pending:
+                time.sleep(self._wait_timeout() or 0.05)
+                continue
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=self._wait_timeout())
+            if not ready:
+                continue
+            slot, grad_ref = pending.pop(ready[0])
+            try:
+                meta = ray.get(ready[0])
+            except (RayActorError, RayTaskError) as err:
+                if _server_died(err):
+                    raise ServerLostError(_first_line(err)) from None
+                self._agent_failed(slot, err)
+                continue
+            dispatch_ref, record_ref = self.server.apply.options(num_returns=2).remote(meta, grad_ref)
+            meta_ref, next_grad_ref = self._submit(slot, dispatch_ref)
+            pending[meta_ref] = (slot, next_grad_ref)
+            self._after_update(self._server_call(record_ref))
+
     def _run_sync(self) -> None:
         dispatch_ref = None
         while self.samples_total < self.config.samples:
@@ -228,8 +300,7 @@ class RayRunner:
                 time.sleep(self._wait_timeout() or 0.05)
                 continue
             if dispatch_ref is None:
-                for slot in live:
-                    ray.get(self.server.dispatch.remote(slot.agent_id))
+                self._server_call([self.server.dispatch.remote(slot.agent_id) for slot in live])
                 dispatch_ref = self.server.dispatch.remote(live[0].agent_id)
             submitted = [(slot, *self._submit(slot, dispatch_ref)) for slot in live]
             metas, grads = [], []
@@ -238,16 +309,27 @@ class RayRunner:
                     metas.append(ray.get(meta_ref))
                     grads.append(grad_ref)
                 except (RayActorError, RayTaskError) as err:
+                    if _server_died(err):
+                        raise ServerLostError(_first_line(err)) from None
                     self._agent_failed(slot, err)
             if not metas:
                 dispatch_ref = None
                 continue
             dispatch_ref, records_ref = self.server.apply_round.options(num_returns=2).remote(metas, *grads)
-            for record in ray.get(records_ref):
-                self.log.record(record)
-                self.samples_total = max(self.samples_total, record.samples_total)
+            for record in self._server_call(records_ref):
+                self._after_update(record)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[-1] if text else type(err).__name__
+def _server_died(err: BaseException) -> bool:
+    """Whether an agent task failed only because its dispatch (the server's reply) was lost."""
+    text = str(err)
+    return "ParameterServer" in text and ("actor died" in text.lower() or "ActorDiedError" in text)
+
+
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    """A short, one-line description of an error (Ray's messages run to paragraphs)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else type(err).__name__
+    if isinstance(err, RayActorError) and "worker process has died" in text:
+        text = "the actor's worker process died"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -7,9 +7,12 @@ global parameters, so a bad agent can never make them non-finite.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,6 +72,43 @@ class ParameterServer:
         self.agent_stats: dict[int, AgentStats] = {}
         self.metrics = ServerMetrics()
 
+    def export_state(self) -> dict[str, Any]:
+        """Everything needed to continue the run exactly: parameters, momentum, counters, RNG."""
+        return {
+            "rule_state": dataclasses.asdict(self.state),
+            "obs_stats": (self.obs_stats.count, self.obs_stats.mean, self.obs_stats.m2),
+            "agent_versions": dict(self.agent_versions),
+            "samples_total": self.samples_total,
+            "episodes_total": self.episodes_total,
+            "recent_returns": list(self.recent_returns),
+            "rejected": dict(self.rejected),
+            "elapsed": time.time() - self.start_time,
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "num_params": self.num_params,
+        }
+
+    def restore(self, saved: dict[str, Any]) -> int:
+        """Continue from :meth:`export_state`'s output; returns the restored version."""
+        if saved["num_params"] != self.num_params:
+            raise ValueError(f"checkpoint has {saved['num_params']} parameters, this policy has {self.num_params}")
+        self.state = RuleState(**saved["rule_state"])
+        count, mean, m2 = saved["obs_stats"]
+        self.obs_stats = RunningStats(count, np.asarray(mean), np.asarray(m2))
+        self.agent_versions = dict(saved["agent_versions"])
+        self.samples_total = int(saved["samples_total"])
+        self.episodes_total = int(saved["episodes_total"])
+        self.recent_returns = deque(saved["recent_returns"], maxlen=RETURN_WINDOW)
+        self.rejected = dict(saved["rejected"])
+        self.start_time = time.time() - float(saved["elapsed"])
+        torch.set_rng_state(saved["torch_rng"])
+        np.random.set_state(saved["numpy_rng"])
+        return self.state.version
+
+    def pid(self) -> int:
+        """Process id of the server (chaos tests kill it)."""
+        return os.getpid()
+
     @property
     def num_params(self) -> int:
         """Number of policy parameters."""
@@ -87,8 +127,10 @@ class ParameterServer:
         """Why this gradient must be rejected, or ``""`` if it is acceptable."""
         if meta.agent_id not in self.agent_versions:
             return "unknown_agent"
-        if meta.version != self.agent_versions[meta.agent_id] or meta.version > self.state.version:
-            return "wrong_version"
+        if meta.version > self.state.version:
+            return "future_version"
+        if meta.version != self.agent_versions[meta.agent_id]:
+            return "stale_version"
         if not isinstance(grad, np.ndarray) or grad.shape != self.state.theta.shape:
             return "wrong_shape"
         if not np.all(np.isfinite(grad)) or not meta.obs_delta.is_finite():

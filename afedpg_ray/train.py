@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from dataclasses import dataclass
@@ -12,10 +13,11 @@ import numpy as np
 import ray
 import torch
 
+from afedpg_ray.checkpoint import load_checkpoint
 from afedpg_ray.config import TrainConfig, load_config
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, set_flat
-from afedpg_ray.runlog import RunLog
+from afedpg_ray.runlog import PROGRESS_COLUMNS, RunLog
 from afedpg_ray.runtime import RayRunner, connect
 
 POLICY_FILE = "policy.pt"
@@ -35,6 +37,7 @@ class TrainResult:
     rejected: dict[str, int]
     restarts: dict[int, int]
     dropped_agents: list[int]
+    server_restores: int = 0
 
 
 def default_out_dir(config: TrainConfig) -> Path:
@@ -43,22 +46,30 @@ def default_out_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.env}-{config.algo}-n{config.agents}-s{config.seed}-{stamp}"
 
 
-def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = None) -> TrainResult:
+def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = None, resume: bool = False) -> TrainResult:
     """Train ``config`` on Ray (local or ``config.address``) and write the run directory.
 
     ``on_record`` (optional) is called with every :class:`~afedpg_ray.messages.UpdateRecord`; Tune
-    uses it to report progress.
+    uses it to report progress. With ``resume`` the run continues from ``config.out``'s checkpoint:
+    version and counters continue and progress.csv is appended.
     """
     out_dir = Path(config.out) if config.out else default_out_dir(config)
+    resume_state = prepare_resume(out_dir) if resume else None
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save(out_dir / "config.json")
     connect(config.address)
-    log = RunLog(out_dir, config.samples, config.progress, config.tensorboard)
+    initial_samples = int(resume_state["samples_total"]) if resume_state else 0
+    log = RunLog(
+        out_dir, config.samples, config.progress, config.tensorboard, append=resume, initial_samples=initial_samples
+    )
+    if resume_state is not None:
+        version = resume_state["rule_state"]["version"]
+        log.event("resumed", None, f"resumed at update {version}, {initial_samples} samples", 0.0)
     if on_record is not None:
         log.add_listener(on_record)
     start = time.time()
     try:
-        runner = RayRunner(config, log, name_prefix)
+        runner = RayRunner(config, log, out_dir, name_prefix, resume_state)
         stats = runner.run()
         snapshot = ray.get(runner.server.policy_snapshot.remote())
         rejected = ray.get(runner.server.rejected_counts.remote())
@@ -72,16 +83,35 @@ def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = Non
         out_dir=str(out_dir),
         return_mean=float(last.return_mean) if last else float("nan"),
         updates=int(snapshot["version"]),
-        samples_total=int(last.samples_total) if last else 0,
+        samples_total=int(last.samples_total) if last else initial_samples,
         wall_time=wall,
         updates_per_second=log.accepted / wall if wall > 0 else 0.0,
         mean_delay=log.delay_sum / log.accepted if log.accepted else 0.0,
         rejected=rejected,
         restarts=dict(stats.restarts),
         dropped_agents=list(stats.dropped),
+        server_restores=stats.server_restores,
     )
     (out_dir / "summary.json").write_text(json.dumps(result.__dict__, indent=2) + "\n")
     return result
+
+
+def prepare_resume(run_dir: Path) -> dict[str, Any]:
+    """Load the run's checkpoint and cut progress.csv back to it (later rows died with the driver)."""
+    state = load_checkpoint(run_dir)
+    version = int(state["rule_state"]["version"])
+    progress = run_dir / "progress.csv"
+    if progress.is_file():
+        with progress.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        kept = [r for r in rows if int(r["update"]) <= version]
+        tmp = progress.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=PROGRESS_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+        tmp.replace(progress)
+    return state
 
 
 def save_policy(path: Path, config: TrainConfig, snapshot: dict[str, Any]) -> None:

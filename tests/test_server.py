@@ -46,7 +46,7 @@ def test_delays_come_from_versions(server):
         (lambda s: (meta(0, 0), np.full(s.num_params, np.nan)), "non_finite"),
         (lambda s: (meta(0, 0), np.full(s.num_params, np.inf)), "non_finite"),
         (lambda s: (meta(0, 0), np.full(s.num_params, 1e9)), "norm_too_large"),
-        (lambda s: (meta(0, 7), np.ones(s.num_params)), "wrong_version"),
+        (lambda s: (meta(0, 7), np.ones(s.num_params)), "future_version"),
         (lambda s: (meta(9, 0), np.ones(s.num_params)), "unknown_agent"),
     ],
 )

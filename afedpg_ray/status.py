@@ -1,0 +1,254 @@
+"""``afedpg status``: a live straggler table of a running training, read from its server actor.
+
+It joins the cluster at ``--address`` (namespace ``afedpg``), looks up the named actor
+``{prefix}-server`` and prints what ``ParameterServer.status()`` returns: per agent the updates it
+delivered, its mean iteration time, its mean and maximum delay, when it was last seen and on which
+node, plus the server's version, update rate, samples and return.
+
+``ray.init`` can block for minutes on an address where no Ray cluster answers, so the address is
+first probed with a plain TCP connect (a few seconds at most), and the connection itself runs under a
+deadline; either failure is a one-line error with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from afedpg_ray.cli import EXIT_USAGE, fail
+
+PROBE_TIMEOUT_S = 3.0
+"""How long the TCP probe of ``--address`` may take."""
+DEFAULT_TIMEOUT_S = 30.0
+"""Default deadline for joining the cluster and for each ``status()`` call."""
+
+
+class StatusError(RuntimeError):
+    """A one-line reason why the status cannot be shown."""
+
+
+class ServerGoneError(StatusError):
+    """The server actor does not exist (any more)."""
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host:port`` or ``ray://host:port``; None for ``auto``/``local``.
+
+    Raises :class:`StatusError` for anything else.
+    """
+    if address in ("auto", "local"):
+        return None
+    rest = address[len("ray://") :] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StatusError(f"--address: expected host:port or ray://host:port, got {address!r}")
+    return host, int(port)
+
+
+def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Fail fast unless something accepts TCP connections at ``address`` (no-op for ``auto``)."""
+    target = parse_address(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err) or type(err).__name__)
+        raise StatusError(f"--address: cannot reach Ray at {address!r} ({reason})") from None
+
+
+def connect(address: str, timeout: float) -> None:
+    """Join the cluster at ``address`` in namespace ``afedpg`` within ``timeout`` seconds.
+
+    The TCP probe catches unreachable addresses quickly. If ``ray.init`` itself does not return in
+    time (something answers at the port but it is not a Ray cluster that lets us in), the error is
+    printed and the process exits with code 2 at once: a half-finished ``ray.init`` cannot be
+    cancelled, and the interpreter's exit handlers would wait for it.
+    """
+    import ray
+
+    from afedpg_ray.runtime import NAMESPACE
+
+    probe_address(address, min(PROBE_TIMEOUT_S, timeout))
+    outcome: dict[str, BaseException] = {}
+
+    def join() -> None:
+        try:
+            ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=join, name="afedpg-status-connect", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        print(
+            f"afedpg: error: --address: no Ray cluster answered at {address!r} within {timeout:.0f}s", file=sys.stderr
+        )
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(EXIT_USAGE)
+    if "error" in outcome:
+        raise StatusError(f"--address: cannot connect to Ray at {address!r}: {_first_line(outcome['error'])}")
+
+
+def find_server(prefix: str) -> Any:
+    """The actor handle of ``{prefix}-server``; :class:`ServerGoneError` naming what exists otherwise."""
+    import ray
+
+    name = f"{prefix}-server"
+    try:
+        return ray.get_actor(name)
+    except ValueError:
+        pass
+    others = sorted(n for n in ray.util.list_named_actors() if n.endswith("-server"))
+    hint = f" (servers found: {', '.join(others)}; pick one with --prefix)" if others else ""
+    raise ServerGoneError(f"no training server {name!r} in namespace 'afedpg' on this cluster{hint}")
+
+
+def fetch_status(server: Any, timeout: float) -> dict[str, Any]:
+    """``server.status()``, or :class:`ServerGoneError` / :class:`StatusError`."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    try:
+        return ray.get(server.status.remote(), timeout=timeout)
+    except RayActorError:
+        raise ServerGoneError("the training server has exited (the run finished or stopped)") from None
+    except GetTimeoutError:
+        raise StatusError(f"the training server did not answer within {timeout:.0f}s") from None
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def format_status(status: dict[str, Any], name: str, now: float | None = None) -> str:
+    """The straggler table for one ``ParameterServer.status()`` snapshot (pure; no Ray).
+
+    "last seen" compares the server's clock with this machine's, so clock skew between machines
+    shows up there.
+    """
+    now = time.time() if now is None else now
+    rejected = status.get("rejected") or {}
+    rejected_text = ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) or "0"
+    lines = [
+        f"{name}: version {status['version']}, {status['updates_per_second']:.2f} updates/s, "
+        f"{status['samples_total']} samples, return {_fmt(status['return_mean'], 1)}, "
+        f"rejected {rejected_text}, up {status.get('elapsed', float('nan')):.0f}s"
+    ]
+    header = ("agent", "node", "updates", "rejected", "iter_mean_s", "delay_mean", "delay_max", "last_seen_s_ago")
+    rows = [header]
+    means: dict[int, float] = {}
+    for agent, stats in sorted(status.get("agents", {}).items(), key=lambda item: int(item[0])):
+        updates = int(stats["updates"])
+        iteration = stats["iteration_seconds_sum"] / updates if updates else float("nan")
+        delay = stats["delay_sum"] / updates if updates else float("nan")
+        if updates:
+            means[int(agent)] = iteration
+        seen = max(0.0, now - stats["last_seen"]) if stats.get("last_seen") else float("nan")
+        rows.append(
+            (
+                str(agent),
+                (stats.get("node_id") or "-")[:8],
+                str(updates),
+                str(stats.get("rejected", 0)),
+                _fmt(iteration, 3),
+                _fmt(delay),
+                str(stats["delay_max"]) if updates else "-",
+                _fmt(seen, 1),
+            )
+        )
+    if len(rows) == 1:
+        lines.append("no agent has delivered a gradient yet")
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        cells = [row[0].rjust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
+        lines.append("  ".join(cells))
+    if len(means) >= 2:
+        slowest = max(means, key=means.__getitem__)
+        fastest = min(means.values())
+        ratio = f", {means[slowest] / fastest:.1f}x the fastest" if fastest > 0 else ""
+        lines.append(f"slowest: agent {slowest} ({means[slowest]:.3f}s per iteration{ratio})")
+    return "\n".join(lines)
+
+
+def show(args: argparse.Namespace) -> int:
+    """Connect, then print the table once or every ``--watch`` seconds until Ctrl-C."""
+    import ray
+
+    connect(args.address, args.timeout)
+    name = f"{args.prefix}-server"
+    try:
+        server = find_server(args.prefix)
+        status = fetch_status(server, args.timeout)
+        clear = args.watch is not None and sys.stdout.isatty()
+        while True:
+            if clear:
+                print("\x1b[H\x1b[2J", end="")
+            elif args.watch is not None:
+                print(f"--- {time.strftime('%H:%M:%S')}")
+            print(format_status(status, name), flush=True)
+            if args.watch is None:
+                return 0
+            time.sleep(args.watch)
+            try:
+                status = fetch_status(server, args.timeout)
+            except ServerGoneError as gone:
+                print(f"{name}: {gone}", flush=True)
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        ray.shutdown()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``afedpg status``."""
+    if args.watch is not None and not (math.isfinite(args.watch) and args.watch > 0):
+        fail(f"--watch: must be a positive number of seconds, got {args.watch}")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        fail(f"--timeout: must be a positive number of seconds, got {args.timeout}")
+    if not args.prefix:
+        fail("--prefix: must not be empty")
+    try:
+        return show(args)
+    except StatusError as err:
+        fail(str(err))
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register ``afedpg status`` on the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "status", help="live straggler table of a running training (per-agent updates, delays, nodes)"
+    )
+    parser.add_argument(
+        "--address", required=True, help="the Ray cluster the training runs on: host:port (GCS) or ray://host:port"
+    )
+    parser.add_argument("--prefix", default="afedpg", help="actor name prefix of the run (default afedpg)")
+    parser.add_argument(
+        "--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C or the run ends"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"deadline for joining the cluster and for each status call (default {DEFAULT_TIMEOUT_S:.0f})",
+    )
+    parser.set_defaults(handler=cmd_status)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__

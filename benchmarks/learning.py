@@ -1,0 +1,138 @@
+"""Learning benchmark: final return per environment and algorithm over seeds, with learning curves.
+
+Each (env, algo, seed) is one ``afedpg_ray.train.train`` run on one local Ray instance. Writes
+``OUT/learning.csv`` (one row per run), ``OUT/curves.csv`` (return vs samples, every run) and
+``OUT/learning_<env>.png`` (mean and min/max band over seeds per algorithm).
+
+    python benchmarks/learning.py --envs Hopper-v5 --algos afedpg,vanilla,a3c,fedpg --seeds 0,1 \
+        --samples 300000 --agents 4 --hetero linear:4 --out benchmarks/results/learning-hopper
+    python benchmarks/learning.py --quick   # CartPole, tiny budget: checks the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from afedpg_ray.cli import build_parser, config_from_args
+from afedpg_ray.runlog import read_progress
+from afedpg_ray.train import train
+
+
+def run_one(env: str, algo: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
+    """Train one configuration; returns its result row."""
+    agents = 1 if algo == "pg" else args.agents
+    argv = [
+        "train",
+        "--env",
+        env,
+        "--algo",
+        algo,
+        "--agents",
+        str(agents),
+        "--seed",
+        str(seed),
+        "--samples",
+        str(args.samples),
+        "--hetero",
+        args.hetero if agents > 1 else "none",
+    ]
+    argv += args.train_args.split() if args.train_args else []
+    parsed = build_parser().parse_args(argv)
+    run_dir = out / "runs" / f"{env}-{algo}-n{agents}-s{seed}"
+    config = config_from_args(parsed, {"out": str(run_dir), "progress": False, "tensorboard": False})
+    result = train(config)
+    rows = read_progress(run_dir / "progress.csv")
+    returns = [float(r["return_mean"]) for r in rows if r["accepted"] == "True"]
+    tail = [x for x in returns[-max(1, len(returns) // 20) :] if np.isfinite(x)]
+    return {
+        "env": env,
+        "algo": algo,
+        "agents": agents,
+        "seed": seed,
+        "samples": result.samples_total,
+        "final_return": float(np.mean(tail)) if tail else float("nan"),
+        "wall_time": round(result.wall_time, 1),
+        "updates": result.updates,
+        "mean_delay": round(result.mean_delay, 2),
+        "run_dir": str(run_dir),
+    }
+
+
+def curve(run_dir: Path, grid: np.ndarray) -> np.ndarray:
+    """Return-vs-samples of one run interpolated onto ``grid``."""
+    rows = [r for r in read_progress(run_dir / "progress.csv") if r["accepted"] == "True" and r["return_mean"] != "nan"]
+    x = np.array([float(r["samples_total"]) for r in rows])
+    y = np.array([float(r["return_mean"]) for r in rows])
+    return np.interp(grid, x, y, left=np.nan) if len(x) else np.full(len(grid), np.nan)
+
+
+def plot(rows: list[dict], env: str, samples: int, path: Path) -> None:
+    """Mean and min/max band over seeds of return vs samples, one curve per algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.linspace(0, samples, 100)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for algo in dict.fromkeys(r["algo"] for r in rows if r["env"] == env):
+        curves = np.array([curve(Path(r["run_dir"]), grid) for r in rows if r["env"] == env and r["algo"] == algo])
+        n = rows[[r["algo"] for r in rows].index(algo)]["agents"]
+        mean = np.nanmean(curves, axis=0)
+        ax.plot(grid, mean, label=f"{algo} (N={n}, {len(curves)} seeds)")
+        ax.fill_between(grid, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), alpha=0.2)
+    ax.set_xlabel("environment steps (all agents)")
+    ax.set_ylabel("training return (last 20 episodes)")
+    ax.set_title(env)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    """Run the benchmark grid and write the CSVs and plots."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", default="Swimmer-v5,Hopper-v5,Walker2d-v5,HalfCheetah-v5")
+    parser.add_argument("--algos", default="afedpg,vanilla,a3c")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--samples", type=int, default=1_000_000)
+    parser.add_argument("--agents", type=int, default=8)
+    parser.add_argument("--hetero", default="linear:4")
+    parser.add_argument("--train-args", default="", help="extra afedpg train options, e.g. '--batch 2000'")
+    parser.add_argument("--out", default="benchmarks/results/learning")
+    parser.add_argument("--quick", action="store_true", help="CartPole, 2 algorithms, 1 seed, tiny budget")
+    args = parser.parse_args()
+    if args.quick:
+        args.envs, args.algos, args.seeds, args.samples, args.agents = "CartPole-v1", "afedpg,a3c", "0", 4000, 2
+        args.train_args = args.train_args or "--batch 500 --num-envs 2"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    start = time.time()
+    for env in args.envs.split(","):
+        for algo in args.algos.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                row = run_one(env, algo, seed, args, out)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        plot(rows, env, args.samples, out / f"learning_{env}.png")
+    with (out / "learning.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out}/learning.csv and plots in {time.time() - start:.0f}s")
+    for env in args.envs.split(","):
+        for algo in args.algos.split(","):
+            finals = [r["final_return"] for r in rows if r["env"] == env and r["algo"] == algo]
+            print(f"{env:16s} {algo:8s} mean {np.mean(finals):8.1f}  seeds {[round(f, 1) for f in finals]}")
+
+
+if __name__ == "__main__":
+    main()

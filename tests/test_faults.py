@@ -1,0 +1,152 @@
+"""Faults on real Ray: killed agent processes, a killed server, a SIGKILLed driver resumed, bad checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from afedpg_ray.cli import main
+from afedpg_ray.config import TrainConfig
+from afedpg_ray.train import train
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def events(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "events.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def progress(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "progress.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def config(tmp_path: Path, **overrides) -> TrainConfig:
+    base = dict(
+        env="CartPole-v1",
+        agents=3,
+        hetero="none",
+        batch=100,
+        num_envs=2,
+        samples=6000,
+        progress=False,
+        tensorboard=False,
+        checkpoint_every=10,
+        out=str(tmp_path / "run"),
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+class KillAt:
+    """An on_record callback that SIGKILLs a named actor's process once, at a given update."""
+
+    def __init__(self, actor_name: str, update: int) -> None:
+        self.actor_name, self.update, self.done = actor_name, update, False
+
+    def __call__(self, record) -> None:
+        if not self.done and record.update >= self.update:
+            self.done = True
+            pid = ray.get(ray.get_actor(self.actor_name).pid.remote())
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_killed_agent_process_is_restarted_and_the_run_finishes(tmp_path):
+    # iteration_time makes the run last ~14 s whatever the machine's speed, so the restart has time to rejoin
+    result = train(config(tmp_path, samples=20000, iteration_time=0.2), on_record=KillAt("afedpg-agent-1", 5))
+    run_dir = Path(result.out_dir)
+    kinds = [(e["kind"], e["agent"]) for e in events(run_dir)]
+    assert ("agent_restart", "1") in kinds and ("agent_rejoined", "1") in kinds
+    assert result.restarts == {1: 1} and result.samples_total >= 20000
+    rows = progress(run_dir)
+    restart_update = max(int(r["update"]) for r in rows[:6])
+    assert any(r["agent"] == "1" and int(r["update"]) > restart_update + 3 for r in rows)  # it rejoined
+    updates = [int(r["update"]) for r in rows if r["accepted"] == "True"]
+    assert updates == list(range(1, len(updates) + 1))  # nothing applied twice, nothing skipped
+
+
+def test_killed_server_is_restored_from_its_checkpoint(tmp_path):
+    result = train(config(tmp_path, samples=8000, iteration_time=0.1), on_record=KillAt("afedpg-server", 15))
+    run_dir = Path(result.out_dir)
+    restored = [e for e in events(run_dir) if e["kind"] == "server_restored"]
+    assert len(restored) == 1 and "restored at update 10" in restored[0]["message"]
+    assert result.server_restores == 1 and result.samples_total >= 8000
+    rows = progress(run_dir)
+    after = [int(r["update"]) for r in rows[15:]]
+    assert 11 in after  # the version continued from the checkpoint (update 10), not from zero
+
+
+def test_driver_sigkill_then_resume_continues_counters(tmp_path):
+    run_dir = tmp_path / "run"
+    address = ray.get_runtime_context().gcs_address
+    cmd = [
+        sys.executable,
+        "-m",
+        "afedpg_ray.cli",
+        "train",
+        "--env",
+        "CartPole-v1",
+        "--agents",
+        "2",
+        "--batch",
+        "100",
+        "--num-envs",
+        "2",
+        "--samples",
+        "200000",
+        "--checkpoint-every",
+        "5",
+        "--hetero",
+        "none",
+        "--no-progress",
+        "--no-tensorboard",
+        "--out",
+        str(run_dir),
+        "--address",
+        address,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not (run_dir / "progress.csv").exists() or len(progress(run_dir)) < 22):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_rows = len(progress(run_dir))
+    assert killed_rows >= 22
+    time.sleep(2)  # the dead driver's actors are reclaimed by Ray
+    assert main(["train", "--resume", str(run_dir), "--samples", "6000", "--no-progress"]) == 0
+    rows = progress(run_dir)
+    updates = [int(r["update"]) for r in rows]
+    assert updates == list(range(1, len(updates) + 1))  # continuous: cut back to the checkpoint, then appended
+    assert len(rows) > killed_rows - 5
+    samples = [int(r["samples_total"]) for r in rows]
+    assert samples == sorted(samples) and samples[-1] >= 6000
+    assert any(e["kind"] == "resumed" for e in events(run_dir))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["updates"] == updates[-1]
+
+
+def test_corrupt_or_missing_checkpoint_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config(tmp_path).save(run_dir / "config.json")
+    with pytest.raises(SystemExit) as missing:
+        main(["train", "--resume", str(run_dir)])
+    assert missing.value.code == 2
+    assert "checkpoint.pt" in capsys.readouterr().err
+    (run_dir / "checkpoint.pt").write_bytes(b"\x80garbage")
+    with pytest.raises(SystemExit) as corrupt:
+        main(["train", "--resume", str(run_dir)])
+    err = capsys.readouterr().err.strip()
+    assert corrupt.value.code == 2 and len(err.splitlines()) == 1 and "corrupt checkpoint" in err
