@@ -9,6 +9,7 @@ import time
 import numpy as np
 import torch
 
+from afedpg_ray.byzantine import corrupt, parse_attack
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.heterogeneity import padding_seconds, wait
 from afedpg_ray.messages import Dispatch, GradientMeta
@@ -33,6 +34,9 @@ class RolloutAgent:
         self.slowdown = slowdown
         self.comm_delay = comm_delay
         self.metrics = AgentMetrics(agent_id)
+        attack = parse_attack(config.byzantine, config.agents)
+        self.attack = attack if attack is not None and attack.applies_to(agent_id) else None
+        self.attack_rng = np.random.default_rng(agent_seed(config.seed, agent_id, incarnation))
         self.node = self.node_id()
         self.sampler = Sampler(
             config.env, config.num_envs, agent_seed(config.seed, agent_id, incarnation), config.hidden, config.estimator
@@ -43,6 +47,7 @@ class RolloutAgent:
         start = time.perf_counter()
         self.sampler.set_policy(dispatch.params, dispatch.obs_stats)
         estimate = self.sampler.sample_gradient(self.config.batch)
+        grad = estimate.grad if self.attack is None else corrupt(estimate.grad, self.attack, self.attack_rng)
         compute = time.perf_counter() - start
         pause = padding_seconds(self.slowdown, compute, self.config.iteration_time) + self.comm_delay
         wait(pause)
@@ -55,11 +60,11 @@ class RolloutAgent:
             obs_delta=estimate.obs_delta,
             compute_seconds=compute,
             wait_seconds=pause,
-            grad_norm=float(np.linalg.norm(estimate.grad)),
+            grad_norm=float(np.linalg.norm(grad)),
             node_id=self.node,
         )
         self.metrics.observe_iteration(compute + pause)
-        return meta, estimate.grad
+        return meta, grad
 
     def pid(self) -> int:
         """Process id of this agent (chaos tests kill it)."""

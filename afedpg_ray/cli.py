@@ -115,6 +115,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     add("--alpha0", type=float, help=f"momentum weight or its scale, in (0, 1] (default {d.alpha0})")
     add("--lr", type=float, help=f"a3c's Adam step size (default {d.lr})")
     add("--max-grad-norm", type=float, help="reject gradients with a larger norm")
+    add("--byzantine", help="K:ATTACK - the first K agents send sign_flip, scale:X, random_noise or nan gradients")
+    add("--robust", help="server-side defence against Byzantine agents: none | filter (default none)")
     add("--checkpoint-every", type=int, help=f"checkpoint the server every K updates (default {d.checkpoint_every})")
     add("--gamma", type=float, help=f"discount (default {e.gamma}; per-env table may differ)")
     add("--gae-lambda", type=float, help=f"GAE lambda (default {e.gae_lambda})")

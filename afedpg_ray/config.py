@@ -98,6 +98,10 @@ class TrainConfig:
     """A3C's plain step size (Adam) - only used by ``a3c``."""
     max_grad_norm: float = 1e6
     """Gradients with a larger norm are rejected by the server."""
+    byzantine: str = ""
+    """``K:ATTACK``: the first K agents send corrupted gradients (sign_flip, scale:X, random_noise, nan)."""
+    robust: str = "none"
+    """Server-side defence: none | filter (norm and direction outliers against recent arrivals)."""
     checkpoint_every: int = 25
     """The server's state is checkpointed every this many updates (and at the start and the end)."""
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
@@ -156,7 +160,8 @@ def validate(config: TrainConfig) -> TrainConfig:
 
     Only cheap checks that need no Ray; the environment id is checked against gymnasium's registry.
     """
-    from afedpg_ray.heterogeneity import parse_profile  # local import: avoids a cycle
+    from afedpg_ray.byzantine import ROBUST_CHOICES, parse_attack  # local imports: avoid a cycle
+    from afedpg_ray.heterogeneity import parse_profile
 
     if config.algo not in ALGORITHMS:
         raise ConfigError("--algo", f"unknown algorithm {config.algo!r}; choose one of {', '.join(ALGORITHMS)}")
@@ -201,6 +206,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     if est.entropy_coef < 0:
         raise ConfigError("--entropy-coef", f"must be non-negative, got {est.entropy_coef!r}")
     parse_profile(config.hetero, config.agents, config.seed)
+    parse_attack(config.byzantine, config.agents)
+    if config.robust not in ROBUST_CHOICES:
+        raise ConfigError("--robust", f"unknown defence {config.robust!r}; choose one of {', '.join(ROBUST_CHOICES)}")
     check_env_id(config.env)
     return config
 

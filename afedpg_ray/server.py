@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from afedpg_ray.byzantine import RobustFilter
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.messages import Dispatch, GradientMeta, UpdateRecord
 from afedpg_ray.metrics import ServerMetrics
@@ -71,6 +72,7 @@ class ParameterServer:
         self.start_time = time.time()
         self.agent_stats: dict[int, AgentStats] = {}
         self.metrics = ServerMetrics()
+        self.robust = RobustFilter(window=4 * config.agents) if config.robust == "filter" else None
 
     def export_state(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly: parameters, momentum, counters, RNG."""
@@ -137,6 +139,8 @@ class ParameterServer:
             return "non_finite"
         if float(np.linalg.norm(grad)) > self.config.max_grad_norm:
             return "norm_too_large"
+        if self.robust is not None:
+            return self.robust.check(meta.agent_id, grad, self.state.momentum)
         return ""
 
     def apply(self, meta: GradientMeta, grad: np.ndarray) -> tuple[Dispatch, UpdateRecord]:

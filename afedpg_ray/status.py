@@ -23,6 +23,9 @@ from typing import Any
 
 from afedpg_ray.cli import EXIT_USAGE, fail
 
+NAMESPACE = "afedpg"
+"""Ray namespace of the run's named actors: ``runtime.NAMESPACE``, repeated here because importing
+``runtime`` pulls in torch and gymnasium (tests/test_existing_cluster.py checks that they agree)."""
 PROBE_TIMEOUT_S = 3.0
 """How long the TCP probe of ``--address`` may take."""
 DEFAULT_TIMEOUT_S = 30.0
@@ -73,11 +76,10 @@ def connect(address: str, timeout: float) -> None:
     printed and the process exits with code 2 at once: a half-finished ``ray.init`` cannot be
     cancelled, and the interpreter's exit handlers would wait for it.
     """
+    probe_address(address, min(PROBE_TIMEOUT_S, timeout))
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # no retry warnings around the one-line error
     import ray
 
-    from afedpg_ray.runtime import NAMESPACE
-
-    probe_address(address, min(PROBE_TIMEOUT_S, timeout))
     outcome: dict[str, BaseException] = {}
 
     def join() -> None:
@@ -111,7 +113,7 @@ def find_server(prefix: str) -> Any:
         pass
     others = sorted(n for n in ray.util.list_named_actors() if n.endswith("-server"))
     hint = f" (servers found: {', '.join(others)}; pick one with --prefix)" if others else ""
-    raise ServerGoneError(f"no training server {name!r} in namespace 'afedpg' on this cluster{hint}")
+    raise ServerGoneError(f"no training server {name!r} in namespace {NAMESPACE!r} on this cluster{hint}")
 
 
 def fetch_status(server: Any, timeout: float) -> dict[str, Any]:
