@@ -3,6 +3,11 @@
 An agent steps ``num_envs`` environments at once with batched inference, then estimates the policy
 gradient with GAE(lambda) advantages from a private critic (or a batch-mean baseline). Only the
 policy gradient leaves the agent; the critic and the reward scaler stay private.
+
+Per-step inference and the critic's fit run on :class:`NumpyMLP`, a float32 numpy mirror of
+``policy.mlp``: at 4-64 rows torch's fixed cost per call (about 0.3 ms a forward pass, 1 ms an Adam
+step) is many times the arithmetic, and it cost an agent over half its time on Hopper
+(benchmarks/sampling.py). The policy gradient itself, one batched pass, stays in torch autograd.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
 
 from afedpg_ray.config import EstimatorConfig
 from afedpg_ray.normalizer import RunningStats
@@ -63,22 +69,119 @@ class GradientEstimate:
     obs_delta: RunningStats
 
 
+class NumpyMLP:
+    """A tanh MLP (as built by ``policy.mlp``) in float32 numpy: forward pass and backpropagation."""
+
+    def __init__(self, net: nn.Sequential) -> None:
+        self.params: list[np.ndarray] = []
+        """Weight (in, out) and bias of each layer in turn; a ``Linear`` stores its weight as (out, in)."""
+        for lin in (m for m in net if isinstance(m, nn.Linear)):
+            self.params += [lin.weight.detach().numpy().T.copy(), lin.bias.detach().numpy().copy()]
+
+    def load(self, net: nn.Sequential) -> None:
+        """Copy the weights of ``net`` (same architecture) into ``params`` in place."""
+        for i, lin in enumerate(m for m in net if isinstance(m, nn.Linear)):
+            self.params[2 * i][...] = lin.weight.detach().numpy().T
+            self.params[2 * i + 1][...] = lin.bias.detach().numpy()
+
+    def activations(self, x: np.ndarray) -> list[np.ndarray]:
+        """The input and every layer's output (tanh on hidden layers, linear output last)."""
+        outputs = [x]
+        layers = len(self.params) // 2
+        for i in range(layers):
+            h = outputs[-1] @ self.params[2 * i] + self.params[2 * i + 1]
+            outputs.append(np.tanh(h) if i < layers - 1 else h)
+        return outputs
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The network's output for a batch ``x`` of shape (rows, inputs)."""
+        return self.activations(x)[-1]
+
+    def backward(self, outputs: list[np.ndarray], grad_out: np.ndarray) -> list[np.ndarray]:
+        """Gradients of the loss w.r.t. ``params`` given :meth:`activations` and dloss/doutput."""
+        grads: list[np.ndarray] = [np.empty(0)] * len(self.params)
+        g = grad_out
+        for i in reversed(range(len(self.params) // 2)):
+            grads[2 * i] = outputs[i].T @ g
+            grads[2 * i + 1] = g.sum(axis=0)
+            if i > 0:
+                g = (g @ self.params[2 * i].T) * (1.0 - outputs[i] ** 2)
+        return grads
+
+
+class Adam:
+    """``torch.optim.Adam`` (no weight decay, no amsgrad) on numpy arrays, updated in place."""
+
+    def __init__(self, params: list[np.ndarray], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> None:
+        self.params = params
+        self.lr = lr
+        self.beta1, self.beta2 = betas
+        self.eps = 1e-8
+        self.steps = 0
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        """One descent step on the loss whose gradients are ``grads``, with torch's bias correction."""
+        self.steps += 1
+        step_size = self.lr / (1.0 - self.beta1**self.steps)
+        correction2 = math.sqrt(1.0 - self.beta2**self.steps)
+        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            m += (1.0 - self.beta1) * (g - m)
+            v *= self.beta2
+            v += (1.0 - self.beta2) * g * g
+            p -= step_size * m / (np.sqrt(v) / correction2 + self.eps)
+
+
+class Critic:
+    """The private value network, fitted by minibatch Adam on the squared error to its targets."""
+
+    def __init__(self, obs_dim: int, hidden: tuple[int, ...], lr: float) -> None:
+        self.net = NumpyMLP(mlp([obs_dim, *hidden, 1], out_gain=1.0))
+        self.opt = Adam(self.net.params, lr)
+
+    def values(self, norm_obs: np.ndarray) -> np.ndarray:
+        """V(s) (float64) for observations of shape (..., obs_dim)."""
+        flat = norm_obs.reshape(-1, norm_obs.shape[-1])
+        return self.net.forward(flat)[:, 0].astype(np.float64).reshape(norm_obs.shape[:-1])
+
+    def fit(
+        self, obs: np.ndarray, targets: np.ndarray, epochs: int, rng: np.random.Generator, minibatch: int = 64
+    ) -> None:
+        """``epochs`` shuffled passes of minibatch Adam on ``mean((V(obs) - targets)^2)``."""
+        targets = targets.astype(np.float32)
+        for _ in range(epochs):
+            order = rng.permutation(len(obs))
+            for start in range(0, len(order), minibatch):
+                idx = order[start : start + minibatch]
+                outputs = self.net.activations(obs[idx])
+                grad_out = (2.0 / len(idx)) * (outputs[-1] - targets[idx, None])
+                self.opt.step(self.net.backward(outputs, grad_out))
+
+
+def make_vec_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``env_id`` stepped in this process, reset in the same step they end."""
+    return gym.make_vec(
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+    )
+
+
 class Sampler:
     """Steps a vector of environments with the shared policy and estimates policy gradients."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, hidden: tuple[int, ...], est: EstimatorConfig) -> None:
         self.est = est
-        self.envs = gym.make_vec(
-            env_id,
-            num_envs=num_envs,
-            vectorization_mode="sync",
-            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-        )
+        self.envs = make_vec_env(env_id, num_envs)
         self.num_envs = num_envs
         torch.manual_seed(seed)
         self.policy, self.obs_dim = build_policy(env_id, hidden, est.log_std_init)
-        self.critic = mlp([self.obs_dim, *hidden, 1], out_gain=1.0) if est.critic else None
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=est.critic_lr) if self.critic else None
+        self.critic = Critic(self.obs_dim, hidden, est.critic_lr) if est.critic else None
+        self.actor = NumpyMLP(self.policy.net)
+        self.action_std = self._action_std()
+        self.rng = np.random.default_rng(seed)
         space = self.envs.single_action_space
         self.action_low = space.low if isinstance(space, gym.spaces.Box) else None
         self.action_high = space.high if isinstance(space, gym.spaces.Box) else None
@@ -91,7 +194,28 @@ class Sampler:
     def set_policy(self, params: np.ndarray, obs_stats: RunningStats) -> None:
         """Load the shared parameters and normaliser the server dispatched."""
         set_flat(self.policy, params)
+        self.actor.load(self.policy.net)
+        self.action_std = self._action_std()
         self.obs_stats = obs_stats
+
+    def _action_std(self) -> np.ndarray | None:
+        if self.policy.discrete:
+            return None
+        return self.policy.log_std.detach().exp().numpy().copy()
+
+    def _act(self, norm_obs: np.ndarray) -> np.ndarray:
+        """Sample actions at ``norm_obs``: the distribution of ``Policy.act``, drawn in numpy.
+
+        Gaussian: mean + std * N(0, 1) (float32). Categorical: inverse CDF of softmax(logits) (int64).
+        """
+        out = self.actor.forward(norm_obs)
+        if self.action_std is not None:
+            return out + self.action_std * self.rng.standard_normal(out.shape, dtype=np.float32)
+        logits = out.astype(np.float64)
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        cumulative = np.cumsum(probs, axis=-1)
+        u = self.rng.random((len(out), 1)) * cumulative[:, -1:]
+        return (u > cumulative[:, :-1]).sum(axis=-1).astype(np.int64)
 
     def _normalize(self, obs: np.ndarray) -> np.ndarray:
         if not self.est.normalize_obs:
@@ -101,8 +225,7 @@ class Sampler:
     def _values(self, norm_obs: np.ndarray) -> np.ndarray:
         if self.critic is None:
             return np.zeros(norm_obs.shape[:-1])
-        with torch.no_grad():
-            return self.critic(torch.as_tensor(norm_obs)).squeeze(-1).double().numpy()
+        return self.critic.values(norm_obs)
 
     def sample_gradient(self, batch: int) -> GradientEstimate:
         """Collect at least ``batch`` environment steps and return the policy-gradient estimate."""
@@ -119,7 +242,7 @@ class Sampler:
         for t in range(steps):
             raw_obs[t] = self.obs.reshape(n, d)
             norm_obs[t] = self._normalize(raw_obs[t])
-            action = self.policy.act(norm_obs[t])
+            action = self._act(norm_obs[t])
             actions.append(action)
             env_action = action if self.action_low is None else np.clip(action, self.action_low, self.action_high)
             self.obs, reward, terminated, truncated, info = self.envs.step(env_action)
@@ -160,7 +283,8 @@ class Sampler:
             advantages = lam_returns - lam_returns.mean()
         else:
             advantages = gae(rewards, values, next_values, dones, self.est.gamma, self.est.gae_lambda)
-            self._fit_critic(norm_obs.reshape(-1, d), (advantages + values).reshape(-1))
+            targets = (advantages + values).reshape(-1)
+            self.critic.fit(norm_obs.reshape(-1, d), targets, self.est.critic_epochs, self.rng)
         advantages = advantages.reshape(-1)
         if self.est.normalize_advantages and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -173,19 +297,6 @@ class Sampler:
         self.policy.zero_grad()
         objective.backward()
         return flat_grad(self.policy)
-
-    def _fit_critic(self, obs: np.ndarray, targets: np.ndarray, minibatch: int = 64) -> None:
-        assert self.critic is not None and self.critic_opt is not None
-        obs_t = torch.as_tensor(obs)
-        target_t = torch.as_tensor(targets, dtype=torch.float32)
-        for _ in range(self.est.critic_epochs):
-            order = torch.randperm(len(obs_t))
-            for start in range(0, len(order), minibatch):
-                idx = order[start : start + minibatch]
-                loss = ((self.critic(obs_t[idx]).squeeze(-1) - target_t[idx]) ** 2).mean()
-                self.critic_opt.zero_grad()
-                loss.backward()
-                self.critic_opt.step()
 
     def close(self) -> None:
         """Close the environments."""

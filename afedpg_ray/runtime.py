@@ -300,8 +300,7 @@ class RayRunner:
                 time.sleep(self._wait_timeout() or 0.05)
                 continue
             if dispatch_ref is None:
-                self._server_call([self.server.dispatch.remote(slot.agent_id) for slot in live])
-                dispatch_ref = self.server.dispatch.remote(live[0].agent_id)
+                dispatch_ref = self.server.dispatch_round.remote([slot.agent_id for slot in live])
             submitted = [(slot, *self._submit(slot, dispatch_ref)) for slot in live]
             metas, grads = [], []
             for slot, meta_ref, grad_ref in submitted:

@@ -72,7 +72,7 @@ class ParameterServer:
         self.start_time = time.time()
         self.agent_stats: dict[int, AgentStats] = {}
         self.metrics = ServerMetrics()
-        self.robust = RobustFilter(window=4 * config.agents) if config.robust == "filter" else None
+        self.robust = RobustFilter() if config.robust == "filter" else None
 
     def export_state(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly: parameters, momentum, counters, RNG."""
@@ -121,6 +121,12 @@ class ParameterServer:
         self.agent_versions[agent_id] = self.state.version
         return self._dispatch()
 
+    def dispatch_round(self, agent_ids: list[int]) -> Dispatch:
+        """(Re)start a synchronous round: every agent in ``agent_ids`` gets the same current point."""
+        for agent_id in agent_ids:
+            self.agent_versions[agent_id] = self.state.version
+        return self._dispatch()
+
     def _dispatch(self) -> Dispatch:
         assert self.state.point is not None
         return Dispatch(self.state.point.astype(np.float32), self.state.version, self.obs_stats)
@@ -140,7 +146,7 @@ class ParameterServer:
         if float(np.linalg.norm(grad)) > self.config.max_grad_norm:
             return "norm_too_large"
         if self.robust is not None:
-            return self.robust.check(meta.agent_id, grad, self.state.momentum)
+            return self.robust.check(meta.agent_id, grad)
         return ""
 
     def apply(self, meta: GradientMeta, grad: np.ndarray) -> tuple[Dispatch, UpdateRecord]:

@@ -28,7 +28,7 @@ NAMESPACE = "afedpg"
 ``runtime`` pulls in torch and gymnasium (tests/test_existing_cluster.py checks that they agree)."""
 PROBE_TIMEOUT_S = 3.0
 """How long the TCP probe of ``--address`` may take."""
-DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_TIMEOUT_S = 60.0
 """Default deadline for joining the cluster and for each ``status()`` call."""
 
 
@@ -77,7 +77,6 @@ def connect(address: str, timeout: float) -> None:
     cancelled, and the interpreter's exit handlers would wait for it.
     """
     probe_address(address, min(PROBE_TIMEOUT_S, timeout))
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # no retry warnings around the one-line error
     import ray
 
     outcome: dict[str, BaseException] = {}
@@ -186,33 +185,38 @@ def format_status(status: dict[str, Any], name: str, now: float | None = None) -
 
 
 def show(args: argparse.Namespace) -> int:
-    """Connect, then print the table once or every ``--watch`` seconds until Ctrl-C."""
+    """Connect, find the server, print its table (repeatedly with ``--watch``), disconnect."""
     import ray
 
     connect(args.address, args.timeout)
-    name = f"{args.prefix}-server"
     try:
         server = find_server(args.prefix)
-        status = fetch_status(server, args.timeout)
-        clear = args.watch is not None and sys.stdout.isatty()
+        return print_tables(server, f"{args.prefix}-server", args.watch, args.timeout)
+    finally:
+        ray.shutdown()
+
+
+def print_tables(server: Any, name: str, watch: float | None, timeout: float) -> int:
+    """Print the table once, or every ``watch`` seconds until Ctrl-C or the server exits (exit 0)."""
+    clear = watch is not None and sys.stdout.isatty()
+    try:
+        status = fetch_status(server, timeout)
         while True:
             if clear:
                 print("\x1b[H\x1b[2J", end="")
-            elif args.watch is not None:
+            elif watch is not None:
                 print(f"--- {time.strftime('%H:%M:%S')}")
             print(format_status(status, name), flush=True)
-            if args.watch is None:
+            if watch is None:
                 return 0
-            time.sleep(args.watch)
+            time.sleep(watch)
             try:
-                status = fetch_status(server, args.timeout)
+                status = fetch_status(server, timeout)
             except ServerGoneError as gone:
                 print(f"{name}: {gone}", flush=True)
                 return 0
     except KeyboardInterrupt:
         return 0
-    finally:
-        ray.shutdown()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

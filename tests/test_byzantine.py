@@ -36,23 +36,18 @@ def honest(rng: np.random.Generator, direction: np.ndarray) -> np.ndarray:
     return direction + 0.8 * rng.normal(size=direction.shape)
 
 
-def test_filter_rejects_a_sign_flipper_and_keeps_honest_agents():
+def test_filter_rejects_a_fast_sign_flipper_and_keeps_honest_agents():
+    # the attacker is the fastest agent: half of all arrivals, so it dominates any per-arrival statistic
     rng = np.random.default_rng(0)
     direction = np.ones(20) / np.sqrt(20)
-    filt = RobustFilter(window=16)
-    momentum = direction.copy()
+    filt = RobustFilter()
+    arrivals = [0, 1, 0, 2, 0, 3] * 40
     verdicts: dict[int, list[str]] = {0: [], 1: [], 2: [], 3: []}
-    for step in range(200):
-        agent = step % 4
+    for agent in arrivals:
         g = honest(rng, direction)
-        if agent == 0:
-            g = -g
-        verdict = filt.check(agent, g, momentum)
-        verdicts[agent].append(verdict)
-        if not verdict:
-            momentum = 0.8 * momentum + 0.2 * g
-    late = {a: v[20:] for a, v in verdicts.items()}
-    assert late[0].count("direction_outlier") >= 0.9 * len(late[0])
+        verdicts[agent].append(filt.check(agent, -g if agent == 0 else g))
+    late = {a: v[10:] for a, v in verdicts.items()}
+    assert late[0].count("direction_outlier") >= 0.75 * len(late[0])
     for agent in (1, 2, 3):
         assert late[agent].count("") >= 0.9 * len(late[agent])
 
@@ -60,8 +55,8 @@ def test_filter_rejects_a_sign_flipper_and_keeps_honest_agents():
 def test_filter_rejects_scaled_gradients_by_norm():
     rng = np.random.default_rng(1)
     direction = np.ones(10)
-    filt = RobustFilter(window=16)
+    filt = RobustFilter()
     for step in range(40):
-        filt.check(step % 3 + 1, honest(rng, direction), direction)
-    assert filt.check(0, 10 * honest(rng, direction), direction) == "norm_outlier"
-    assert filt.check(1, honest(rng, direction), direction) == ""
+        filt.check(step % 3 + 1, honest(rng, direction))
+    assert filt.check(0, 10 * honest(rng, direction)) == "norm_outlier"
+    assert filt.check(1, honest(rng, direction)) == ""

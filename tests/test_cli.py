@@ -30,6 +30,11 @@ from afedpg_ray.cli import main
         (["--agent-resources", "{not json"], "--agent-resources"),
         (["--agent-resources", '{"0-9": {"num_cpus": 1}}'], "--agent-resources"),
         (["--agents", "two"], "--agents"),
+        (["--byzantine", "1:bogus"], "--byzantine"),
+        (["--byzantine", "4:sign_flip"], "--byzantine"),
+        (["--robust", "krum"], "--robust"),
+        (["--checkpoint-every", "0"], "--checkpoint-every"),
+        (["--resume", "/nonexistent/run"], "--resume"),
     ],
 )
 def test_bad_train_input_is_one_line_exit_2(argv, option, capsys):

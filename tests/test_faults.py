@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 
@@ -150,3 +151,18 @@ def test_corrupt_or_missing_checkpoint_is_refused(tmp_path, capsys):
         main(["train", "--resume", str(run_dir)])
     err = capsys.readouterr().err.strip()
     assert corrupt.value.code == 2 and len(err.splitlines()) == 1 and "corrupt checkpoint" in err
+
+
+@pytest.mark.parametrize(
+    ("byzantine", "extra", "reason"),
+    [("1:nan", {}, "non_finite"), ("1:scale:1e9", {"max_grad_norm": 1e4}, "norm_too_large")],
+)
+def test_bad_gradients_from_a_real_agent_are_rejected_and_counted(tmp_path, byzantine, extra, reason):
+    import torch
+
+    result = train(config(tmp_path, samples=2000, byzantine=byzantine, **extra))
+    assert result.rejected.get(reason, 0) > 0 and set(result.rejected) == {reason}
+    rows = progress(Path(result.out_dir))
+    assert all(r["agent"] == "0" and r["reason"] == reason for r in rows if r["accepted"] == "False")
+    theta = torch.load(Path(result.out_dir) / "policy.pt", weights_only=False)["theta"]
+    assert theta.size > 0 and np.isfinite(theta).all()
