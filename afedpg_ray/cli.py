@@ -175,12 +175,8 @@ def build_parser() -> OneLineParser:
     eval_p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
     eval_p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
     eval_p.set_defaults(handler=cmd_eval)
-    from tune_sweeps.cli import add_commands
 
-    add_commands(sub)
-    from afedpg_ray.status import add_commands as add_status_commands
 
-    add_status_commands(sub)
     return parser
 
 
