@@ -175,8 +175,9 @@ def build_parser() -> OneLineParser:
     eval_p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
     eval_p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
     eval_p.set_defaults(handler=cmd_eval)
+    from tune_sweeps.cli import add_commands
 
-
+    add_commands(sub)
     return parser
 
 

@@ -90,7 +90,7 @@ class TrainConfig:
     """Hidden layer widths of the policy (and critic) MLP."""
     schedule: str = "constant"
     """Step-size schedule: constant | theory (N-PG-IGT: eta0*2/(k+2), alpha0*(2/(k+2))^0.8)."""
-    eta0: float = 0.01
+    eta0: float = 0.03
     """Normalised step length (constant) or its scale (theory)."""
     alpha0: float = 0.2
     """Momentum weight (constant) or its scale (theory)."""

@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Short-horizon discrete control overshoots with the MuJoCo step: 4 agents (linear:4), 50k samples,
+    # seeds 0-4 reached 274-396 with eta0 0.01 and 135-436 with 0.03 (benchmarks/RESULTS.md).
+    "CartPole-v1": {"eta0": 0.01},
     # Swimmer's reward arrives slowly and its episodes are long: it needs a long horizon.
     "Swimmer-v5": {"estimator": {"gamma": 0.999}},
 }

@@ -43,19 +43,35 @@ def gae(
 
 
 class ReturnScaler:
-    """Divides rewards by the running std of the discounted return (as SB3's VecNormalize does)."""
+    """Divides rewards by the running std of the discounted return (as SB3's VecNormalize does).
+
+    Every step's returns are merged into the statistics with Chan et al.'s formula, exactly as
+    ``RunningStats.merge`` does, but on plain floats: this runs once per environment step.
+    """
 
     def __init__(self, num_envs: int, gamma: float) -> None:
         self.gamma = gamma
         self.returns = np.zeros(num_envs)
-        self.stats = RunningStats.empty(1)
+        self.count, self.mean, self.m2 = 0.0, 0.0, 0.0
+
+    @property
+    def var(self) -> float:
+        """Population variance of the returns seen so far (1 before two have been seen)."""
+        return self.m2 / self.count if self.count >= 2 else 1.0
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
         """Scaled rewards; updates the statistics with this step's discounted returns."""
         self.returns = self.returns * self.gamma + rewards
-        self.stats = self.stats.merge(RunningStats.of(self.returns[:, None]))
+        n = float(len(self.returns))
+        batch_mean = float(self.returns.mean())
+        batch_m2 = float(((self.returns - batch_mean) ** 2).sum())
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * (n / total)
+        self.m2 += batch_m2 + delta**2 * (self.count * n / total)
+        self.count = total
         self.returns[dones] = 0.0
-        return rewards / math.sqrt(float(self.stats.var[0]) + 1e-8)
+        return rewards / math.sqrt(self.var + 1e-8)
 
 
 @dataclass(frozen=True)
@@ -70,16 +86,28 @@ class GradientEstimate:
 
 
 class NumpyMLP:
-    """A tanh MLP (as built by ``policy.mlp``) in float32 numpy: forward pass and backpropagation."""
+    """A tanh MLP (as built by ``policy.mlp``) in float32 numpy: forward pass and backpropagation.
+
+    All parameters live in one flat vector (``flat``); ``params`` are its per-layer views, weight
+    (in, out) then bias, so an optimiser updates every layer with a handful of vector operations.
+    """
 
     def __init__(self, net: nn.Sequential) -> None:
-        self.params: list[np.ndarray] = []
-        """Weight (in, out) and bias of each layer in turn; a ``Linear`` stores its weight as (out, in)."""
+        self.shapes: list[tuple[int, ...]] = []
         for lin in (m for m in net if isinstance(m, nn.Linear)):
-            self.params += [lin.weight.detach().numpy().T.copy(), lin.bias.detach().numpy().copy()]
+            self.shapes += [(lin.in_features, lin.out_features), (lin.out_features,)]
+        ends = np.cumsum([math.prod(shape) for shape in self.shapes]).tolist()
+        self.slices = [slice(start, end) for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+        self.flat = np.zeros(ends[-1], dtype=np.float32)
+        self.params = self.views(self.flat)
+        self.load(net)
+
+    def views(self, flat: np.ndarray) -> list[np.ndarray]:
+        """``flat`` cut into arrays of the parameters' shapes (views, not copies)."""
+        return [flat[part].reshape(shape) for part, shape in zip(self.slices, self.shapes, strict=True)]
 
     def load(self, net: nn.Sequential) -> None:
-        """Copy the weights of ``net`` (same architecture) into ``params`` in place."""
+        """Copy the weights of ``net`` (same architecture; a ``Linear`` stores W as (out, in))."""
         for i, lin in enumerate(m for m in net if isinstance(m, nn.Linear)):
             self.params[2 * i][...] = lin.weight.detach().numpy().T
             self.params[2 * i + 1][...] = lin.bias.detach().numpy()
@@ -97,40 +125,40 @@ class NumpyMLP:
         """The network's output for a batch ``x`` of shape (rows, inputs)."""
         return self.activations(x)[-1]
 
-    def backward(self, outputs: list[np.ndarray], grad_out: np.ndarray) -> list[np.ndarray]:
-        """Gradients of the loss w.r.t. ``params`` given :meth:`activations` and dloss/doutput."""
-        grads: list[np.ndarray] = [np.empty(0)] * len(self.params)
+    def backward(self, outputs: list[np.ndarray], grad_out: np.ndarray) -> np.ndarray:
+        """Flat gradient of the loss given :meth:`activations`' ``outputs`` and dloss/doutput."""
+        flat_grad = np.empty_like(self.flat)
+        grads = self.views(flat_grad)
         g = grad_out
         for i in reversed(range(len(self.params) // 2)):
-            grads[2 * i] = outputs[i].T @ g
-            grads[2 * i + 1] = g.sum(axis=0)
+            np.matmul(outputs[i].T, g, out=grads[2 * i])
+            g.sum(axis=0, out=grads[2 * i + 1])
             if i > 0:
                 g = (g @ self.params[2 * i].T) * (1.0 - outputs[i] ** 2)
-        return grads
+        return flat_grad
 
 
 class Adam:
-    """``torch.optim.Adam`` (no weight decay, no amsgrad) on numpy arrays, updated in place."""
+    """``torch.optim.Adam`` (no weight decay, no amsgrad) on one flat numpy vector, updated in place."""
 
-    def __init__(self, params: list[np.ndarray], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> None:
+    def __init__(self, params: np.ndarray, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> None:
         self.params = params
         self.lr = lr
         self.beta1, self.beta2 = betas
         self.eps = 1e-8
         self.steps = 0
-        self.m = [np.zeros_like(p) for p in params]
-        self.v = [np.zeros_like(p) for p in params]
+        self.m = np.zeros_like(params)
+        self.v = np.zeros_like(params)
 
-    def step(self, grads: list[np.ndarray]) -> None:
-        """One descent step on the loss whose gradients are ``grads``, with torch's bias correction."""
+    def step(self, grad: np.ndarray) -> None:
+        """One descent step on the loss whose gradient is ``grad``, with torch's bias correction."""
         self.steps += 1
         step_size = self.lr / (1.0 - self.beta1**self.steps)
         correction2 = math.sqrt(1.0 - self.beta2**self.steps)
-        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
-            m += (1.0 - self.beta1) * (g - m)
-            v *= self.beta2
-            v += (1.0 - self.beta2) * g * g
-            p -= step_size * m / (np.sqrt(v) / correction2 + self.eps)
+        self.m += (1.0 - self.beta1) * (grad - self.m)
+        self.v *= self.beta2
+        self.v += (1.0 - self.beta2) * grad * grad
+        self.params -= step_size * self.m / (np.sqrt(self.v) / correction2 + self.eps)
 
 
 class Critic:
@@ -138,7 +166,7 @@ class Critic:
 
     def __init__(self, obs_dim: int, hidden: tuple[int, ...], lr: float) -> None:
         self.net = NumpyMLP(mlp([obs_dim, *hidden, 1], out_gain=1.0))
-        self.opt = Adam(self.net.params, lr)
+        self.opt = Adam(self.net.flat, lr)
 
     def values(self, norm_obs: np.ndarray) -> np.ndarray:
         """V(s) (float64) for observations of shape (..., obs_dim)."""
@@ -249,13 +277,14 @@ class Sampler:
             done = np.logical_or(terminated, truncated)
             self.episode_return += reward
             self.episode_length += 1
-            for j in np.flatnonzero(done):
-                finished_returns.append(float(self.episode_return[j]))
-                finished_lengths.append(int(self.episode_length[j]))
-                if truncated[j] and not terminated[j]:
-                    truncated_at.append((t, int(j), np.asarray(info["final_obs"][j]).reshape(d)))
-            self.episode_return[done] = 0.0
-            self.episode_length[done] = 0
+            if done.any():
+                for j in np.flatnonzero(done):
+                    finished_returns.append(float(self.episode_return[j]))
+                    finished_lengths.append(int(self.episode_length[j]))
+                    if truncated[j] and not terminated[j]:
+                        truncated_at.append((t, int(j), np.asarray(info["final_obs"][j]).reshape(d)))
+                self.episode_return[done] = 0.0
+                self.episode_length[done] = 0
             rewards[t] = self.scaler(reward, done) if self.scaler else reward
             dones[t] = done
         obs_delta = RunningStats.of(raw_obs.reshape(-1, d))

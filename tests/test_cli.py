@@ -114,3 +114,5 @@ def test_env_table_applies_unless_overridden():
     override = config_from_args(parser.parse_args(["train", "--env", "Swimmer-v5", "--gamma", "0.95"]))
     assert override.estimator.gamma == 0.95
     assert config_from_args(parser.parse_args(["train", "--algo", "pg"])).agents == 1
+    assert config_from_args(parser.parse_args(["train"])).eta0 == 0.01  # CartPole-v1's table entry
+    assert config_from_args(parser.parse_args(["train", "--env", "Hopper-v5"])).eta0 == 0.03

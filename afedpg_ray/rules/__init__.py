@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from afedpg_ray.config import TrainConfig
 from afedpg_ray.rules.a3c import A3CRule
 from afedpg_ray.rules.base import RuleState, StepInfo, UpdateRule
 from afedpg_ray.rules.nigt import NormalisedMomentumRule, afedpg, fedpg, pg, vanilla
@@ -11,7 +12,11 @@ __all__ = ["A3CRule", "NormalisedMomentumRule", "RuleState", "Schedule", "StepIn
 
 
 def make_rule(
-    algo: str, schedule: str = "constant", eta0: float = 0.01, alpha0: float = 0.2, lr: float = 3e-3
+    algo: str,
+    schedule: str = TrainConfig.schedule,
+    eta0: float = TrainConfig.eta0,
+    alpha0: float = TrainConfig.alpha0,
+    lr: float = TrainConfig.lr,
 ) -> UpdateRule:
     """Build the update rule named ``algo`` with its schedule constants."""
     sched = Schedule(schedule, eta0, alpha0)

@@ -1,0 +1,295 @@
+"""Ray Tune sweeps: a tiny sample-efficiency sweep end to end, the speedup arithmetic, bad input, plots."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from afedpg_ray.cli import main
+from tune_sweeps.plots import mean_curve, t_critical
+from tune_sweeps.speedup import default_target, summarize, theoretical_ratio, time_ratio, time_to_target
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def read_csv(path):
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --- end to end through real Ray Tune ---------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_sample_efficiency_sweep_end_to_end(tmp_path, capsys):
+    out = tmp_path / "se"
+    budget = 1000
+    code = main(
+        [
+            "sweep",
+            "sample-efficiency",
+            "--env",
+            "CartPole-v1",
+            "--agents",
+            "1,2",
+            "--seeds",
+            "1",
+            "--samples-per-agent",
+            str(budget),
+            "--batch",
+            "250",
+            "--num-envs",
+            "2",
+            "--hetero",
+            "none",
+            "--agent-cpus",
+            "0.4",
+            "--max-concurrent",
+            "1",
+            "--no-tensorboard",
+            "--verbose",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    rows = read_csv(out / "results.csv")
+    assert list(rows[0]) == [
+        "trial_id",
+        "algo",
+        "agents",
+        "seed",
+        "update",
+        "samples_total",
+        "samples_per_agent",
+        "return_mean",
+        "wall_time",
+    ]
+    by_n = {n: [r for r in rows if int(r["agents"]) == n] for n in (1, 2)}
+    assert by_n[1] and by_n[2], rows
+    assert {r["algo"] for r in by_n[1]} == {"pg"} and {r["algo"] for r in by_n[2]} == {"afedpg"}
+    for n, group in by_n.items():
+        assert max(float(r["samples_per_agent"]) for r in group) >= budget
+        assert all(float(r["samples_total"]) == pytest.approx(n * float(r["samples_per_agent"])) for r in group)
+    assert all(math.isfinite(float(r["return_mean"])) and float(r["wall_time"]) >= 0 for r in rows)
+    assert_png(out / "sample_efficiency.png")
+    # Tune's experiment lives under the default storage (the output directory).
+    assert (out / "sample_efficiency").is_dir()
+    assert "results.csv" in capsys.readouterr().out
+
+    # --resume of a finished sweep keeps its trials and rewrites the outputs without rerunning them.
+    (out / "results.csv").unlink()
+    code = main(
+        ["sweep", "sample-efficiency", "--agents", "1,2", "--seeds", "1", "--samples-per-agent", str(budget)]
+        + ["--out", str(out), "--resume", "--verbose", "0"]
+    )
+    assert code == 0
+    assert len(read_csv(out / "results.csv")) == len(rows)
+
+
+# --- speedup summary arithmetic ---------------------------------------------------------------------
+
+
+def test_time_to_target_interpolates_inside_the_crossing_segment():
+    times, returns = [0.0, 10.0, 20.0, 30.0], [0.0, 40.0, 60.0, 100.0]
+    assert time_to_target(times, returns, 50.0) == pytest.approx(15.0)
+    assert time_to_target(times, returns, 100.0) == pytest.approx(30.0)
+    assert time_to_target(times, returns, 0.0) == 0.0
+    assert math.isnan(time_to_target(times, returns, 101.0))
+    assert math.isnan(time_to_target([], [], 1.0))
+
+
+def test_ratios_against_hand_computed_numbers():
+    assert time_ratio(30.0, 12.0) == pytest.approx(2.5)
+    assert math.isnan(time_ratio(math.nan, 12.0)) and math.isnan(time_ratio(30.0, math.nan))
+    # linear:4 with N = 4: slowdowns 1, 2, 3, 4 -> (4 / 4) * (1 + 1/2 + 1/3 + 1/4) = 25/12.
+    assert theoretical_ratio("linear:4", 4) == pytest.approx(25 / 12)
+    # N = 8: slowdowns 1 + 3i/7 -> (4 / 8) * sum(7 / (7 + 3i)).
+    assert theoretical_ratio("linear:4", 8) == pytest.approx(0.5 * sum(7 / (7 + 3 * i) for i in range(8)))
+    assert theoretical_ratio("none", 4) == pytest.approx(1.0)
+    assert default_target([10.0, 0.0], [50.0, 100.0]) == pytest.approx(80.0)
+    assert default_target([-1000.0], [-200.0]) == pytest.approx(-360.0)
+
+
+def test_summarize_reads_times_off_the_mean_curves():
+    def rows(algo, seed, times, returns):
+        return [
+            {"algo": algo, "agents": 4, "seed": seed, "wall_time": t, "return_mean": r}
+            for t, r in zip(times, returns, strict=True)
+        ]
+
+    data = (
+        rows("afedpg", 0, [0, 10, 20], [0, 50, 100])
+        + rows("afedpg", 1, [0, 10, 20], [0, 30, 100])  # mean: 0, 40, 100 -> 60 at t = 10 + 20/60 * 10
+        + rows("fedpg", 0, [0, 30, 60], [0, 60, 90])  # 60 at t = 30
+    )
+    table, how = summarize(data, "linear:4", target=60.0)
+    by_algo = {row.algo: row for row in table}
+    assert by_algo["afedpg"].time_to_target_s == pytest.approx(10 + 10 / 3)
+    assert by_algo["fedpg"].time_to_target_s == pytest.approx(30.0)
+    assert by_algo["afedpg"].measured_ratio_fedpg_over_afedpg == pytest.approx(30 / (10 + 10 / 3))
+    assert by_algo["afedpg"].theoretical_ratio == pytest.approx(25 / 12)
+    assert by_algo["afedpg"].seeds == 2 and by_algo["afedpg"].final_return == pytest.approx(100.0)
+    assert "--target" in how
+    # Default target: 80% of the way from the lowest start (0) to the best final mean (100).
+    table, how = summarize(data, "linear:4")
+    assert table[0].target == pytest.approx(80.0) and "80%" in how
+
+
+def test_mean_curve_t_interval():
+    x = np.array([0.0, 1.0, 2.0])
+    grid, mean, low, high = mean_curve([(x, np.array([0.0, 2.0, 4.0])), (x, np.array([2.0, 4.0, 6.0]))])
+    assert np.allclose(grid, x) and np.allclose(mean, [1.0, 3.0, 5.0])
+    half = t_critical(1) * math.sqrt(2.0) / math.sqrt(2)  # sample std of {0, 2} is sqrt(2)
+    assert np.allclose(high - mean, half) and np.allclose(mean - low, half)
+    grid, mean, low, high = mean_curve([(x, np.array([1.0, 1.0, 1.0]))])
+    assert np.allclose(low, mean) and np.allclose(high, mean)
+
+
+# --- bad input: one line naming the option, exit 2, before Ray starts -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["sample-efficiency", "--agents", "", "--samples-per-agent", "100"], "--agents"),
+        (["sample-efficiency", "--agents", "0,2", "--samples-per-agent", "100"], "--agents"),
+        (["sample-efficiency", "--seeds", "0", "--samples-per-agent", "100"], "--seeds"),
+        (["sample-efficiency", "--algo", "ppo", "--samples-per-agent", "100"], "--algo"),
+        (["sample-efficiency", "--samples-per-agent", "0"], "--samples-per-agent"),
+        (["sample-efficiency", "--agents", "1,x", "--samples-per-agent", "100"], "--agents"),
+        (["sample-efficiency", "--env", "Nope-v0", "--samples-per-agent", "100"], "--env"),
+        (["speedup", "--algos", "afedpg,ppo"], "--algos"),
+        (["speedup", "--agents", ""], "--agents"),
+        (["speedup", "--max-concurrent", "-1"], "--max-concurrent"),
+        (["hyper", "--grid", "no_such_option=1,2"], "--grid"),
+        (["hyper", "--grid", "eta0=abc"], "--grid"),
+        (["hyper", "--grid", "eta0=uniform:0.001:0.1"], "--grid"),
+        (["hyper", "--grid", "alpha0=0.1,1.5"], "--alpha0"),
+    ],
+)
+def test_bad_sweep_input_is_one_line_exit_2(argv, option, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", *argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and option in err, err
+
+
+def test_unwritable_storage_is_one_line_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["sweep", "sample-efficiency", "--samples-per-agent", "100", "--out", str(tmp_path / "out")]
+            + ["--storage", str(blocker / "tune")]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--storage" in err, err
+
+
+def test_resume_without_a_sweep_is_one_line_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "speedup", "--out", str(tmp_path / "out"), "--resume"])
+    assert exit_info.value.code == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_hyper_grid_parsing_and_ranking():
+    from tune_sweeps.hyper import Axis, option_parser, parse_axis, rank
+
+    parser = option_parser()
+    assert parse_axis("eta0=0.003,0.01", parser) == Axis("eta0", (0.003, 0.01))
+    assert parse_axis("--num-envs=2,4", parser) == Axis("num_envs", (2, 4))
+    assert parse_axis("hidden=64,64;32", parser) == Axis("hidden", ((64, 64), (32,)))
+    assert parse_axis("critic=true,false", parser) == Axis("critic", (True, False))
+    assert parse_axis("eta0=loguniform:0.001:0.1", parser) == Axis("eta0", (0.001, 0.1), "loguniform")
+    rows = [
+        {"trial_id": tid, "config": {"eta0": eta0, "seed": seed}, "return_mean": ret, "wall_time": 1.0}
+        for tid, eta0, seed, ret in [
+            ("a", 0.01, 0, 5.0),
+            ("a", 0.01, 0, 10.0),
+            ("b", 0.01, 1, 20.0),
+            ("c", 0.1, 0, 12.0),
+        ]
+    ]
+    # trial a's final return is its last row (10); eta0=0.01 averages trials a and b (two seeds): 15.
+    table = rank(rows, ["eta0"])
+    assert [(r["rank"], r["eta0"], r["final_return"], r["seeds"]) for r in table] == [
+        (1, 0.01, 15.0, 2),
+        (2, 0.1, 12.0, 1),
+    ]
+
+
+def test_interrupted_sweep_exits_130(capsys):
+    from tune_sweeps.cli import _done
+
+    class Grid(list):
+        num_terminated, num_errors = 1, 0
+
+    assert _done(Grid([1])) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        _done(Grid([1, 2]))
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--resume" in err
+
+
+# --- afedpg plot -----------------------------------------------------------------------------------
+
+
+def write_csv(path, columns, rows):
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(rows)
+
+
+def test_plot_redraws_sweep_and_run_figures(tmp_path, capsys):
+    columns = ["trial_id", "algo", "agents", "seed", "update", "samples_total", "samples_per_agent"]
+    columns += ["return_mean", "wall_time"]
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    rows = []
+    for algo, n in (("pg", 1), ("afedpg", 2)):
+        for seed in (0, 1):
+            for k in range(1, 6):
+                rows.append([f"t{n}{seed}", algo, n, seed, k, 100 * k * n, 100 * k, 10 * k * n + seed, 0.5 * k])
+    write_csv(sweep / "results.csv", columns, rows)
+    write_csv(sweep / "speedup.csv", columns, [r for r in rows if r[1] == "afedpg"])
+
+    progress_columns = ["update", "wall_time", "agent", "delay", "samples_total", "episodes_total", "return_mean"]
+    runs = []
+    for name in ("run-a", "run-b"):
+        run = tmp_path / name
+        run.mkdir()
+        write_csv(run / "progress.csv", progress_columns, [[k, 0.1 * k, 0, 0, 50 * k, k, 9.0 + k] for k in range(10)])
+        runs.append(run)
+
+    assert main(["plot", str(sweep), str(runs[0])]) == 0
+    assert_png(sweep / "sample_efficiency.png")
+    assert_png(sweep / "speedup.png")
+    assert_png(runs[0] / "learning_curve.png")
+
+    overlay = tmp_path / "both.png"
+    assert main(["plot", str(runs[0]), str(runs[1]), "--out", str(overlay)]) == 0
+    assert_png(overlay)
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps that reproduce the AFedPG paper's figures, and their plots."""

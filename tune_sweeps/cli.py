@@ -1,0 +1,293 @@
+"""``afedpg sweep sample-efficiency|speedup|hyper`` and ``afedpg plot``.
+
+Every sweep validates all of its trials' train options (with ``config_from_dict``), its output
+directory and its storage before Ray starts; bad input is one line naming the option, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from afedpg_ray.cli import OneLineParser, add_train_options, config_from_args, fail
+from afedpg_ray.config import ALGORITHMS
+from tune_sweeps import hyper, sample_efficiency, speedup
+from tune_sweeps.plots import plot_learning_curves
+from tune_sweeps.trainable import (
+    TRIAL_CPUS,
+    SweepRun,
+    collect_rows,
+    grid_space,
+    grid_trials,
+    merged_train_dict,
+    run_tuner,
+    trial_train_config,
+)
+
+PAPER_ALGOS = ("afedpg", "fedpg", "vanilla", "a3c")
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,4,8, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _add_sweep_options(parser: argparse.ArgumentParser, name: str, seeds: int, concurrent: int) -> None:
+    add = parser.add_argument
+    add("--seeds", type=int, default=seeds, help=f"seeds per configuration: --seed, --seed+1, ... (default {seeds})")
+    add("--out", default=f"sweeps/{name}", help=f"directory for the CSVs and figures (default sweeps/{name})")
+    add("--storage", help="Tune storage: a local path or a URI such as s3://bucket/dir (default: --out, absolute)")
+    add(
+        "--max-concurrent",
+        type=int,
+        default=concurrent,
+        help=f"most trials at once; 0 = as many as the CPUs fit (default {concurrent})",
+    )
+    add("--resume", action="store_true", help="resume the interrupted sweep found at STORAGE/" + name)
+    add("--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune's progress output: 0, 1 (default) or 2")
+    add("--no-tensorboard", action="store_true", help="no TensorBoard event files in the trials' run directories")
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``sweep`` (sample-efficiency, speedup, hyper) and ``plot`` on the ``afedpg`` subparsers."""
+    sweep = sub.add_parser("sweep", help="Ray Tune sweeps that reproduce the paper's figures")
+    kinds = sweep.add_subparsers(dest="sweep", required=True, parser_class=OneLineParser)
+
+    se = kinds.add_parser("sample-efficiency", conflict_handler="resolve", help="return vs samples per agent over N")
+    add_train_options(se)
+    se.add_argument("--agents", type=_counts, default=(1, 2, 4, 8), help="agent counts N (default 1,2,4,8)")
+    se.add_argument("--samples-per-agent", type=int, required=True, help="environment steps per agent per trial")
+    _add_sweep_options(se, sample_efficiency.NAME, seeds=3, concurrent=0)
+    se.set_defaults(handler=cmd_sample_efficiency)
+
+    sp = kinds.add_parser("speedup", conflict_handler="resolve", help="return vs wall time under heterogeneity")
+    add_train_options(sp)
+    sp.add_argument("--agents", type=_counts, default=(4, 8), help="agent counts N (default 4,8)")
+    sp.add_argument("--algos", type=_names, default=PAPER_ALGOS, help=f"rules (default {','.join(PAPER_ALGOS)})")
+    sp.add_argument("--target", type=float, help="target return (default: 80%% of the way from start to best final)")
+    _add_sweep_options(sp, speedup.NAME, seeds=3, concurrent=1)
+    sp.set_defaults(handler=cmd_speedup)
+
+    hy = kinds.add_parser("hyper", help="grid or random search over any train option")
+    add_train_options(hy)
+    hy.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2", help="an option and its values")
+    hy.add_argument("--random", type=int, help="random search: this many samples (values become tune.choice)")
+    _add_sweep_options(hy, hyper.NAME, seeds=1, concurrent=0)
+    hy.set_defaults(handler=cmd_hyper)
+
+    plot = sub.add_parser("plot", help="redraw figures from a sweep's or run's CSVs")
+    plot.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="sweep or training run directories")
+    plot.add_argument(
+        "--out", help="learning-curve figure path (default RUN/learning_curve.png, or ./learning_curves.png)"
+    )
+    plot.set_defaults(handler=cmd_plot)
+
+
+def _writable_dir(option: str, path: Path) -> Path:
+    """Create ``path`` if needed and check it is writable, or fail naming ``option``."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail(f"{option}: cannot create directory {str(path)!r} ({err.strerror or err})")
+    if not os.access(path, os.W_OK):
+        fail(f"{option}: directory {str(path)!r} is not writable")
+    return path.resolve()
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    """Check the numeric options every sweep shares; returns the seeds ``--seed, --seed + 1, ...``."""
+    if args.seeds < 1:
+        fail(f"--seeds: must be a positive integer, got {args.seeds}")
+    if args.max_concurrent < 0:
+        fail(f"--max-concurrent: must be 0 (no limit) or a positive integer, got {args.max_concurrent}")
+    first = args.seed if args.seed is not None else 0
+    return [first + i for i in range(args.seeds)]
+
+
+def _sweep_run(args: argparse.Namespace, name: str) -> tuple[SweepRun, Path]:
+    """Check (and create) the output directory and storage, and the sweep to resume; returns both."""
+    out = _writable_dir("--out", Path(args.out))
+    storage = args.storage or str(out)
+    if "://" not in storage or storage.startswith("file://"):
+        storage = str(_writable_dir("--storage", Path(storage.removeprefix("file://")).expanduser()))
+    sweep = SweepRun(name, storage, args.max_concurrent, args.resume, args.verbose)
+    if args.resume:
+        from ray import tune
+
+        if not tune.Tuner.can_restore(sweep.path):
+            fail(f"--resume: no sweep to resume at {sweep.path}")
+    return sweep, out
+
+
+def _check_counts(counts: tuple[int, ...]) -> None:
+    if not counts:
+        fail("--agents: give at least one agent count, e.g. 1,2,4,8")
+    bad = [n for n in counts if n < 1]
+    if bad:
+        fail(f"--agents: agent counts must be at least 1, got {bad[0]}")
+
+
+def _base(args: argparse.Namespace, first_trial: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The validated train options shared by every trial (as a plain dict)."""
+    extra = {"address": None, "out": None, "progress": False, "tensorboard": not args.no_tensorboard}
+    return config_from_args(args, {**extra, **first_trial, "seed": seed}).to_dict()
+
+
+def _launch(
+    args: argparse.Namespace,
+    name: str,
+    trials: list[dict[str, Any]],
+    space: Callable[[], dict[str, Any]],
+    num_samples: int = 1,
+) -> tuple[list[dict[str, Any]], Any, Path]:
+    """Validate every trial and the directories, connect to Ray and run the Tuner.
+
+    Returns the report rows, Tune's ``ResultGrid`` and the output directory. ``space`` builds the param
+    space once the shared base (``trials[0]["train"]``) has its agent CPUs.
+    """
+    configs = [trial_train_config(trial) for trial in trials]  # raises ConfigError before Ray starts
+    sweep, out = _sweep_run(args, name)
+    from afedpg_ray.runtime import RunError, connect
+
+    try:
+        connect(args.address)
+    except RunError as err:
+        fail(str(err), code=1)
+    base = trials[0]["train"]
+    if base.get("agent_cpus") is None and not sweep.resume:
+        base["agent_cpus"] = _default_agent_cpus(max(c.agents for c in configs))
+    results = run_tuner(sweep, space(), num_samples)
+    rows, errors = collect_rows(results)
+    for line in errors:
+        print(f"afedpg: warning: {line}", file=sys.stderr)
+    if not rows:
+        fail(f"no trial reported a return; Tune's records are in {sweep.path}", code=1)
+    print(f"Tune experiment: {sweep.path}")
+    return rows, results, out
+
+
+def _done(results: Any) -> int:
+    """0 if every trial finished; else one line on what is left: exit 130 if interrupted, 1 if trials failed."""
+    unfinished = len(results) - results.num_terminated - results.num_errors
+    if unfinished:
+        fail(
+            f"interrupted with {unfinished} of {len(results)} trials unfinished; the outputs are partial - "
+            "rerun with --resume to finish",
+            code=130,
+        )
+    if results.num_errors:
+        fail(
+            f"{results.num_errors} of {len(results)} trials failed; the outputs are partial - "
+            "rerun with --resume to retry them",
+            code=1,
+        )
+    return 0
+
+
+def _default_agent_cpus(max_agents: int) -> float:
+    """CPUs per agent so that the largest trial fits the cluster alone (at most 1 each)."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    share = math.floor(100 * min(1.0, (cpus - TRIAL_CPUS) / max_agents)) / 100
+    share = max(0.01, share)
+    print(f"each agent requests {share} CPU (set --agent-cpus to change); the cluster has {cpus:g} CPUs")
+    return share
+
+
+def cmd_sample_efficiency(args: argparse.Namespace) -> int:
+    """``afedpg sweep sample-efficiency``."""
+    _check_counts(args.agents)
+    if args.samples is not None:
+        fail("--samples: this sweep sets each trial's budget from --samples-per-agent")
+    if args.samples_per_agent < 1:
+        fail(f"--samples-per-agent: must be a positive integer, got {args.samples_per_agent}")
+    seeds = _seeds(args)
+    variants = sample_efficiency.variants(args.agents, args.samples_per_agent, args.algo)
+    base = _base(args, next(iter(variants.values())), seeds[0])
+    trials = grid_trials(base, variants, seeds)
+    rows, results, out = _launch(args, sample_efficiency.NAME, trials, lambda: grid_space(base, variants, seeds))
+    csv_path, png = sample_efficiency.write_outputs(rows, out)
+    print(f"wrote {csv_path} and {png} ({len(rows)} reports)")
+    return _done(results)
+
+
+def cmd_speedup(args: argparse.Namespace) -> int:
+    """``afedpg sweep speedup``."""
+    _check_counts(args.agents)
+    if not args.algos:
+        fail(f"--algos: give at least one rule, e.g. {','.join(PAPER_ALGOS)}")
+    unknown = [a for a in args.algos if a not in ALGORITHMS]
+    if unknown:
+        fail(f"--algos: unknown algorithm {unknown[0]!r}; choose from {', '.join(ALGORITHMS)}")
+    if args.algo is not None:
+        fail("--algo: this sweep takes its rules from --algos")
+    seeds = _seeds(args)
+    variants = speedup.variants(args.algos, args.agents)
+    base = _base(args, next(iter(variants.values())), seeds[0])
+    trials = grid_trials(base, variants, seeds)
+    rows, results, out = _launch(args, speedup.NAME, trials, lambda: grid_space(base, variants, seeds))
+    ran = merged_train_dict(rows[0]["config"])  # what the trials ran (a resumed sweep keeps its options)
+    text = speedup.write_outputs(rows, out, ran["hetero"], ran["seed"], args.target)
+    print(text, end="")
+    print(f"wrote {out}/speedup.csv, speedup.png, speedup_summary.csv and speedup_summary.md")
+    return _done(results)
+
+
+def cmd_hyper(args: argparse.Namespace) -> int:
+    """``afedpg sweep hyper``."""
+    if args.random is not None and args.random < 1:
+        fail(f"--random: must be a positive number of samples, got {args.random}")
+    parser = hyper.option_parser()
+    axes = [hyper.parse_axis(spec, parser) for spec in args.grid]
+    hyper.check_axes(axes, args.random, args.seeds)
+    seeds = _seeds(args)
+    base = _base(args, {}, seeds[0])
+    random = args.random is not None
+    trials = hyper.trial_configs(base, axes, seeds)
+
+    def space() -> dict[str, Any]:
+        return hyper.param_space(base, axes, seeds, random)
+
+    rows, results, out = _launch(args, hyper.NAME, trials, space, args.random or 1)
+    table = hyper.write_outputs(rows, [axis.name for axis in axes], out)
+    for row in table[:5]:
+        print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    print(f"wrote {out / hyper.RESULTS_CSV} ({len(table)} configurations, best first)")
+    return _done(results)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """``afedpg plot RUN_OR_SWEEP_DIR...``: redraw figures from CSVs."""
+    runs: list[Path] = []
+    for text in args.paths:
+        path = Path(text)
+        if not path.is_dir():
+            fail(f"RUN_OR_SWEEP_DIR: {text!r} is not a directory")
+        found = False
+        if (path / sample_efficiency.RESULTS_CSV).is_file():
+            print(sample_efficiency.redraw(path))
+            found = True
+        if (path / "speedup.csv").is_file():
+            print(speedup.redraw(path))
+            found = True
+        if (path / "progress.csv").is_file():
+            runs.append(path)
+            found = True
+        if not found:
+            fail(f"RUN_OR_SWEEP_DIR: {text!r} has no results.csv, speedup.csv or progress.csv")
+    if runs:
+        default = runs[0] / "learning_curve.png" if len(runs) == 1 else Path("learning_curves.png")
+        print(plot_learning_curves(runs, Path(args.out) if args.out else default))
+    return 0

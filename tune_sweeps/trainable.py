@@ -1,0 +1,219 @@
+"""The Tune side of every sweep: one function trainable around ``train()``, and the Tuner that runs it.
+
+A trial's config is ``{"train": <TrainConfig.to_dict()>, "variants": {label: overrides}, "variant": label,
+<option>: <value>, ...}``: the base options, then the overrides of the trial's variant (e.g. label
+``fedpg-n4`` -> ``{"algo": "fedpg", "agents": 4}``; a short label keeps Tune's trial table legible),
+then any top-level train or estimator option (what ``hyper`` sweeps). :func:`merged_train_dict` applies
+them in that order, so the driver validates exactly what a trial will run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from afedpg_ray.config import EstimatorConfig, TrainConfig, config_from_dict
+from afedpg_ray.messages import UpdateRecord
+
+TRIAL_CPUS = 0.1
+"""CPUs of a trial's first bundle: the driver loop of ``train()`` (the server actor asks for none)."""
+REPORT_FRACTION = 0.01
+"""A trial reports to Tune about every 1% of its sample budget, and always at the end."""
+ROW_COLUMNS = [
+    "trial_id",
+    "algo",
+    "agents",
+    "seed",
+    "update",
+    "samples_total",
+    "samples_per_agent",
+    "return_mean",
+    "wall_time",
+]
+"""Columns of results.csv and speedup.csv: one row per Tune report."""
+
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_ESTIMATOR_FIELDS = {f.name for f in dataclasses.fields(EstimatorConfig)}
+
+
+def merged_train_dict(trial_config: dict[str, Any]) -> dict[str, Any]:
+    """The plain train-config dict of one trial: base, then its variant's overrides, then top-level options."""
+    raw = copy.deepcopy(trial_config["train"])
+    variant = trial_config.get("variants", {}).get(trial_config.get("variant"), {})
+    overrides = {**variant, **trial_config}
+    for key, value in overrides.items():
+        if key in _ESTIMATOR_FIELDS:
+            raw.setdefault("estimator", {})[key] = value
+        elif key in _TRAIN_FIELDS:
+            raw[key] = value
+    return raw
+
+
+def trial_train_config(trial_config: dict[str, Any]) -> TrainConfig:
+    """Validated :class:`TrainConfig` of one trial (raises ``ConfigError`` naming a bad option)."""
+    return config_from_dict(merged_train_dict(trial_config))
+
+
+def variant_label(overrides: dict[str, Any]) -> str:
+    """A short name for a variant, e.g. ``afedpg-n4``."""
+    return f"{overrides['algo']}-n{overrides['agents']}"
+
+
+def grid_trials(base: dict[str, Any], variants: dict[str, dict], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Every trial config of a variants x seeds grid, as Tune will expand it (to validate them up front)."""
+    return [{"train": base, "variants": variants, "variant": v, "seed": s} for v in variants for s in seeds]
+
+
+def grid_space(base: dict[str, Any], variants: dict[str, dict], seeds: Sequence[int]) -> dict[str, Any]:
+    """Tune param space of a variants x seeds grid (``variants`` maps labels to overrides)."""
+    from ray import tune
+
+    grid = {"variant": tune.grid_search(list(variants)), "seed": tune.grid_search(list(seeds))}
+    return {"train": base, "variants": variants, **grid}
+
+
+def trial_bundles(config: TrainConfig) -> list[dict[str, float]]:
+    """Placement-group bundles: a small one for the trial's driver, then one per agent."""
+    from afedpg_ray.runtime import agent_options
+
+    bundles: list[dict[str, float]] = [{"CPU": TRIAL_CPUS}]
+    for agent_id in range(config.agents):
+        options = agent_options(config, agent_id, cluster_cpus=1.0)
+        bundle = {"CPU": float(options["num_cpus"]), **options.get("resources", {})}
+        if options.get("memory"):
+            bundle["memory"] = float(options["memory"])
+        bundles.append(bundle)
+    return bundles
+
+
+def trial_resources(trial_config: dict[str, Any]) -> Any:
+    """Tune resource request of one trial: a placement group its server and agents start inside."""
+    from ray import tune
+
+    return tune.PlacementGroupFactory(trial_bundles(trial_train_config(trial_config)))
+
+
+class ThrottledReporter:
+    """Turns ``train()``'s update records into Tune reports, about every ``fraction`` of the budget."""
+
+    def __init__(self, config: TrainConfig, send: Callable[[dict[str, Any]], None], fraction: float = REPORT_FRACTION):
+        self.config = config
+        self.send = send
+        self.step = max(1, int(config.samples * fraction))
+        self.next_at = 0
+        self.attempt = time.time()
+
+    def __call__(self, record: UpdateRecord) -> None:
+        """Report ``record`` if it crossed the next threshold or finished the budget."""
+        if record.samples_total < self.next_at and record.samples_total < self.config.samples:
+            return
+        self.next_at = (record.samples_total // self.step + 1) * self.step
+        self.send(
+            {
+                "algo": self.config.algo,
+                "agents": self.config.agents,
+                "seed": self.config.seed,
+                "update": record.update,
+                "samples_total": record.samples_total,
+                "samples_per_agent": record.samples_total / self.config.agents,
+                "return_mean": record.return_mean,
+                "wall_time": record.wall_time,
+                "attempt": self.attempt,
+            }
+        )
+
+
+def run_trial(trial_config: dict[str, Any]) -> None:
+    """Tune function trainable: run ``train()`` inside the trial's placement group and report progress."""
+    from ray import tune
+
+    from afedpg_ray.train import train
+
+    trial_id = tune.get_context().get_trial_id()
+    raw = merged_train_dict(trial_config)
+    # Tune runs the trial in its own working directory (synced to storage as an artifact).
+    raw.update(out=str(Path.cwd() / f"run-{trial_id}"), progress=False, address=None)
+    config = config_from_dict(raw)
+    train(config, name_prefix=f"afedpg-{trial_id}", on_record=ThrottledReporter(config, tune.report))
+
+
+def make_trainable() -> Any:
+    """:func:`run_trial` with its per-trial placement group, ready for ``tune.Tuner``."""
+    from ray import tune
+
+    return tune.with_resources(run_trial, trial_resources)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+    """Where and how to run one sweep's Tuner."""
+
+    name: str
+    """Experiment name: the Tune directory is ``storage/name``."""
+    storage: str
+    """Absolute local path or URI of Tune's storage."""
+    max_concurrent: int = 0
+    """Most trials at once; 0 lets Tune run as many as the cluster's CPUs fit."""
+    resume: bool = False
+    """Restore the experiment at ``storage/name`` instead of starting a new one."""
+    verbose: int = 1
+    """Tune's verbosity: 0 silent, 1 status updates, 2 every report."""
+
+    @property
+    def path(self) -> str:
+        """The experiment's directory (path or URI)."""
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+
+def run_tuner(sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1) -> Any:
+    """Fit (or restore and finish) the sweep with Ray Tune and return its ``ResultGrid``."""
+    from ray import tune
+
+    trainable = make_trainable()
+    if sweep.resume:
+        tuner = tune.Tuner.restore(sweep.path, trainable=trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=sweep.max_concurrent or None),
+            run_config=tune.RunConfig(
+                name=sweep.name,
+                storage_path=sweep.storage,
+                verbose=sweep.verbose,
+                sync_config=tune.SyncConfig(sync_artifacts=True),
+            ),
+        )
+    return tuner.fit()
+
+
+def collect_rows(results: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows (``ROW_COLUMNS`` plus the trial's config) from a ``ResultGrid``, and one line per failed trial.
+
+    Rows without a return yet (before the first finished episode) are left out. A trial restarted by a
+    resume reports again from scratch: only its last attempt is kept.
+    """
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for result in results:
+        if result.error is not None:
+            errors.append(f"trial at {result.path} failed: {str(result.error).strip().splitlines()[-1]}")
+        frame = result.metrics_dataframe
+        if frame is None or frame.empty or "return_mean" not in frame:
+            continue
+        if "attempt" in frame:
+            frame = frame[frame["attempt"] == frame["attempt"].max()]
+        for record in frame.to_dict("records"):
+            value = float(record["return_mean"])
+            if not math.isfinite(value):
+                continue
+            row = {column: record.get(column) for column in ROW_COLUMNS}
+            row["config"] = result.config
+            rows.append(row)
+    rows.sort(key=lambda r: (r["agents"], str(r["algo"]), r["seed"], str(r["trial_id"]), r["samples_total"]))
+    return rows, errors
