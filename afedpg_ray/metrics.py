@@ -44,6 +44,16 @@ class ServerMetrics:
         self.rejected = Counter(
             "afedpg_rejected_updates", description="Gradients rejected by the server.", tag_keys=("reason",)
         )
+        self.faults = Counter(
+            "afedpg_faults",
+            description="Agent restarts, dropped agents and server restores.",
+            tag_keys=("kind", "agent"),
+        )
+
+    def observe_fault(self, kind: str, agent: int | None) -> None:
+        """Count one fault event (``agent_restart``, ``agent_dropped``, ``server_restored``)."""
+        if self.enabled:
+            self.faults.inc(1, tags={"kind": kind, "agent": "" if agent is None else str(agent)})
 
     def observe(self, record: UpdateRecord) -> None:
         """Record one server decision."""

@@ -197,9 +197,12 @@ class RayRunner:
         assert self.last_state is not None
         version = int(self.last_state["rule_state"]["version"])
         self.samples_total = int(self.last_state["samples_total"])
-        self.log.event(
-            "server_restored", None, f"server died ({reason}); restored at update {version}", self._elapsed()
-        )
+        self._fault("server_restored", None, f"server died ({reason}); restored at update {version}")
+
+    def _fault(self, kind: str, agent: int | None, message: str) -> None:
+        """Log a fault in events.csv and count it in the server's metrics (fire and forget)."""
+        self.log.event(kind, agent, message, self._elapsed())
+        self.server.note_fault.remote(kind, agent)
 
     # -- agent faults -----------------------------------------------------------------------------
 
@@ -212,14 +215,14 @@ class RayRunner:
             slot.alive = False
             self.stats.dropped.append(slot.agent_id)
             message = f"gave up after {MAX_AGENT_RESTARTS} restarts: {_first_line(err)}"
-            self.log.event("agent_dropped", slot.agent_id, message, self._elapsed())
+            self._fault("agent_dropped", slot.agent_id, message)
             if not any(s.alive for s in self.slots):
                 raise RunError(f"every agent failed; last error: {_first_line(err)}")
             return
         backoff = min(8.0, 0.5 * 2 ** (slot.restarts - 1))
         slot.retry_at = time.monotonic() + backoff
         message = f"restart {slot.restarts} in {backoff:.1f}s after: {_first_line(err)}"
-        self.log.event("agent_restart", slot.agent_id, message, self._elapsed())
+        self._fault("agent_restart", slot.agent_id, message)
 
     def _restart_due(self) -> list[AgentSlot]:
         """Recreate the agents whose backoff has passed; returns them."""

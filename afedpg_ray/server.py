@@ -107,6 +107,10 @@ class ParameterServer:
         np.random.set_state(saved["numpy_rng"])
         return self.state.version
 
+    def note_fault(self, kind: str, agent: int | None) -> None:
+        """Record a fault the driver observed, so it shows in the dashboard's metrics."""
+        self.metrics.observe_fault(kind, agent)
+
     def pid(self) -> int:
         """Process id of the server (chaos tests kill it)."""
         return os.getpid()
