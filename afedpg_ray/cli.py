@@ -178,12 +178,16 @@ def build_parser() -> OneLineParser:
     from tune_sweeps.cli import add_commands
 
     add_commands(sub)
+    from afedpg_ray.status import add_commands as add_status_commands
+
+    add_status_commands(sub)
     return parser
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``afedpg train`` (or ``afedpg train --resume RUN_DIR``)."""
     extra = {"progress": not args.no_progress, "tensorboard": not args.no_tensorboard}
+    from afedpg_ray.address import AddressError
     from afedpg_ray.checkpoint import CheckpointError
     from afedpg_ray.runtime import RunError
     from afedpg_ray.train import train
@@ -194,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config_from_args(args, extra)
     try:
         result = train(config, resume=bool(args.resume))
-    except CheckpointError as err:
+    except (CheckpointError, AddressError) as err:
         fail(str(err))
     except RunError as err:
         fail(str(err), code=1)

@@ -24,6 +24,9 @@ from afedpg_ray.config import EstimatorConfig
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, flat_grad, mlp, set_flat
 
+OBS_CLIP = 10.0
+"""Normalised observations are clipped to [-OBS_CLIP, OBS_CLIP] (``RunningStats.normalize``'s default)."""
+
 
 def gae(
     rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray, dones: np.ndarray, gamma: float, lam: float
@@ -177,14 +180,14 @@ class Critic:
         self, obs: np.ndarray, targets: np.ndarray, epochs: int, rng: np.random.Generator, minibatch: int = 64
     ) -> None:
         """``epochs`` shuffled passes of minibatch Adam on ``mean((V(obs) - targets)^2)``."""
-        targets = targets.astype(np.float32)
+        targets = targets.astype(np.float32)[:, None]
         for _ in range(epochs):
             order = rng.permutation(len(obs))
+            shuffled_obs, shuffled_targets = obs[order], targets[order]  # minibatches become slices
             for start in range(0, len(order), minibatch):
-                idx = order[start : start + minibatch]
-                outputs = self.net.activations(obs[idx])
-                grad_out = (2.0 / len(idx)) * (outputs[-1] - targets[idx, None])
-                self.opt.step(self.net.backward(outputs, grad_out))
+                x, y = shuffled_obs[start : start + minibatch], shuffled_targets[start : start + minibatch]
+                outputs = self.net.activations(x)
+                self.opt.step(self.net.backward(outputs, (2.0 / len(x)) * (outputs[-1] - y)))
 
 
 def make_vec_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
@@ -214,7 +217,7 @@ class Sampler:
         self.action_low = space.low if isinstance(space, gym.spaces.Box) else None
         self.action_high = space.high if isinstance(space, gym.spaces.Box) else None
         self.scaler = ReturnScaler(num_envs, est.gamma) if est.scale_rewards else None
-        self.obs_stats = RunningStats.empty(self.obs_dim)
+        self.set_normalizer(RunningStats.empty(self.obs_dim))
         self.obs, _ = self.envs.reset(seed=seed)
         self.episode_return = np.zeros(num_envs)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)
@@ -224,7 +227,12 @@ class Sampler:
         set_flat(self.policy, params)
         self.actor.load(self.policy.net)
         self.action_std = self._action_std()
+        self.set_normalizer(obs_stats)
+
+    def set_normalizer(self, obs_stats: RunningStats) -> None:
+        """Use ``obs_stats`` to normalise observations; its mean and std are computed once, here."""
         self.obs_stats = obs_stats
+        self.obs_mean, self.obs_std = obs_stats.mean, np.sqrt(obs_stats.var + 1e-8)
 
     def _action_std(self) -> np.ndarray | None:
         if self.policy.discrete:
@@ -248,7 +256,8 @@ class Sampler:
     def _normalize(self, obs: np.ndarray) -> np.ndarray:
         if not self.est.normalize_obs:
             return obs.astype(np.float32)
-        return self.obs_stats.normalize(obs).astype(np.float32)
+        # RunningStats.normalize(obs) with the mean and std computed once per dispatch
+        return np.clip((obs - self.obs_mean) / self.obs_std, -OBS_CLIP, OBS_CLIP).astype(np.float32)
 
     def _values(self, norm_obs: np.ndarray) -> np.ndarray:
         if self.critic is None:
@@ -272,7 +281,9 @@ class Sampler:
             norm_obs[t] = self._normalize(raw_obs[t])
             action = self._act(norm_obs[t])
             actions.append(action)
-            env_action = action if self.action_low is None else np.clip(action, self.action_low, self.action_high)
+            env_action = (
+                action if self.action_low is None else np.minimum(np.maximum(action, self.action_low), self.action_high)
+            )
             self.obs, reward, terminated, truncated, info = self.envs.step(env_action)
             done = np.logical_or(terminated, truncated)
             self.episode_return += reward

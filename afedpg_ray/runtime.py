@@ -16,6 +16,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from afedpg_ray.address import NAMESPACE, probe_address
 from afedpg_ray.agent import RolloutAgent
 from afedpg_ray.checkpoint import save_checkpoint
 from afedpg_ray.config import TrainConfig
@@ -31,10 +32,6 @@ PLACEMENT_TIMEOUT_S = 60.0
 """How long an agent may wait for its resources before the run reports it as unplaceable."""
 
 
-NAMESPACE = "afedpg"
-"""Ray namespace of the named server and agent actors (``afedpg status`` looks there)."""
-
-
 class RunError(RuntimeError):
     """A run cannot continue (e.g. every agent failed, or an agent's resources do not exist)."""
 
@@ -43,6 +40,8 @@ def connect(address: str | None) -> None:
     """Join the Ray cluster at ``address`` or start a local instance (no-op if already connected)."""
     if ray.is_initialized():
         return
+    if address:
+        probe_address(address)  # raises AddressError within seconds instead of ray.init's long retries
     try:
         if address:
             ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
@@ -127,7 +126,11 @@ class RayRunner:
         self.slots = [AgentSlot(i, None, agent_options(config, i, cluster_cpus)) for i in range(config.agents)]
         for slot in self.slots:
             slot.actor = self._make_agent(slot)
-        self._check_placement()
+        try:
+            self._check_placement()
+        except RunError:
+            self.shutdown()  # free the names and resources for the next run in this process
+            raise
         if resume_state is None:
             self._checkpoint()
 
@@ -161,9 +164,10 @@ class RayRunner:
             ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
             stuck = [refs[r] for r in refs if r not in ready]
             slot = stuck[0]
+            asked, problem = placement_problem(slot.options, [n["Resources"] for n in ray.nodes() if n["Alive"]])
             raise RunError(
-                f"agent {slot.agent_id} could not be placed within {PLACEMENT_TIMEOUT_S:.0f}s: no node offers "
-                f"{slot.options} (cluster has {ray.cluster_resources()})"
+                f"agent {slot.agent_id} could not be placed within {PLACEMENT_TIMEOUT_S:.0f}s: "
+                f"requested {asked}; {problem}"
             ) from None
         except (RayActorError, RayTaskError) as err:
             raise RunError(f"an agent failed to start: {_first_line(err)}") from None
@@ -257,6 +261,13 @@ class RayRunner:
                 ray.kill(slot.actor, no_restart=True)
         return self.stats
 
+    def shutdown(self) -> None:
+        """Kill every actor this runner created."""
+        for slot in self.slots:
+            if slot.actor is not None:
+                ray.kill(slot.actor, no_restart=True)
+        ray.kill(self.server, no_restart=True)
+
     def _after_update(self, record: Any) -> None:
         self.log.record(record)
         if record.accepted:
@@ -320,6 +331,22 @@ class RayRunner:
             dispatch_ref, records_ref = self.server.apply_round.options(num_returns=2).remote(metas, *grads)
             for record in self._server_call(records_ref):
                 self._after_update(record)
+
+
+def placement_problem(options: dict[str, Any], nodes: list[dict[str, float]]) -> tuple[str, str]:
+    """What an agent asked for, and why no node in ``nodes`` (their resource dicts) can take it."""
+    wanted = {"CPU": float(options.get("num_cpus") or 0)}
+    wanted.update({k: float(v) for k, v in (options.get("resources") or {}).items()})
+    if options.get("memory"):
+        wanted["memory"] = float(options["memory"])
+    wanted = {k: v for k, v in wanted.items() if v > 0}
+    asked = ", ".join(f"{k}={v:g}" for k, v in wanted.items())
+    missing = [k for k in wanted if not any(k in node for node in nodes)]
+    if missing:
+        return asked, f"no node has {', '.join(repr(k) for k in missing)}"
+    if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
+        return asked, "no single node has that much of it all"
+    return asked, "the nodes that have it are busy (or still being added by the autoscaler)"
 
 
 def _server_died(err: BaseException) -> bool:

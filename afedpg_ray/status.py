@@ -15,19 +15,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import socket
 import sys
 import threading
 import time
 from typing import Any
 
+from afedpg_ray.address import NAMESPACE, PROBE_TIMEOUT_S, AddressError, probe_address
 from afedpg_ray.cli import EXIT_USAGE, fail
 
-NAMESPACE = "afedpg"
-"""Ray namespace of the run's named actors: ``runtime.NAMESPACE``, repeated here because importing
-``runtime`` pulls in torch and gymnasium (tests/test_existing_cluster.py checks that they agree)."""
-PROBE_TIMEOUT_S = 3.0
-"""How long the TCP probe of ``--address`` may take."""
 DEFAULT_TIMEOUT_S = 60.0
 """Default deadline for joining the cluster and for each ``status()`` call."""
 
@@ -40,34 +35,6 @@ class ServerGoneError(StatusError):
     """The server actor does not exist (any more)."""
 
 
-def parse_address(address: str) -> tuple[str, int] | None:
-    """``(host, port)`` of ``host:port`` or ``ray://host:port``; None for ``auto``/``local``.
-
-    Raises :class:`StatusError` for anything else.
-    """
-    if address in ("auto", "local"):
-        return None
-    rest = address[len("ray://") :] if address.startswith("ray://") else address
-    host, sep, port = rest.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise StatusError(f"--address: expected host:port or ray://host:port, got {address!r}")
-    return host, int(port)
-
-
-def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
-    """Fail fast unless something accepts TCP connections at ``address`` (no-op for ``auto``)."""
-    target = parse_address(address)
-    if target is None:
-        return
-    try:
-        with socket.create_connection(target, timeout=timeout):
-            pass
-    except OSError as err:
-        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err) or type(err).__name__)
-        raise StatusError(f"--address: cannot reach Ray at {address!r} ({reason})") from None
-
-
 def connect(address: str, timeout: float) -> None:
     """Join the cluster at ``address`` in namespace ``afedpg`` within ``timeout`` seconds.
 
@@ -76,7 +43,10 @@ def connect(address: str, timeout: float) -> None:
     printed and the process exits with code 2 at once: a half-finished ``ray.init`` cannot be
     cancelled, and the interpreter's exit handlers would wait for it.
     """
-    probe_address(address, min(PROBE_TIMEOUT_S, timeout))
+    try:
+        probe_address(address, min(PROBE_TIMEOUT_S, timeout))
+    except AddressError as err:
+        raise StatusError(str(err)) from None
     import ray
 
     outcome: dict[str, BaseException] = {}

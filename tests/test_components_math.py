@@ -79,3 +79,13 @@ def test_padding():
     assert padding_seconds(3.0, 0.2, 1.0) == pytest.approx(2.8)
     assert padding_seconds(1.0, 1.5, 1.0) == 0.0
     assert padding_seconds(4.0, 0.5, None) == pytest.approx(1.5)
+
+
+def test_placement_problem_names_the_missing_resource():
+    from afedpg_ray.runtime import placement_problem
+
+    nodes = [{"CPU": 2.0, "fast_node": 1.0}, {"CPU": 1.0}]
+    asked, problem = placement_problem({"num_cpus": 0.5, "resources": {"gpu_node": 1}}, nodes)
+    assert asked == "CPU=0.5, gpu_node=1" and problem == "no node has 'gpu_node'"
+    assert placement_problem({"num_cpus": 4}, nodes)[1] == "no single node has that much of it all"
+    assert "busy" in placement_problem({"num_cpus": 1, "resources": {"fast_node": 1}}, nodes)[1]

@@ -1,0 +1,45 @@
+"""Cluster addresses: parsing and a fast reachability probe, shared by ``train`` and ``status``.
+
+Kept free of Ray, torch and gymnasium imports so a bad ``--address`` is reported in about a second.
+"""
+
+from __future__ import annotations
+
+import socket
+
+NAMESPACE = "afedpg"
+"""Ray namespace of the run's named actors (``afedpg status`` looks there)."""
+PROBE_TIMEOUT_S = 3.0
+"""How long the TCP probe of ``--address`` may take."""
+
+
+class AddressError(RuntimeError):
+    """A one-line reason why ``--address`` cannot be used."""
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host:port`` or ``ray://host:port``; None for ``auto``/``local``.
+
+    Raises :class:`AddressError` for anything else.
+    """
+    if address in ("auto", "local"):
+        return None
+    rest = address[len("ray://") :] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise AddressError(f"--address: expected host:port or ray://host:port, got {address!r}")
+    return host, int(port)
+
+
+def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Fail fast unless something accepts TCP connections at ``address`` (no-op for ``auto``)."""
+    target = parse_address(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err) or type(err).__name__)
+        raise AddressError(f"--address: cannot reach Ray at {address!r} ({reason})") from None
