@@ -293,3 +293,18 @@ def test_plot_redraws_sweep_and_run_figures(tmp_path, capsys):
         main(["plot", str(tmp_path)])
     assert exit_info.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_sample_efficiency_summary_by_hand():
+    from tune_sweeps.sample_efficiency import speedup_summary
+
+    def rows(algo, agents, points):
+        return [
+            {"algo": algo, "agents": agents, "seed": 0, "samples_per_agent": x, "return_mean": y} for x, y in points
+        ]
+
+    # N=1 ends at 10 after 100 samples/agent; N=4 reaches 10 at 25 (interpolated between 20 and 30)
+    data = rows("pg", 1, [(0, 0.0), (50, 5.0), (100, 10.0)]) + rows("afedpg", 4, [(0, 0.0), (20, 8.0), (30, 12.0)])
+    table = {r["agents"]: r for r in speedup_summary(data)}
+    assert table[1]["target"] == 10.0 and table[1]["samples_per_agent_to_target"] == 100.0
+    assert table[4]["samples_per_agent_to_target"] == 25.0 and table[4]["ratio_to_n1"] == 0.25

@@ -10,13 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tune_sweeps.plots import plot_sample_efficiency, read_rows, write_rows
+from tune_sweeps.plots import group_curves, mean_curve, plot_sample_efficiency, read_rows, write_rows
+from tune_sweeps.speedup import time_to_target
 from tune_sweeps.trainable import ROW_COLUMNS, variant_label
 
 NAME = "sample_efficiency"
 """Tune experiment name (its directory under the storage path)."""
 RESULTS_CSV = "results.csv"
 FIGURE = "sample_efficiency.png"
+SUMMARY_CSV = "sample_efficiency_summary.csv"
+SUMMARY_COLUMNS = ["algo", "agents", "final_return", "target", "samples_per_agent_to_target", "ratio_to_n1"]
 
 
 def algo_for(agents: int, algo: str | None) -> str:
@@ -32,13 +35,52 @@ def variants(agent_counts: Sequence[int], samples_per_agent: int, algo: str | No
     return {variant_label(o): o for o in overrides}
 
 
+def speedup_summary(rows: Sequence[dict[str, Any]], target: float | None = None) -> list[dict[str, Any]]:
+    """Samples per agent each N needs to reach ``target`` on its seed-mean curve, and its ratio to N = 1.
+
+    The default target is the smallest N's final mean return (what the fewest agents reach with the
+    whole budget). The ideal (linear speedup) ratio at N is 1/N; NaN where a curve never reaches it.
+    """
+    means = {}
+    for (algo, agents), curves in group_curves(rows, "samples_per_agent").items():
+        grid, mean, _, _ = mean_curve(curves)
+        if len(grid):
+            means[(algo, agents)] = (grid, mean)
+    if not means:
+        return []
+    smallest = min(means, key=lambda key: key[1])
+    goal = float(means[smallest][1][-1]) if target is None else target
+    base = time_to_target(*means[smallest], goal)
+    table = []
+    for (algo, agents), (grid, mean) in sorted(means.items(), key=lambda item: item[0][1]):
+        needed = time_to_target(grid, mean, goal)
+        table.append(
+            {
+                "algo": algo,
+                "agents": agents,
+                "final_return": round(float(mean[-1]), 2),
+                "target": round(goal, 2),
+                "samples_per_agent_to_target": round(needed, 1),
+                "ratio_to_n1": round(needed / base, 3),
+            }
+        )
+    return table
+
+
 def write_outputs(rows: Sequence[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
-    """Write ``results.csv`` and ``sample_efficiency.png`` into ``out_dir``."""
+    """Write ``results.csv``, ``sample_efficiency_summary.csv`` and ``sample_efficiency.png`` into ``out_dir``."""
     csv_path = out_dir / RESULTS_CSV
     write_rows(csv_path, rows, ROW_COLUMNS)
+    table = speedup_summary(rows)
+    write_rows(out_dir / SUMMARY_CSV, table, SUMMARY_COLUMNS)
+    for row in table:
+        print(
+            f"N={row['agents']:<3} {row['algo']:8s} final {row['final_return']:8.2f}  samples/agent to "
+            f"{row['target']:.1f}: {row['samples_per_agent_to_target']:>10}  ratio to N=1: {row['ratio_to_n1']}"
+        )
     return csv_path, plot_sample_efficiency(rows, out_dir / FIGURE)
 
 
 def redraw(out_dir: Path) -> Path:
-    """Redraw ``sample_efficiency.png`` from ``results.csv``."""
-    return plot_sample_efficiency(read_rows(out_dir / RESULTS_CSV), out_dir / FIGURE)
+    """Redraw ``sample_efficiency.png`` and its summary from ``results.csv``."""
+    return write_outputs(read_rows(out_dir / RESULTS_CSV), out_dir)[1]

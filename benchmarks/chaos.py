@@ -1,0 +1,160 @@
+"""Scripted chaos run: agent kills, a server kill, a driver SIGKILL and resume - against an undisturbed twin.
+
+Both runs use the same config and seed on one local Ray instance that this script starts. The chaos
+run's driver is a separate ``afedpg train`` process; the script SIGKILLs actor processes (found by
+their Ray names) and the driver itself at fixed update counts, then resumes with
+``afedpg train --resume``. Writes ``OUT/chaos.json`` and both run directories.
+
+    python benchmarks/chaos.py --out benchmarks/results/chaos
+    python benchmarks/chaos.py --quick --out /tmp/chaos
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ray
+
+from afedpg_ray.address import NAMESPACE
+
+
+def rows(run_dir: Path) -> int:
+    """Updates logged so far in a run directory."""
+    path = run_dir / "progress.csv"
+    if not path.exists():
+        return 0
+    with path.open() as handle:
+        return max(0, sum(1 for _ in handle) - 1)
+
+
+def kill_actor(name: str) -> int:
+    """SIGKILL the process of the named actor; returns its pid."""
+    pid = ray.get(ray.get_actor(name, namespace=NAMESPACE).pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def wait_rows(run_dir: Path, count: int, proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Block until the run has logged ``count`` updates (or its driver exited)."""
+    deadline = time.time() + timeout
+    while rows(run_dir) < count and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+
+
+def train_cmd(args: argparse.Namespace, out: Path, address: str) -> list[str]:
+    """The ``afedpg train`` command both runs share."""
+    return [
+        sys.executable,
+        "-m",
+        "afedpg_ray.cli",
+        "train",
+        "--env",
+        args.env,
+        "--agents",
+        str(args.agents),
+        "--hetero",
+        "linear:4",
+        "--samples",
+        str(args.samples),
+        "--batch",
+        str(args.batch),
+        "--seed",
+        "0",
+        "--checkpoint-every",
+        "10",
+        "--no-progress",
+        "--no-tensorboard",
+        "--out",
+        str(out),
+        "--address",
+        address,
+    ]
+
+
+def final_return(run_dir: Path) -> float:
+    """Mean of the last 10 logged returns of a run."""
+    with (run_dir / "progress.csv").open() as handle:
+        values = [float(r["return_mean"]) for r in csv.DictReader(handle) if r["accepted"] == "True"]
+    tail = values[-10:]
+    return sum(tail) / len(tail)
+
+
+def main() -> None:
+    """Run the undisturbed twin, then the chaos run, and compare them."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--agents", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=80_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--out", default="benchmarks/results/chaos")
+    parser.add_argument("--iteration-time", type=float, default=0.2, help="paces the runs so kills land mid-run")
+    parser.add_argument("--quick", action="store_true", help="tiny budget, kills early")
+    args = parser.parse_args()
+    if args.quick:
+        args.samples, args.batch, args.iteration_time = 16_000, 100, 0.05
+    scale = args.samples // args.batch // 8  # kill points spread over the run's updates
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ray.init(namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
+    address = ray.get_runtime_context().gcs_address
+    calm, chaos = out / "undisturbed", out / "chaos"
+    for old in (calm, chaos):
+        shutil.rmtree(old, ignore_errors=True)
+    subprocess.run(train_cmd(args, calm, address), check=True, stdout=subprocess.DEVNULL)
+
+    log: list[dict] = []
+    proc = subprocess.Popen(train_cmd(args, chaos, address), stdout=subprocess.DEVNULL)
+    for at, name in ((1 * scale, "afedpg-agent-1"), (2 * scale, "afedpg-agent-2"), (3 * scale, "afedpg-server")):
+        wait_rows(chaos, at, proc)
+        log.append({"update": rows(chaos), "killed": name, "pid": kill_actor(name)})
+    wait_rows(chaos, 4 * scale, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    log.append({"update": rows(chaos), "killed": "driver"})
+    time.sleep(2)  # Ray reclaims the dead driver's actors
+    resume = [
+        sys.executable,
+        "-m",
+        "afedpg_ray.cli",
+        "train",
+        "--resume",
+        str(chaos),
+        "--address",
+        address,
+        "--no-progress",
+        "--no-tensorboard",
+    ]
+    proc = subprocess.Popen(resume, stdout=subprocess.DEVNULL)
+    wait_rows(chaos, 5 * scale, proc)
+    log.append({"update": rows(chaos), "killed": "afedpg-agent-0", "pid": kill_actor("afedpg-agent-0")})
+    if proc.wait() != 0:
+        raise SystemExit("the resumed run failed")
+    with (chaos / "events.csv").open() as handle:
+        events = [e["kind"] for e in csv.DictReader(handle)]
+    result = {
+        "env": args.env,
+        "agents": args.agents,
+        "samples": args.samples,
+        "kills": log,
+        "events": {kind: events.count(kind) for kind in sorted(set(events))},
+        "undisturbed_return": final_return(calm),
+        "chaos_return": final_return(chaos),
+        "undisturbed_summary": json.loads((calm / "summary.json").read_text()),
+        "chaos_summary": json.loads((chaos / "summary.json").read_text()),
+    }
+    (out / "chaos.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("kills", "events", "undisturbed_return", "chaos_return")}, indent=2))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
