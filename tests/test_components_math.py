@@ -89,3 +89,18 @@ def test_placement_problem_names_the_missing_resource():
     assert asked == "CPU=0.5, gpu_node=1" and problem == "no node has 'gpu_node'"
     assert placement_problem({"num_cpus": 4}, nodes)[1] == "no single node has that much of it all"
     assert "busy" in placement_problem({"num_cpus": 1, "resources": {"fast_node": 1}}, nodes)[1]
+
+
+def test_return_scaler_shares_statistics():
+    from afedpg_ray.rollout import ReturnScaler
+
+    fresh, veteran = ReturnScaler(2, 0.9), ReturnScaler(2, 0.9)
+    for _ in range(50):
+        veteran(np.array([1.0, 2.0]), np.array([False, False]))
+    shared = veteran.take_delta()
+    assert shared.count == 100 and veteran.count == 0
+    fresh.shared = shared
+    assert fresh.var == pytest.approx(float(shared.var[0]))  # a restarted agent scales as the others do
+    fresh(np.array([1.0, 2.0]), np.array([True, True]))
+    merged = shared.merge(RunningStats(2.0, np.array([1.5]), np.array([0.5])))
+    assert fresh.var == pytest.approx(float(merged.var[0]))

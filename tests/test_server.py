@@ -81,3 +81,21 @@ def test_agent_gradient_round_trip_in_process():
         dispatch, record = s.apply(m, g)
         assert record.accepted
     assert s.state.version == 3 and s.obs_stats.count == 3 * 64
+
+
+def test_robust_filter_is_wired_into_the_server():
+    cfg = TrainConfig(env="CartPole-v1", agents=4, batch=64, num_envs=2, robust="filter")
+    s = ParameterServer(cfg)
+    for i in range(4):
+        s.dispatch(i)
+    rng = np.random.default_rng(0)
+    direction = np.ones(s.num_params) / np.sqrt(s.num_params)
+    reasons = []
+    for step in range(60):
+        agent = step % 4
+        g = direction + 0.05 * rng.normal(size=s.num_params)
+        _, record = s.apply(meta(agent, s.agent_versions[agent]), -g if agent == 0 else g)
+        reasons.append((agent, record.reason))
+    late = [reason for agent, reason in reasons[20:] if agent == 0]
+    assert late and all(reason == "direction_outlier" for reason in late)
+    assert all(reason == "" for agent, reason in reasons if agent != 0)
