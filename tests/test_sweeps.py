@@ -308,3 +308,18 @@ def test_sample_efficiency_summary_by_hand():
     table = {r["agents"]: r for r in speedup_summary(data)}
     assert table[1]["target"] == 10.0 and table[1]["samples_per_agent_to_target"] == 100.0
     assert table[4]["samples_per_agent_to_target"] == 25.0 and table[4]["ratio_to_n1"] == 0.25
+
+
+def test_speedup_budget_time_ratio_by_hand():
+    from tune_sweeps.speedup import summarize
+
+    def rows(algo, points):
+        return [{"algo": algo, "agents": 4, "seed": 0, "wall_time": t, "return_mean": y} for t, y in points]
+
+    # the same sample budget takes FedPG 150 s and AFedPG 60 s: ratio 2.5
+    data = rows("afedpg", [(0.0, 0.0), (60.0, 10.0)]) + rows("fedpg", [(0.0, 0.0), (150.0, 10.0)])
+    table, _ = summarize(data, "linear:4", 0, target=5.0)
+    by_algo = {row.algo: row for row in table}
+    assert by_algo["afedpg"].budget_time_s == 60.0 and by_algo["fedpg"].budget_time_s == 150.0
+    assert by_algo["afedpg"].budget_ratio_fedpg_over_afedpg == 2.5
+    assert by_algo["fedpg"].time_to_target_s == 75.0 and by_algo["afedpg"].measured_ratio_fedpg_over_afedpg == 2.5
