@@ -36,11 +36,30 @@ def rows(run_dir: Path) -> int:
         return max(0, sum(1 for _ in handle) - 1)
 
 
-def kill_actor(name: str) -> int:
-    """SIGKILL the process of the named actor; returns its pid."""
-    pid = ray.get(ray.get_actor(name, namespace=NAMESPACE).pid.remote())
+def kill_actor(name: str, timeout: float = 60) -> int:
+    """SIGKILL the process of the named actor (waiting for it to exist); returns its pid."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            pid = ray.get(ray.get_actor(name, namespace=NAMESPACE).pid.remote())
+            break
+        except ValueError:  # not created yet
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
     return pid
+
+
+def wait_event(run_dir: Path, kind: str, count: int = 1, timeout: float = 120) -> None:
+    """Block until ``events.csv`` records ``count`` events of ``kind`` (each fault is recovered first)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = run_dir / "events.csv"
+        if path.exists() and path.read_text().count(f",{kind},") >= count:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"fewer than {count} {kind} events within {timeout:.0f}s")
 
 
 def wait_rows(run_dir: Path, count: int, proc: subprocess.Popen, timeout: float = 600) -> None:
@@ -93,15 +112,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("--agents", type=int, default=4)
-    parser.add_argument("--samples", type=int, default=80_000)
+    parser.add_argument("--samples", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/chaos")
     parser.add_argument("--iteration-time", type=float, default=0.2, help="paces the runs so kills land mid-run")
     parser.add_argument("--quick", action="store_true", help="tiny budget, kills early")
     args = parser.parse_args()
     if args.quick:
-        args.samples, args.batch, args.iteration_time = 16_000, 100, 0.05
-    scale = args.samples // args.batch // 8  # kill points spread over the run's updates
+        args.samples, args.batch = 60_000, 200
+    scale = args.samples // args.batch // 10  # kills at 10%..50% of the run's updates: half of it remains
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ray.init(namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
@@ -113,9 +133,15 @@ def main() -> None:
 
     log: list[dict] = []
     proc = subprocess.Popen(train_cmd(args, chaos, address), stdout=subprocess.DEVNULL)
-    for at, name in ((1 * scale, "afedpg-agent-1"), (2 * scale, "afedpg-agent-2"), (3 * scale, "afedpg-server")):
+    faults = (
+        (1 * scale, "afedpg-agent-1", "agent_rejoined", 1),
+        (2 * scale, "afedpg-agent-2", "agent_rejoined", 2),
+        (3 * scale, "afedpg-server", "server_restored", 1),
+    )
+    for at, name, recovered, count in faults:
         wait_rows(chaos, at, proc)
         log.append({"update": rows(chaos), "killed": name, "pid": kill_actor(name)})
+        wait_event(chaos, recovered, count)
     wait_rows(chaos, 4 * scale, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -134,6 +160,7 @@ def main() -> None:
         "--no-tensorboard",
     ]
     proc = subprocess.Popen(resume, stdout=subprocess.DEVNULL)
+    wait_event(chaos, "resumed")  # progress.csv has been cut back to the checkpoint by now
     wait_rows(chaos, 5 * scale, proc)
     log.append({"update": rows(chaos), "killed": "afedpg-agent-0", "pid": kill_actor("afedpg-agent-0")})
     if proc.wait() != 0:
