@@ -42,6 +42,7 @@ class RunLog:
         self.accepted = 0
         self.delay_sum = 0
         self._listeners: list[Callable[[UpdateRecord], None]] = []
+        self._rejection_reasons: set[str] = set()
 
     def add_listener(self, callback: Callable[[UpdateRecord], None]) -> None:
         """Call ``callback`` with every record (Tune reports through this)."""
@@ -52,6 +53,11 @@ class RunLog:
         row = dataclasses.asdict(rec)
         self._progress.writerow(row)
         self.last = rec
+        if not rec.accepted and rec.reason not in self._rejection_reasons:
+            self._rejection_reasons.add(rec.reason)  # logged once per reason; progress.csv has every one
+            self.event(
+                "rejected", rec.agent, f"first gradient rejected for {rec.reason} (update {rec.update})", rec.wall_time
+            )
         if rec.accepted:
             self.accepted += 1
             self.delay_sum += rec.delay

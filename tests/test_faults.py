@@ -164,5 +164,7 @@ def test_bad_gradients_from_a_real_agent_are_rejected_and_counted(tmp_path, byza
     assert result.rejected.get(reason, 0) > 0 and set(result.rejected) == {reason}
     rows = progress(Path(result.out_dir))
     assert all(r["agent"] == "0" and r["reason"] == reason for r in rows if r["accepted"] == "False")
+    logged = [e for e in events(Path(result.out_dir)) if e["kind"] == "rejected"]
+    assert len(logged) == 1 and reason in logged[0]["message"]  # logged once, counted every time
     theta = torch.load(Path(result.out_dir) / "policy.pt", weights_only=False)["theta"]
     assert theta.size > 0 and np.isfinite(theta).all()
