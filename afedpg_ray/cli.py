@@ -48,7 +48,8 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def int_list(text: str) -> tuple[int, ...]:
+    """Parse comma-separated integers such as ``1,2,4,8`` (an argparse type)."""
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
@@ -109,7 +110,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     add("--batch", type=int, help=f"environment steps per gradient (default {d.batch})")
     add("--num-envs", type=int, help=f"environments each agent steps at once (default {d.num_envs})")
     add("--seed", type=int, help=f"random seed (default {d.seed})")
-    add("--hidden", type=_ints, help="hidden layer widths, e.g. 64,64")
+    add("--hidden", type=int_list, help="hidden layer widths, e.g. 64,64")
     add("--schedule", help=f"step sizes: {', '.join(SCHEDULES)} (default {d.schedule})")
     add("--eta0", type=float, help=f"normalised step length or its scale (default {d.eta0})")
     add("--alpha0", type=float, help=f"momentum weight or its scale, in (0, 1] (default {d.alpha0})")

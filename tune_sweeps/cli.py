@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from afedpg_ray.cli import OneLineParser, add_train_options, config_from_args, fail
+from afedpg_ray.cli import OneLineParser, add_train_options, config_from_args, fail, int_list
 from afedpg_ray.config import ALGORITHMS
 from tune_sweeps import hyper, sample_efficiency, speedup
 from tune_sweeps.plots import plot_learning_curves
@@ -30,13 +30,6 @@ from tune_sweeps.trainable import (
 )
 
 PAPER_ALGOS = ("afedpg", "fedpg", "vanilla", "a3c")
-
-
-def _counts(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,4,8, got {text!r}") from None
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -66,14 +59,14 @@ def add_commands(sub: Any) -> None:
 
     se = kinds.add_parser("sample-efficiency", conflict_handler="resolve", help="return vs samples per agent over N")
     add_train_options(se)
-    se.add_argument("--agents", type=_counts, default=(1, 2, 4, 8), help="agent counts N (default 1,2,4,8)")
+    se.add_argument("--agents", type=int_list, default=(1, 2, 4, 8), help="agent counts N (default 1,2,4,8)")
     se.add_argument("--samples-per-agent", type=int, required=True, help="environment steps per agent per trial")
     _add_sweep_options(se, sample_efficiency.NAME, seeds=3, concurrent=0)
     se.set_defaults(handler=cmd_sample_efficiency)
 
     sp = kinds.add_parser("speedup", conflict_handler="resolve", help="return vs wall time under heterogeneity")
     add_train_options(sp)
-    sp.add_argument("--agents", type=_counts, default=(4, 8), help="agent counts N (default 4,8)")
+    sp.add_argument("--agents", type=int_list, default=(4, 8), help="agent counts N (default 4,8)")
     sp.add_argument("--algos", type=_names, default=PAPER_ALGOS, help=f"rules (default {','.join(PAPER_ALGOS)})")
     sp.add_argument("--target", type=float, help="target return (default: 80%% of the way from start to best final)")
     _add_sweep_options(sp, speedup.NAME, seeds=3, concurrent=1)
