@@ -13,13 +13,19 @@ side by side (the same process niceness and contention as the agents).
 
     python benchmarks/sampling.py                 # Hopper-v5, 3 repetitions
     python benchmarks/sampling.py --quick         # fewer gradients and a tiny train() run
+    python benchmarks/sampling.py --skip-system --compare-with OLD/rollout.py   # before/after, one run
+
+``--compare-with`` times the ``Sampler`` of another rollout.py (say, the commit before an
+optimisation) interleaved with the current one and the raw environments.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -68,33 +74,48 @@ def random_actions(envs: Any, steps: int, seed: int) -> np.ndarray:
     return np.stack([envs.action_space.sample() for _ in range(steps)])
 
 
-def single_agent(env: str, num_envs: int, batch: int, hidden: tuple[int, ...], gradients: int, seed: int) -> dict:
-    """One repetition of part 1: ``gradients`` interleaved (raw block, sample_gradient) pairs."""
+def load_sampler_class(path: Path) -> type:
+    """``Sampler`` of another version of rollout.py (e.g. ``git show HEAD:afedpg_ray/rollout.py``)."""
+    spec = importlib.util.spec_from_file_location("baseline_rollout", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module.Sampler
+
+
+def single_agent(args: argparse.Namespace, seed: int, baseline: type | None = None) -> dict:
+    """One repetition of part 1: ``args.gradients`` interleaved raw blocks and ``sample_gradient`` calls
+    (and as many of the ``baseline`` Sampler class, if given)."""
     torch.set_num_threads(1)
-    sampler = Sampler(env, num_envs, seed, hidden, EstimatorConfig())
-    raw_envs = make_vec_env(env, num_envs)
+    samplers = {"agent": Sampler(args.env, args.num_envs, seed, args.hidden, EstimatorConfig())}
+    if baseline is not None:
+        samplers["baseline"] = baseline(args.env, args.num_envs, seed, args.hidden, EstimatorConfig())
+    raw_envs = make_vec_env(args.env, args.num_envs)
     raw_envs.reset(seed=seed)
-    steps = math.ceil(batch / num_envs)
-    actions = random_actions(raw_envs, steps, seed)
-    sampler.sample_gradient(batch)  # warm-up: first calls allocate and fill caches
+    actions = random_actions(raw_envs, math.ceil(args.batch / args.num_envs), seed)
+    for sampler in samplers.values():
+        sampler.sample_gradient(args.batch)  # warm-up: first calls allocate and fill caches
     step_all(raw_envs, actions)
-    raw, agent = Clock(), Clock()
-    for _ in range(gradients):
-        with raw:
+    clocks = {name: Clock() for name in ["raw", *samplers]}
+    for _ in range(args.gradients):
+        with clocks["raw"]:
             step_all(raw_envs, actions)
-        with agent:
-            estimate = sampler.sample_gradient(batch)
-    sampler.close()
+        for name, sampler in samplers.items():
+            with clocks[name]:
+                samples = sampler.sample_gradient(args.batch).samples
     raw_envs.close()
-    total = gradients * estimate.samples
-    return {
-        "raw_steps_per_s": total / raw.wall,
-        "agent_steps_per_s": total / agent.wall,
-        "ratio": raw.wall / agent.wall,
-        "raw_steps_per_cpu_s": total / raw.cpu,
-        "agent_steps_per_cpu_s": total / agent.cpu,
-        "cpu_ratio": raw.cpu / agent.cpu,
-    }
+    total = args.gradients * samples
+    result = {}
+    for name, clock in clocks.items():
+        result[f"{name}_steps_per_s"] = total / clock.wall
+        result[f"{name}_steps_per_cpu_s"] = total / clock.cpu
+    for name in samplers:
+        samplers[name].close()
+        prefix = "" if name == "agent" else f"{name}_"
+        result[f"{prefix}ratio"] = clocks["raw"].wall / clocks[name].wall
+        result[f"{prefix}cpu_ratio"] = clocks["raw"].cpu / clocks[name].cpu
+    return result
 
 
 def _raw_task(env: str, num_envs: int, seconds: float, seed: int) -> float:
@@ -162,6 +183,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--system-samples", type=int, default=60_000, help="sample budget of each part-2 run")
     parser.add_argument("--raw-seconds", type=float, default=10.0, help="duration of the parallel raw reference")
     parser.add_argument("--skip-system", action="store_true", help="only part 1 (no Ray)")
+    parser.add_argument("--compare-with", type=Path, help="another rollout.py whose Sampler part 1 also times")
     parser.add_argument("--out", type=Path, default=common.default_out(NAME))
     parser.add_argument("--quick", action="store_true", help="a few gradients, one tiny train() run")
     args = parser.parse_args()
@@ -173,20 +195,15 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     """Run both parts and write ``OUT/result.json``."""
     args = parse_args()
+    baseline = load_sampler_class(args.compare_with) if args.compare_with else None
     single = []
     for rep in range(args.repeats):
-        single.append(single_agent(args.env, args.num_envs, args.batch, args.hidden, args.gradients, seed=rep))
+        single.append(single_agent(args, seed=rep, baseline=baseline))
         common.print_json(f"single agent, repetition {rep}", single[-1])
+    medians = {f"median_{key}": common.median(r[key] for r in single) for key in single[0]}
     payload: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "single_agent": {
-            "repetitions": single,
-            "median_ratio": common.median(r["ratio"] for r in single),
-            "median_agent_steps_per_s": common.median(r["agent_steps_per_s"] for r in single),
-            "median_raw_steps_per_s": common.median(r["raw_steps_per_s"] for r in single),
-            "median_cpu_ratio": common.median(r["cpu_ratio"] for r in single),
-            "target_ratio": 0.8,
-        },
+        "single_agent": {"repetitions": single, **medians, "target_ratio": 0.8},
     }
     if not args.skip_system:
         common.init_ray()

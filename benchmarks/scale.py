@@ -1,16 +1,19 @@
 """Scale: many agents on one machine, and the parameter server's memory as N grows.
 
 ``train()`` on CartPole-v1 with N agents (fractional CPUs, small batch, hetero none) for N = 8, 32
-and 64. Midway through each run (from the ``on_record`` hook, while the actors are alive) it asks
-the server actor for its resident memory (``ParameterServer.memory_rss``) and its state
-(``export_state``: pickled bytes and the bytes of its arrays), and reads every agent process's
-proportional and unique memory from /proc (the agents run on this machine). Updates per second are
-over the steady state of progress.csv (after every agent's first update).
+and 64, every iteration padded to ``--iteration-time`` T so that 64 agents fit on two cores and the
+expected rate is exactly N / T. Once every agent has reported (from the ``on_record`` hook, while
+the actors are alive) it asks the server actor for its resident memory
+(``ParameterServer.memory_rss``) and its state (``export_state``: pickled bytes and the bytes of its
+arrays), and reads every agent process's proportional and unique memory from /proc (the agents run
+on this machine). Updates per second are over the steady state of progress.csv, after every
+agent's first update. The sample budget is ``--startup-per-agent`` * N + ``--steady-seconds``
+seconds' worth of updates at N / T: the runner dispatches only once every agent has started
+(seconds per agent on two busy cores), so in practice nearly all of it is steady state.
 
-Each agent is a process that imports torch (about 0.25 GiB unique memory), so N = 64 needs tens of
-GiB less what the machine can spare: a run whose agents would not fit in the available memory (with
-``--margin-gib`` to spare) is skipped and reported as such instead of pushing a shared machine into
-the OOM killer.
+Each agent is a process that imports torch (about 0.2 GiB of its own memory), so a run whose agents
+would not fit in the available memory (with ``--margin-gib`` to spare) is skipped and reported as
+such instead of pushing a shared machine into the OOM killer.
 
     python benchmarks/scale.py                       # N = 8, 32, 64; 3 runs each
     python benchmarks/scale.py --quick               # N = 2, 4; one short run each
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +66,24 @@ def state_bytes(state: dict[str, Any]) -> dict[str, int]:
 
 
 class MemoryProbe:
-    """An ``on_record`` hook that measures the server and agents once, when half the budget is spent."""
+    """An ``on_record`` hook: notes when every agent has reported, then (N updates later, all agents
+    running) measures the server and the agents once."""
 
-    def __init__(self, prefix: str, agents: int, samples: int) -> None:
-        self.prefix, self.agents, self.trigger = prefix, agents, samples // 2
+    def __init__(self, prefix: str, agents: int) -> None:
+        self.prefix, self.agents = prefix, agents
+        self.started = time.time()
+        self.reported: set[int] = set()
+        self.trigger: int | None = None
         self.result: dict[str, Any] = {}
 
     def __call__(self, record: UpdateRecord) -> None:
-        """Measure on the first record past the trigger."""
-        if self.result or record.samples_total < self.trigger:
+        """Note the agent; measure on the N-th record after every agent has reported."""
+        if self.trigger is None:
+            self.reported.add(record.agent)
+            if len(self.reported) == self.agents:
+                self.result["seconds_until_every_agent_reported"] = time.time() - self.started
+                self.trigger = record.update + self.agents
+        if self.trigger is None or record.update < self.trigger or "server_rss_bytes" in self.result:
             return
         import ray
 
@@ -77,7 +91,7 @@ class MemoryProbe:
         server_rss, state = ray.get([server.memory_rss.remote(), server.export_state.remote()])
         agent_pids = ray.get([ray.get_actor(f"{self.prefix}-agent-{i}").pid.remote() for i in range(self.agents)])
         agents = [proc_memory(pid) for pid in agent_pids]
-        self.result = {
+        self.result |= {
             "at_update": record.update,
             "server_rss_bytes": server_rss,
             "server_state": state_bytes(state),
@@ -92,13 +106,15 @@ def run_scale(args: argparse.Namespace, agents: int, rep: int) -> dict[str, Any]
     from afedpg_ray.train import train
 
     prefix = f"bench-scale-n{agents}-r{rep}"
-    samples = args.updates_per_agent * agents * args.batch
+    seconds = args.startup_per_agent * agents + args.steady_seconds
+    steps_per_gradient = math.ceil(args.batch / args.num_envs) * args.num_envs
     config = TrainConfig(
         env="CartPole-v1",
         algo="afedpg",
         agents=agents,
         hetero="none",
-        samples=samples,
+        iteration_time=args.iteration_time,
+        samples=int(seconds * agents / args.iteration_time * steps_per_gradient),
         batch=args.batch,
         num_envs=args.num_envs,
         agent_cpus=args.agent_cpus,
@@ -107,7 +123,7 @@ def run_scale(args: argparse.Namespace, agents: int, rep: int) -> dict[str, Any]
         tensorboard=False,
         out=str(args.out / "runs" / f"n{agents}-{rep}"),
     )
-    probe = MemoryProbe(prefix, agents, samples)
+    probe = MemoryProbe(prefix, agents)
     result = train(config, name_prefix=prefix, on_record=probe)
     common.prune_run(result.out_dir)
     with (Path(result.out_dir) / "progress.csv").open(newline="") as handle:
@@ -118,17 +134,24 @@ def run_scale(args: argparse.Namespace, agents: int, rep: int) -> dict[str, Any]
         "agents": agents,
         "updates": result.updates,
         "wall_time": result.wall_time,
-        "startup_seconds": start,
+        "steady_seconds": float(rows[-1]["wall_time"]) - start,
         "updates_per_s": rate,
+        "theory_updates_per_s": agents / args.iteration_time,
+        "fraction_of_theory": rate * args.iteration_time / agents,
         "mean_delay": result.mean_delay,
         **probe.result,
     }
 
 
-def fits_in_memory(agents: int, margin_gib: float) -> tuple[bool, float]:
-    """Whether ``agents`` more agent processes fit in MemAvailable with ``margin_gib`` to spare."""
-    available = common.machine_facts()["ram_available_gib"]
-    return agents * AGENT_MEMORY_GUESS_GIB + margin_gib <= available, available
+def fits_in_memory(agents: int, margin_gib: float, patience_s: float = 120.0) -> tuple[bool, float]:
+    """Whether ``agents`` agent processes fit in MemAvailable with ``margin_gib`` to spare, waiting up
+    to ``patience_s`` for the previous run's processes to exit."""
+    deadline = time.time() + patience_s
+    while True:
+        available = common.machine_facts()["ram_available_gib"]
+        if agents * AGENT_MEMORY_GUESS_GIB + margin_gib <= available or time.time() > deadline:
+            return agents * AGENT_MEMORY_GUESS_GIB + margin_gib <= available, available
+        time.sleep(5.0)
 
 
 def parse_args() -> argparse.Namespace:
@@ -138,7 +161,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--agent-cpus", type=float, default=0.025)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--num-envs", type=int, default=2)
-    parser.add_argument("--updates-per-agent", type=int, default=12, help="sample budget = this * N * batch")
+    parser.add_argument("--iteration-time", type=float, default=2.0, help="T: every iteration lasts T seconds")
+    parser.add_argument("--startup-per-agent", type=float, default=3.0, help="start-up seconds budgeted per agent")
+    parser.add_argument("--steady-seconds", type=float, default=30.0, help="steady-state seconds budgeted")
     parser.add_argument("--placement-timeout", type=float, default=600.0, help="seconds for all agents to start")
     parser.add_argument("--margin-gib", type=float, default=3.0, help="memory left free for other jobs")
     parser.add_argument("--repeats", type=int, default=3)
@@ -146,7 +171,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="N = 2, 4; one short run each")
     args = parser.parse_args()
     if args.quick:
-        args.agents, args.updates_per_agent, args.repeats = "2,4", 4, 1
+        args.agents, args.repeats, args.iteration_time = "2,4", 1, 0.5
+        args.startup_per_agent, args.steady_seconds = 1.0, 2.0
     return args
 
 
@@ -170,10 +196,13 @@ def main() -> None:
         sizes[str(agents)] = {
             "repetitions": reps,
             "median_updates_per_s": common.median(r["updates_per_s"] for r in reps),
+            "median_fraction_of_theory": common.median(r["fraction_of_theory"] for r in reps),
             "median_server_rss_mib": common.median(r["server_rss_bytes"] for r in reps) / 2**20,
             "median_server_state_pickled_bytes": common.median(r["server_state"]["pickled"] for r in reps),
             "median_agent_uss_mib": common.median(r["agent_uss_bytes_median"] for r in reps) / 2**20,
-            "median_startup_seconds": common.median(r["startup_seconds"] for r in reps),
+            "median_seconds_until_every_agent_reported": common.median(
+                r.get("seconds_until_every_agent_reported", float("nan")) for r in reps
+            ),
         }
         common.print_json(f"N={agents} medians", {k: v for k, v in sizes[str(agents)].items() if k != "repetitions"})
     settings = {k: v for k, v in vars(args).items() if k != "out"}
