@@ -132,6 +132,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     add("--agent-cpus", type=float, help="CPUs per agent (default: the cluster's CPUs shared evenly, at most 1)")
     add("--agent-resources", help='per-agent Ray requests as JSON, e.g. \'{"0-3": {"resources": {"fast_node": 1}}}\'')
     add("--address", help="existing Ray cluster (auto, host:port or ray://...); default starts a local one")
+    add(
+        "--placement-timeout",
+        type=float,
+        help=f"seconds agents may wait for their resources, e.g. while an autoscaler adds nodes "
+        f"(default {d.placement_timeout:g})",
+    )
 
 
 def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> TrainConfig:
@@ -212,12 +218,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfig:
-    """The config of the run in ``--resume RUN_DIR``; only --samples, --address and output flags may change."""
+    """The config of the run in ``--resume RUN_DIR``.
+
+    Only --samples, where it runs (--address, --placement-timeout) and output flags may change.
+    """
     run_dir = Path(args.resume)
     path = run_dir / "config.json"
     if not path.is_file():
         raise ConfigError("--resume", f"{path}: no config.json (is {run_dir} a run directory?)")
-    allowed = {"resume", "samples", "address", "no_progress", "no_tensorboard", "handler", "command"}
+    allowed = {"resume", "samples", "address", "placement_timeout", "no_progress", "no_tensorboard"}
+    allowed |= {"handler", "command"}
     changed = sorted(k for k, v in vars(args).items() if v is not None and v is not False and k not in allowed)
     if changed:
         raise ConfigError("--resume", f"a resumed run keeps its config; drop --{changed[0].replace('_', '-')}")
@@ -228,8 +238,9 @@ def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfi
     raw.update(extra, out=str(run_dir))
     if args.samples is not None:
         raw["samples"] = args.samples
-    if args.address is not None:
-        raw["address"] = args.address
+    for option in ("address", "placement_timeout"):  # where the run continues may differ
+        if getattr(args, option) is not None:
+            raw[option] = getattr(args, option)
     return config_from_dict(raw)
 
 

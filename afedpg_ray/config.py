@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 ALGORITHMS = ("afedpg", "vanilla", "fedpg", "a3c", "pg")
-SCHEDULES = ("constant", "theory")
+SCHEDULES = ("constant", "theory", "linear")
 
 
 class ConfigError(ValueError):
@@ -89,7 +89,8 @@ class TrainConfig:
     hidden: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the policy (and critic) MLP."""
     schedule: str = "constant"
-    """Step-size schedule: constant | theory (N-PG-IGT: eta0*2/(k+2), alpha0*(2/(k+2))^0.8)."""
+    """Step-size schedule: constant | theory (N-PG-IGT: eta0*2/(k+2), alpha0*(2/(k+2))^0.8) |
+    linear (eta anneals from eta0 to 5% of it over the run's expected updates, alpha fixed)."""
     eta0: float = 0.03
     """Normalised step length (constant) or its scale (theory)."""
     alpha0: float = 0.2
@@ -112,6 +113,8 @@ class TrainConfig:
     """Per-group Ray resource requests (override agent_cpus for the agents they cover)."""
     address: str | None = None
     """Existing Ray cluster address; None starts a local Ray instance."""
+    placement_timeout: float = 120.0
+    """Seconds every agent may wait for its resources before the run reports which one cannot be placed."""
     out: str | None = None
     """Output directory; None picks runs/<env>-<algo>-<timestamp>."""
     progress: bool = True
@@ -128,6 +131,12 @@ class TrainConfig:
     def synchronous(self) -> bool:
         """Whether the rule waits for all agents every round."""
         return self.algo == "fedpg"
+
+    @property
+    def expected_updates(self) -> int:
+        """Updates the sample budget buys: one per gradient, or one per round of all agents (FedPG)."""
+        per_update = self.batch * (self.agents if self.synchronous else 1)
+        return max(1, self.samples // per_update)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
@@ -187,6 +196,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     if not config.hidden or any(int(h) != h or h < 1 for h in config.hidden):
         raise ConfigError("--hidden", f"must be positive layer widths such as 64,64, got {config.hidden!r}")
     _positive("--checkpoint-every", config.checkpoint_every, integer=True)
+    _positive("--placement-timeout", config.placement_timeout)
     _positive("--eta0", config.eta0)
     _positive("--lr", config.lr)
     _positive("--max-grad-norm", config.max_grad_norm)

@@ -9,6 +9,8 @@ actor runs one method at a time, so updates are applied strictly in arrival orde
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from afedpg_ray.agent import RolloutAgent
 from afedpg_ray.checkpoint import save_checkpoint
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.heterogeneity import parse_profile
+from afedpg_ray.messages import UpdateRecord
 from afedpg_ray.runlog import RunLog
 from afedpg_ray.server import ParameterServer
 
@@ -28,8 +31,10 @@ MAX_AGENT_RESTARTS = 3
 """Restarts per agent before the run continues without it."""
 MAX_SERVER_RESTORES = 5
 """Server restores from checkpoint before the run gives up."""
-PLACEMENT_TIMEOUT_S = 60.0
-"""How long an agent may wait for its resources before the run reports it as unplaceable."""
+RECORD_BATCH = 16
+RECORD_LAG_S = 0.1
+"""The loop logs the server's records once this many are waiting or this long has passed: checking
+after every update costs a ``ray.wait`` per update, about a fifth of the loop at 300 updates/s."""
 
 
 class RunError(RuntimeError):
@@ -119,6 +124,11 @@ class RayRunner:
         self.comm_delays = [delays[0] if len(delays) == 1 else delays[i] for i in range(config.agents)]
         self.stats = LoopStats()
         self.last_state = resume_state
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._saving: Future | None = None
+        self._records: deque[tuple[Any, int]] = deque()
+        """Update records not yet logged, with the samples each update carries, oldest first."""
+        self._last_drain = time.monotonic()
         self.incarnation = int(resume_state["rule_state"]["version"]) if resume_state else 0
         self.samples_total = int(resume_state["samples_total"]) if resume_state else 0
         self.server = self._make_server()
@@ -159,14 +169,15 @@ class RayRunner:
         """Fail with the agent and its request named if an agent cannot be placed in time."""
         refs = {slot.actor.node_id.remote(): slot for slot in self.slots}
         try:
-            ray.get(list(refs), timeout=PLACEMENT_TIMEOUT_S)
+            ray.get(list(refs), timeout=self.config.placement_timeout)
         except GetTimeoutError:
             ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
             stuck = [refs[r] for r in refs if r not in ready]
             slot = stuck[0]
             asked, problem = placement_problem(slot.options, [n["Resources"] for n in ray.nodes() if n["Alive"]])
             raise RunError(
-                f"agent {slot.agent_id} could not be placed within {PLACEMENT_TIMEOUT_S:.0f}s: "
+                f"agent {slot.agent_id} could not be placed within {self.config.placement_timeout:g}s "
+                f"(--placement-timeout): "
                 f"requested {asked}; {problem}"
             ) from None
         except (RayActorError, RayTaskError) as err:
@@ -188,8 +199,16 @@ class RayRunner:
             raise ServerLostError(_first_line(err)) from None
 
     def _checkpoint(self) -> None:
+        """Take the server's state now; write it to disk on the writer thread (fsync is slow)."""
         self.last_state = self._server_call(self.server.export_state.remote())
-        save_checkpoint(self.run_dir, self.last_state)
+        self._flush_checkpoint()  # one write at a time, in order; surfaces a failed write
+        self._saving = self._writer.submit(save_checkpoint, self.run_dir, self.last_state)
+
+    def _flush_checkpoint(self) -> None:
+        """Wait until the last checkpoint taken is on disk."""
+        if self._saving is not None:
+            self._saving.result()
+            self._saving = None
 
     def _restore_server(self, reason: str) -> None:
         """Recreate the server from the last checkpoint (bounded retries, then give up)."""
@@ -253,6 +272,7 @@ class RayRunner:
             try:
                 loop()
                 self._checkpoint()
+                self._flush_checkpoint()
                 break
             except ServerLostError as lost:
                 self._restore_server(str(lost))
@@ -262,47 +282,97 @@ class RayRunner:
         return self.stats
 
     def shutdown(self) -> None:
-        """Kill every actor this runner created."""
+        """Finish the checkpoint being written and kill every actor this runner created."""
+        self._flush_checkpoint()
         for slot in self.slots:
             if slot.actor is not None:
                 ray.kill(slot.actor, no_restart=True)
         ray.kill(self.server, no_restart=True)
 
-    def _after_update(self, record: Any) -> None:
+    def _after_update(self, record: UpdateRecord) -> bool:
+        """Log one update record; returns whether a checkpoint is due after it."""
         self.log.record(record)
-        if record.accepted:
-            self.samples_total = max(self.samples_total, record.samples_total)
-            if record.update % self.config.checkpoint_every == 0:
-                self._checkpoint()
+        if not record.accepted:
+            return False
+        self.samples_total = max(self.samples_total, record.samples_total)
+        return record.update % self.config.checkpoint_every == 0
+
+    def _drain_records(self, block: bool) -> None:
+        """Log the server's records in submission order: all of them, or (not ``block``) the finished ones.
+
+        The loop does not wait for each record (a round trip per update); checkpoints wait for every
+        submitted update, so a checkpoint's version always matches the last line of progress.csv.
+        """
+        self._last_drain = time.monotonic()
+        if not self._records:
+            return
+        if block:
+            count = len(self._records)
+        else:
+            refs = [ref for ref, _ in self._records]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=True)
+            done = set(ready)
+            count = next((i for i, ref in enumerate(refs) if ref not in done), len(refs))
+        due = False
+        for _ in range(count):
+            ref, _samples = self._records[0]
+            record = self._server_call(ref)
+            self._records.popleft()
+            due = self._after_update(record) or due
+        if due:
+            self._drain_records(block=True)
+            self._checkpoint()
 
     def _run_async(self) -> None:
         pending: dict[Any, tuple[AgentSlot, Any]] = {}
+        self._records.clear()
         for slot in self.slots:
             if slot.alive and slot.retry_at is None:
                 meta_ref, grad_ref = self._submit(slot, self.server.dispatch.remote(slot.agent_id))
                 pending[meta_ref] = (slot, grad_ref)
-        while self.samples_total < self.config.samples:
+        while True:
+            if len(self._records) >= RECORD_BATCH or time.monotonic() - self._last_drain >= RECORD_LAG_S:
+                self._drain_records(block=False)
+            if self._budget_spent():
+                return
             for slot in self._restart_due():
                 meta_ref, grad_ref = self._submit(slot, self.server.dispatch.remote(slot.agent_id))
                 pending[meta_ref] = (slot, grad_ref)
             if not pending:
                 time.sleep(self._wait_timeout() or 0.05)
                 continue
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=self._wait_timeout())
+            # Every reply that has already arrived, in one call; else block for the next one.
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             if not ready:
-                continue
-            slot, grad_ref = pending.pop(ready[0])
-            try:
-                meta = ray.get(ready[0])
-            except (RayActorError, RayTaskError) as err:
-                if _server_died(err):
-                    raise ServerLostError(_first_line(err)) from None
-                self._agent_failed(slot, err)
-                continue
-            dispatch_ref, record_ref = self.server.apply.options(num_returns=2).remote(meta, grad_ref)
-            meta_ref, next_grad_ref = self._submit(slot, dispatch_ref)
-            pending[meta_ref] = (slot, next_grad_ref)
-            self._after_update(self._server_call(record_ref))
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=self._wait_timeout())
+            for meta_ref in ready:
+                if self._budget_spent(block=False):
+                    break  # the rest stay in flight, like every other agent's work at the end
+                slot, grad_ref = pending.pop(meta_ref)
+                try:
+                    meta = ray.get(meta_ref)
+                except (RayActorError, RayTaskError) as err:
+                    if _server_died(err):
+                        raise ServerLostError(_first_line(err)) from None
+                    self._agent_failed(slot, err)
+                    continue
+                dispatch_ref, record_ref = self.server.apply.options(num_returns=2).remote(meta, grad_ref)
+                next_meta_ref, next_grad_ref = self._submit(slot, dispatch_ref)
+                pending[next_meta_ref] = (slot, next_grad_ref)
+                self._records.append((record_ref, meta.samples))
+
+    def _budget_spent(self, block: bool = True) -> bool:
+        """Whether the sample budget is spent; with ``block``, decided on applied updates only.
+
+        Without ``block`` it only says whether the updates already submitted may spend it.
+        """
+        in_flight = sum(samples for _, samples in self._records)
+        if self.samples_total + in_flight < self.config.samples:
+            return False
+        if not block:
+            return True
+        self._drain_records(block=True)  # rejected gradients add no samples: wait for the verdicts
+        return self.samples_total >= self.config.samples
 
     def _run_sync(self) -> None:
         dispatch_ref = None
@@ -329,8 +399,9 @@ class RayRunner:
                 dispatch_ref = None
                 continue
             dispatch_ref, records_ref = self.server.apply_round.options(num_returns=2).remote(metas, *grads)
-            for record in self._server_call(records_ref):
-                self._after_update(record)
+            due = [self._after_update(record) for record in self._server_call(records_ref)]
+            if any(due):
+                self._checkpoint()
 
 
 def placement_problem(options: dict[str, Any], nodes: list[dict[str, float]]) -> tuple[str, str]:

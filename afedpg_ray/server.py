@@ -61,7 +61,9 @@ class ParameterServer:
         torch.manual_seed(config.seed)
         policy, obs_dim = build_policy(config.env, config.hidden, config.estimator.log_std_init)
         self.config = config
-        self.rule = make_rule(config.algo, config.schedule, config.eta0, config.alpha0, config.lr)
+        self.rule = make_rule(
+            config.algo, config.schedule, config.eta0, config.alpha0, config.lr, horizon=config.expected_updates
+        )
         self.state = RuleState.initial(get_flat(policy))
         self.obs_stats = RunningStats.empty(obs_dim)
         self.return_stats = RunningStats.empty(1)

@@ -64,6 +64,28 @@ def run_one(env: str, algo: str, seed: int, args: argparse.Namespace, out: Path)
     }
 
 
+def read_rows(path: Path) -> dict[tuple[str, str, str], dict]:
+    """Rows of an earlier ``learning.csv`` keyed by (env, algo, seed); empty if there is none."""
+    if not path.exists():
+        return {}
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["final_return"] = float(row["final_return"])
+        row["agents"] = int(row["agents"])
+    return {(r["env"], r["algo"], r["seed"]): r for r in rows}
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Write ``rows`` to ``path`` atomically (rewritten after every run)."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
 def curve(run_dir: Path, grid: np.ndarray) -> np.ndarray:
     """Return-vs-samples of one run interpolated onto ``grid``."""
     rows = [r for r in read_progress(run_dir / "progress.csv") if r["accepted"] == "True" and r["return_mean"] != "nan"]
@@ -114,19 +136,23 @@ def main() -> None:
         args.train_args = args.train_args or "--batch 500 --num-envs 2"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    done = read_rows(out / "learning.csv")
+    grid = {(e, a, s) for e in args.envs.split(",") for a in args.algos.split(",") for s in args.seeds.split(",")}
+    rows: list[dict] = [row for key, row in done.items() if key not in grid]  # other invocations' runs stay
     start = time.time()
     for env in args.envs.split(","):
         for algo in args.algos.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
+                key = (env, algo, str(seed))
+                if key in done:  # finished in an earlier invocation: long grids survive interruption
+                    rows.append(done[key])
+                    continue
                 row = run_one(env, algo, seed, args, out)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                write_rows(out / "learning.csv", rows)
         plot(rows, env, args.samples, out / f"learning_{env}.png")
-    with (out / "learning.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(out / "learning.csv", rows)
     print(f"wrote {out}/learning.csv and plots in {time.time() - start:.0f}s")
     for env in args.envs.split(","):
         for algo in args.algos.split(","):

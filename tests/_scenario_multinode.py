@@ -12,7 +12,7 @@ second cluster start on a 2-core machine.
    whose per-agent ``node_id`` the agent itself reported (``ray.get_runtime_context().get_node_id()``).
 2. A separate ``ParameterServer`` actor receives a NaN gradient and rejects it (``non_finite``).
 3. Background threads scrape every node's ``/metrics`` during and after 1-2.
-4. ``afedpg train`` (``cli.main``, in this process, so ``runtime.PLACEMENT_TIMEOUT_S`` can be lowered)
+4. ``afedpg train`` (``cli.main``, in this process, with a short ``--placement-timeout``)
    against the same cluster, with agent 0 requesting ``gpu_node``, which no node has.
 
 The last stdout line is JSON: node ids by resource, the agents' node ids, the run's summary, every
@@ -193,9 +193,10 @@ def reject_nan_gradient() -> None:
     assert not record.accepted and record.reason == "non_finite", record
 
 
-def unplaceable_run(address: str, out_dir: str) -> dict[str, Any]:
+def unplaceable_run(address: str, out_dir: str, timeout: float) -> dict[str, Any]:
     """``afedpg train`` with a request no node can satisfy: exit code, stderr and how long it took."""
-    argv = ["train", "--address", address, "--env", "CartPole-v1", "--agents", "2", "--batch", "64"]
+    argv = ["train", "--address", address, "--placement-timeout", str(timeout)]
+    argv += ["--env", "CartPole-v1", "--agents", "2", "--batch", "64"]
     argv += ["--num-envs", "2", "--samples", "256", "--no-progress", "--no-tensorboard", "--out", out_dir]
     argv += ["--agent-resources", '{"0": {"resources": {"gpu_node": 1}}}']
     stderr = io.StringIO()
@@ -230,8 +231,7 @@ def main() -> None:
         for scraper in scrapers.values():
             scraper.stop.set()
             scraper.join()
-        runtime.PLACEMENT_TIMEOUT_S = timeout
-        unplaceable = unplaceable_run(cluster.address, f"{out_dir}/unplaceable")
+        unplaceable = unplaceable_run(cluster.address, f"{out_dir}/unplaceable", timeout)
         print(
             json.dumps(
                 {

@@ -166,7 +166,7 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 30.0) -> None:
 
 
 PLACEMENT_TIMEOUT_S = 5.0
-"""``runtime.PLACEMENT_TIMEOUT_S`` inside tests/_scenario_multinode.py."""
+"""``--placement-timeout`` of the unplaceable run inside tests/_scenario_multinode.py."""
 _cluster_scenario: dict[str, Any] = {}
 
 

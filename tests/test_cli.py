@@ -34,6 +34,7 @@ from afedpg_ray.cli import main
         (["--byzantine", "4:sign_flip"], "--byzantine"),
         (["--robust", "krum"], "--robust"),
         (["--checkpoint-every", "0"], "--checkpoint-every"),
+        (["--placement-timeout", "-3"], "--placement-timeout"),
         (["--resume", "/nonexistent/run"], "--resume"),
     ],
 )

@@ -73,3 +73,17 @@ def test_outputs_and_summary(tmp_path):
     header = (out / "progress.csv").read_text().splitlines()[0].split(",")
     for column in ("update", "wall_time", "agent", "delay", "samples_total", "episodes_total", "return_mean"):
         assert column in header
+
+
+def test_records_are_logged_once_in_order_and_checkpoints_match_the_log(tmp_path):
+    # The loop logs the server's records without waiting for each one; none may be lost, duplicated
+    # or reordered, and the final checkpoint must be at the version of the last logged update.
+    from afedpg_ray.checkpoint import load_checkpoint
+
+    result = train(tiny(tmp_path, agents=3, samples=2560, checkpoint_every=3))
+    progress = rows(result.out_dir)
+    accepted = [int(r["update"]) for r in progress if r["accepted"] == "True"]
+    assert accepted == list(range(1, len(accepted) + 1)) and len(accepted) == result.updates
+    assert [int(r["samples_total"]) for r in progress] == sorted(int(r["samples_total"]) for r in progress)
+    assert 2560 <= result.samples_total < 2560 + 3 * 64 + 1  # stops once the budget is applied
+    assert int(load_checkpoint(Path(result.out_dir))["rule_state"]["version"]) == accepted[-1]

@@ -40,6 +40,39 @@ def test_theory_schedule_values():
     assert Schedule("constant", 0.01, 0.2).alpha(1000) == 0.2
 
 
+def test_linear_schedule_values():
+    s = Schedule("linear", eta0=0.1, alpha0=0.2, horizon=100)
+    assert s.eta(0) == pytest.approx(0.1)
+    assert s.eta(25) == pytest.approx(0.075)
+    assert s.eta(95) == pytest.approx(0.005)  # the floor: 5% of eta0 from 95% of the horizon on
+    assert s.eta(500) == pytest.approx(0.005)
+    assert s.alpha(0) == s.alpha(99) == 0.2
+
+
+def test_linear_schedule_horizon_comes_from_the_budget():
+    from afedpg_ray.config import TrainConfig
+
+    assert TrainConfig(samples=100_000, batch=1000).expected_updates == 100
+    assert TrainConfig(algo="fedpg", agents=4, samples=100_000, batch=1000).expected_updates == 25
+    rule = make_rule("afedpg", "linear", eta0=0.1, alpha0=0.2, horizon=10)
+    state = RuleState.initial(np.zeros(2))
+    _, info = rule.apply(state, [np.array([3.0, 4.0])], [0])
+    assert info.eta == pytest.approx(0.1) and np.allclose(state.theta, [0.06, 0.08])
+    _, info = rule.apply(state, [np.array([3.0, 4.0])], [1])
+    assert info.eta == pytest.approx(0.09)
+
+
+def test_a3c_anneals_with_linear_but_not_with_theory():
+    g = [np.array([1.0, -2.0])]
+    linear = make_rule("a3c", "linear", lr=0.1, horizon=4)
+    theory = make_rule("a3c", "theory", lr=0.1, horizon=4)
+    s_lin, s_th = RuleState.initial(np.zeros(2)), RuleState.initial(np.zeros(2))
+    for _ in range(3):
+        _, info_lin = linear.apply(s_lin, g, [s_lin.version])
+        _, info_th = theory.apply(s_th, g, [s_th.version])
+    assert info_lin.eta == pytest.approx(0.05) and info_th.eta == pytest.approx(0.1)  # 0.1 * (1 - 2/4)
+
+
 def test_afedpg_two_steps_by_hand():
     rule = make_rule("afedpg", "constant", eta0=0.5, alpha0=0.5)
     state = RuleState.initial(np.zeros(2))
@@ -107,10 +140,11 @@ def test_async_rules_refuse_several_gradients():
             make_rule(algo).apply(RuleState.initial(np.zeros(2)), [np.ones(2), np.ones(2)], [0, 0])
 
 
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
 @pytest.mark.parametrize("algo", ["afedpg", "vanilla", "fedpg", "a3c", "pg"])
-def test_rule_contract(algo):
+def test_rule_contract(algo, schedule):
     """Every rule: one version per apply, finite outputs of the right shape, ascent on a concave objective."""
-    rule = make_rule(algo, "constant", eta0=0.05, alpha0=0.5, lr=0.05)
+    rule = make_rule(algo, schedule, eta0=0.05, alpha0=0.5, lr=0.05, horizon=400)
     assert rule.name == algo
     target = np.array([1.0, -2.0, 0.5])
     state = RuleState.initial(np.zeros(3))

@@ -72,8 +72,13 @@ def test_fedpg_round_takes_one_gradient_per_agent():
 
 
 def test_agent_gradient_round_trip_in_process():
+    import ray
+
+    ray_was_up = ray.is_initialized()
     s = ParameterServer(CONFIG)
     agent = RolloutAgent(0, CONFIG)
+    assert ray.is_initialized() == ray_was_up  # an agent used outside Ray must not start Ray
+    assert ray_was_up or agent.node == ""
     dispatch = s.dispatch(0)
     for _ in range(3):
         m, g = agent.step(dispatch)

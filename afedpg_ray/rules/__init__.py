@@ -17,12 +17,17 @@ def make_rule(
     eta0: float = TrainConfig.eta0,
     alpha0: float = TrainConfig.alpha0,
     lr: float = TrainConfig.lr,
+    horizon: int = 1,
 ) -> UpdateRule:
-    """Build the update rule named ``algo`` with its schedule constants."""
-    sched = Schedule(schedule, eta0, alpha0)
+    """Build the update rule named ``algo`` with its schedule constants.
+
+    ``horizon`` is the number of updates the run expects to apply (``linear`` anneals over it).
+    A3C's Adam step follows ``linear`` too; ``theory``'s rates are NIGT's, so A3C keeps ``lr`` there.
+    """
+    sched = Schedule(schedule, eta0, alpha0, horizon)
     builders = {"afedpg": afedpg, "vanilla": vanilla, "fedpg": fedpg, "pg": pg}
     if algo in builders:
         return builders[algo](sched)
     if algo == "a3c":
-        return A3CRule(lr)
+        return A3CRule(lr, schedule=sched if schedule == "linear" else None)
     raise ValueError(f"unknown algorithm {algo!r}")

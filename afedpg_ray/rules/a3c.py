@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from afedpg_ray.rules.base import RuleState, StepInfo
+from afedpg_ray.rules.schedules import Schedule
 
 
 class A3CRule:
@@ -15,8 +16,12 @@ class A3CRule:
     name = "a3c"
     synchronous = False
 
-    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+    def __init__(
+        self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, schedule: Schedule | None = None
+    ) -> None:
         self.lr = lr
+        self.schedule = schedule
+        """If given, the step is ``lr * schedule.decay(k)`` (annealed like the NIGT rules' ``eta``)."""
         self.beta1 = beta1
         self.beta2 = beta2
         self.eps = eps
@@ -38,8 +43,9 @@ class A3CRule:
         state.extra["second_moment"] = v = self.beta2 * v + (1 - self.beta2) * g * g
         m_hat = state.momentum / (1 - self.beta1**t)
         v_hat = v / (1 - self.beta2**t)
-        theta_new = state.theta + self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+        lr = self.lr * (self.schedule.decay(state.version) if self.schedule is not None else 1.0)
+        theta_new = state.theta + lr * m_hat / (np.sqrt(v_hat) + self.eps)
         state.theta_prev, state.theta = state.theta, theta_new
         state.version = t
         state.point = theta_new.copy()
-        return state.point, StepInfo(alpha=1.0, eta=self.lr, momentum_norm=float(np.linalg.norm(state.momentum)))
+        return state.point, StepInfo(alpha=1.0, eta=lr, momentum_norm=float(np.linalg.norm(state.momentum)))

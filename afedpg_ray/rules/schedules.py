@@ -2,26 +2,40 @@
 
 ``theory`` is N-PG-IGT's (Fatkhullin et al., ICML 2023): ``eta(k) = eta0 * 2/(k+2)`` and
 ``alpha(k) = min(1, alpha0 * (2/(k+2))^(4/5))``. ``constant`` keeps both fixed, as deep-RL practice does.
+``linear`` keeps ``alpha`` fixed and anneals ``eta`` linearly from ``eta0`` at the start to
+``LINEAR_FLOOR * eta0`` at the run's expected last update (``horizon``), as PPO implementations anneal
+their learning rate; the floor keeps steps non-zero if rejected gradients make a run longer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+LINEAR_FLOOR = 0.05
+"""Fraction of ``eta0`` that ``linear`` ends at (and keeps after the horizon)."""
+
 
 @dataclass(frozen=True)
 class Schedule:
-    """A named schedule with its two constants."""
+    """A named schedule with its two constants and the run's expected number of updates."""
 
     name: str
     eta0: float
     alpha0: float
+    horizon: int = 1
+    """Updates the run is expected to apply (sample budget / samples per update); used by ``linear``."""
+
+    def decay(self, k: int) -> float:
+        """Multiplier of the step size at server version ``k`` (1 at the start)."""
+        if self.name == "theory":
+            return 2.0 / (k + 2)
+        if self.name == "linear":
+            return max(LINEAR_FLOOR, 1.0 - k / max(1, self.horizon))
+        return 1.0
 
     def eta(self, k: int) -> float:
         """Normalised step length at server version ``k``."""
-        if self.name == "theory":
-            return self.eta0 * 2.0 / (k + 2)
-        return self.eta0
+        return self.eta0 * self.decay(k)
 
     def alpha(self, k: int) -> float:
         """Momentum weight of iteration ``k`` (AFedPG indexes it by the version a point was issued at)."""
