@@ -76,16 +76,19 @@ class ReturnScaler:
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
         """Scaled rewards; adds this step's discounted returns to the agent's new statistics."""
-        self.returns = self.returns * self.gamma + rewards
-        n = float(len(self.returns))
-        batch_mean = float(self.returns.mean())
-        batch_m2 = float(((self.returns - batch_mean) ** 2).sum())
+        returns = self.returns
+        returns *= self.gamma
+        returns += rewards
+        n = float(len(returns))
+        batch_mean = float(returns.sum()) / n
+        deviation = returns - batch_mean
+        batch_m2 = float(deviation @ deviation)
         total = self.count + n
         delta = batch_mean - self.mean
         self.mean += delta * (n / total)
         self.m2 += batch_m2 + delta**2 * (self.count * n / total)
         self.count = total
-        self.returns[dones] = 0.0
+        returns[dones] = 0.0
         return rewards / math.sqrt(self.var + 1e-8)
 
     def take_delta(self) -> RunningStats:
@@ -253,7 +256,7 @@ class Sampler:
     def set_normalizer(self, obs_stats: RunningStats) -> None:
         """Use ``obs_stats`` to normalise observations; its mean and std are computed once, here."""
         self.obs_stats = obs_stats
-        self.obs_mean, self.obs_std = obs_stats.mean, np.sqrt(obs_stats.var + 1e-8)
+        self.obs_mean, self.obs_inv_std = obs_stats.mean, 1.0 / np.sqrt(obs_stats.var + 1e-8)
 
     def _action_std(self) -> np.ndarray | None:
         if self.policy.discrete:
@@ -277,8 +280,13 @@ class Sampler:
     def _normalize(self, obs: np.ndarray) -> np.ndarray:
         if not self.est.normalize_obs:
             return obs.astype(np.float32)
-        # RunningStats.normalize(obs) with the mean and std computed once per dispatch
-        return np.clip((obs - self.obs_mean) / self.obs_std, -OBS_CLIP, OBS_CLIP).astype(np.float32)
+        # RunningStats.normalize(obs) with the mean and std computed once per dispatch; in place, and
+        # minimum/maximum rather than np.clip, whose Python wrapper costs more than the arithmetic here
+        x = obs - self.obs_mean
+        x *= self.obs_inv_std
+        np.maximum(x, -OBS_CLIP, out=x)
+        np.minimum(x, OBS_CLIP, out=x)
+        return x.astype(np.float32)
 
     def _values(self, norm_obs: np.ndarray) -> np.ndarray:
         if self.critic is None:
@@ -302,7 +310,9 @@ class Sampler:
             norm_obs[t] = self._normalize(raw_obs[t])
             action = self._act(norm_obs[t])
             actions.append(action)
-            env_action = action if self.action_low is None else np.clip(action, self.action_low, self.action_high)
+            env_action = action
+            if self.action_low is not None:
+                env_action = np.minimum(np.maximum(action, self.action_low), self.action_high)
             self.obs, reward, terminated, truncated, info = self.envs.step(env_action)
             done = np.logical_or(terminated, truncated)
             self.episode_return += reward
