@@ -136,27 +136,26 @@ def main() -> None:
         args.train_args = args.train_args or "--batch 500 --num-envs 2"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    done = read_rows(out / "learning.csv")
-    grid = {(e, a, s) for e in args.envs.split(",") for a in args.algos.split(",") for s in args.seeds.split(",")}
-    rows: list[dict] = [row for key, row in done.items() if key not in grid]  # other invocations' runs stay
+    results = read_rows(out / "learning.csv")  # earlier invocations' runs are kept and skipped
     start = time.time()
     for env in args.envs.split(","):
         for algo in args.algos.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                key = (env, algo, str(seed))
-                if key in done:  # finished in an earlier invocation: long grids survive interruption
-                    rows.append(done[key])
+                if (env, algo, str(seed)) in results:  # long grids survive interruption
                     continue
                 row = run_one(env, algo, seed, args, out)
-                rows.append(row)
+                results[(env, algo, str(seed))] = row
                 print(json.dumps(row), flush=True)
-                write_rows(out / "learning.csv", rows)
-        plot(rows, env, args.samples, out / f"learning_{env}.png")
+                write_rows(out / "learning.csv", list(results.values()))
+        plot(list(results.values()), env, args.samples, out / f"learning_{env}.png")
+    rows = list(results.values())
     write_rows(out / "learning.csv", rows)
     print(f"wrote {out}/learning.csv and plots in {time.time() - start:.0f}s")
     for env in args.envs.split(","):
         for algo in args.algos.split(","):
             finals = [r["final_return"] for r in rows if r["env"] == env and r["algo"] == algo]
+            if not finals:
+                continue
             print(f"{env:16s} {algo:8s} mean {np.mean(finals):8.1f}  seeds {[round(f, 1) for f in finals]}")
 
 
