@@ -13,6 +13,8 @@ over the steady state of progress.csv. Target: at least 300 updates per second.
 
     python benchmarks/server_overhead.py            # 3 repetitions
     python benchmarks/server_overhead.py --quick
+    git show 8d85462:afedpg_ray/runtime.py > /tmp/old_runtime.py
+    python benchmarks/server_overhead.py --compare-with /tmp/old_runtime.py   # before/after, interleaved
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import importlib.util
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -130,13 +134,24 @@ class TrivialAgent:
         return os.getpid()
 
 
-def trivial_runner_class() -> type:
-    """``RayRunner`` whose agents are :class:`TrivialAgent` actors (only the agent factory differs)."""
+def load_runtime(path: Path) -> Any:
+    """Another version of ``afedpg_ray/runtime.py`` (say, ``git show OLD:afedpg_ray/runtime.py``) as a module."""
+    spec = importlib.util.spec_from_file_location("runtime_compared", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def trivial_runner_class(runtime: Any = None) -> type:
+    """``RayRunner`` (of ``runtime``, default the current one) whose agents are :class:`TrivialAgent` actors."""
     import ray
 
-    from afedpg_ray.runtime import RayRunner
+    if runtime is None:
+        from afedpg_ray import runtime
 
-    class TrivialRunner(RayRunner):
+    class TrivialRunner(runtime.RayRunner):
         def _make_agent(self, slot: Any) -> Any:
             actor_cls = ray.remote(TrivialAgent).options(name=f"{self.prefix}-agent-{slot.agent_id}", **slot.options)
             return actor_cls.remote(slot.agent_id, self.config)
@@ -169,15 +184,15 @@ def steady_rate(run_dir: Path, warmup: float) -> float:
     return common.window_rate(rows, start)
 
 
-def trivial_loop(agents: int, updates: int, out: Path, prefix: str) -> float:
-    """Updates per second of the real driver loop with trivial agents (steady state)."""
+def trivial_loop(agents: int, updates: int, out: Path, prefix: str, runtime: Any = None) -> float:
+    """Updates per second of the real driver loop (of ``runtime``) with trivial agents (steady state)."""
     from afedpg_ray.runlog import RunLog
 
     config = loop_config(agents, updates, out)
     out.mkdir(parents=True, exist_ok=True)
     log = RunLog(out, config.samples, show_progress=False, tensorboard=False)
     try:
-        runner = trivial_runner_class()(config, log, out, prefix)
+        runner = trivial_runner_class(runtime)(config, log, out, prefix)
         runner.run()
         import ray
 
@@ -206,6 +221,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--loop-updates", type=int, default=4000, help="updates per driver-loop run")
     parser.add_argument("--out", type=Path, default=common.default_out(NAME))
     parser.add_argument("--quick", action="store_true", help="few updates, one repetition")
+    parser.add_argument(
+        "--compare-with", type=Path, help="another runtime.py whose loop is timed too, interleaved with the current one"
+    )
     args = parser.parse_args()
     if args.quick:
         args.updates, args.repeats, args.loop_updates = 30, 1, 300
@@ -220,7 +238,14 @@ def main() -> None:
     common.init_ray()
     payload["apply_in_ray_actor"] = apply_cost(args.updates, args.repeats, in_ray=True)
     loops: dict[str, list[float]] = {"trivial_agents": [], "real_agents_batch_1": []}
+    compared = load_runtime(args.compare_with) if args.compare_with else None
+    if compared is not None:
+        loops["trivial_agents_compared_runtime"] = []
     for rep in range(args.repeats):
+        if compared is not None:
+            run_dir = args.out / "runs" / f"compared-{rep}"
+            rate = trivial_loop(args.loop_agents, args.loop_updates, run_dir, f"bench-cmp-{rep}", compared)
+            loops["trivial_agents_compared_runtime"].append(rate)
         run_dir = args.out / "runs" / f"trivial-{rep}"
         loops["trivial_agents"].append(trivial_loop(args.loop_agents, args.loop_updates, run_dir, f"bench-triv-{rep}"))
         run_dir = args.out / "runs" / f"batch1-{rep}"
