@@ -143,6 +143,7 @@ def whole_system(args: argparse.Namespace, out: Path, rep: int) -> dict:
     from afedpg_ray.train import train
 
     config = TrainConfig(
+        placement_timeout=common.STARTUP_TIMEOUT_S,
         env=args.env,
         algo="afedpg",
         agents=args.agents,

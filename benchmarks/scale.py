@@ -109,6 +109,7 @@ def run_scale(args: argparse.Namespace, agents: int, rep: int) -> dict[str, Any]
     seconds = args.startup_per_agent * agents + args.steady_seconds
     steps_per_gradient = math.ceil(args.batch / args.num_envs) * args.num_envs
     config = TrainConfig(
+        placement_timeout=common.STARTUP_TIMEOUT_S,
         env="CartPole-v1",
         algo="afedpg",
         agents=agents,

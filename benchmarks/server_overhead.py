@@ -162,6 +162,7 @@ def trivial_runner_class(runtime: Any = None) -> type:
 def loop_config(agents: int, updates: int, out: Path) -> TrainConfig:
     """CartPole-v1, one environment step per gradient, so the sample budget counts updates."""
     return TrainConfig(
+        placement_timeout=common.STARTUP_TIMEOUT_S,
         env="CartPole-v1",
         algo="afedpg",
         agents=agents,

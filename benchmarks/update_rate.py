@@ -35,6 +35,7 @@ def run_config(args: argparse.Namespace, profile: str, algo: str, rep: int) -> T
     steps_per_gradient = math.ceil(args.batch / args.num_envs) * args.num_envs
     seconds = max(args.seconds, args.min_periods * max(times)) + max(times)  # plus one slowest period of start-up
     return TrainConfig(
+        placement_timeout=common.STARTUP_TIMEOUT_S,
         env="CartPole-v1",
         algo=algo,
         agents=args.agents,
