@@ -94,6 +94,29 @@ def curve(run_dir: Path, grid: np.ndarray) -> np.ndarray:
     return np.interp(grid, x, y, left=np.nan) if len(x) else np.full(len(grid), np.nan)
 
 
+def write_curves(path: Path, rows: list[dict], samples: int, points: int = 100) -> None:
+    """Every run's return vs samples on a common grid of ``points`` (the data behind the plots)."""
+    grid = np.linspace(0, samples, points + 1)[1:]
+    table = []
+    for row in rows:
+        if not (Path(row["run_dir"]) / "progress.csv").exists():
+            continue  # a run directory from another machine: its row stays, its curve cannot be rebuilt
+        values = curve(Path(row["run_dir"]), grid)
+        table += [
+            {
+                "env": row["env"],
+                "algo": row["algo"],
+                "agents": row["agents"],
+                "seed": row["seed"],
+                "samples": int(x),
+                "return_mean": round(float(y), 2),
+            }
+            for x, y in zip(grid, values, strict=True)
+        ]
+    if table:
+        write_rows(path, table)
+
+
 def plot(rows: list[dict], env: str, samples: int, path: Path) -> None:
     """Mean and min/max band over seeds of return vs samples, one curve per algorithm."""
     import matplotlib
@@ -150,6 +173,7 @@ def main() -> None:
         plot(list(results.values()), env, args.samples, out / f"learning_{env}.png")
     rows = list(results.values())
     write_rows(out / "learning.csv", rows)
+    write_curves(out / "curves.csv", rows, args.samples)
     print(f"wrote {out}/learning.csv and plots in {time.time() - start:.0f}s")
     for env in args.envs.split(","):
         for algo in args.algos.split(","):

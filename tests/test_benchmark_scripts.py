@@ -24,3 +24,8 @@ def test_learning_quick(tmp_path):
     lines = (tmp_path / "learning.csv").read_text().splitlines()
     assert lines[0].startswith("env,algo,agents,seed") and len(lines) == 3
     assert (tmp_path / "learning_CartPole-v1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = (tmp_path / "curves.csv").read_text().splitlines()
+    assert curves[0] == "env,algo,agents,seed,samples,return_mean" and len(curves) == 1 + 2 * 100
+    # a second invocation finds both runs done: it trains nothing and keeps their rows
+    run_script("learning.py", tmp_path)
+    assert (tmp_path / "learning.csv").read_text().splitlines() == lines
