@@ -1,8 +1,10 @@
 """Learning benchmark: final return per environment and algorithm over seeds, with learning curves.
 
 Each (env, algo, seed) is one ``afedpg_ray.train.train`` run on one local Ray instance. Writes
-``OUT/learning.csv`` (one row per run), ``OUT/curves.csv`` (return vs samples, every run) and
-``OUT/learning_<env>.png`` (mean and min/max band over seeds per algorithm).
+``OUT/learning.csv`` (one row per run), ``OUT/curves.csv`` (return vs samples, every run),
+``OUT/learning_<env>.png`` (mean and min/max band over seeds per algorithm) and ``OUT/eval.csv``
+(each final policy run deterministically, ``--eval-episodes`` episodes). A rerun with the same
+``--out`` skips the runs ``learning.csv`` already has, so a long grid can be resumed or extended.
 
     python benchmarks/learning.py --envs Hopper-v5 --algos afedpg,vanilla,a3c,fedpg --seeds 0,1 \
         --samples 300000 --agents 4 --hetero linear:4 --out benchmarks/results/learning-hopper
@@ -22,6 +24,9 @@ import numpy as np
 from afedpg_ray.cli import build_parser, config_from_args
 from afedpg_ray.runlog import read_progress
 from afedpg_ray.train import train
+
+EVAL_SEED = 10_000
+"""Seed of the first evaluation episode (training used other seeds)."""
 
 
 def run_one(env: str, algo: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
@@ -117,6 +122,34 @@ def write_curves(path: Path, rows: list[dict], samples: int, points: int = 100) 
         write_rows(path, table)
 
 
+def write_evaluations(path: Path, rows: list[dict], episodes: int) -> None:
+    """Each run's final policy, run deterministically for ``episodes`` episodes (``afedpg eval``)."""
+    from afedpg_ray.rollout import evaluate
+    from afedpg_ray.train import load_policy
+
+    table = []
+    for row in rows:
+        run_dir = Path(row["run_dir"])
+        if not (run_dir / "policy.pt").exists():
+            continue
+        policy, stats, env = load_policy(run_dir)
+        returns = evaluate(policy, stats, env, episodes, seed=EVAL_SEED, deterministic=True)
+        table.append(
+            {
+                "env": row["env"],
+                "algo": row["algo"],
+                "agents": row["agents"],
+                "seed": row["seed"],
+                "episodes": episodes,
+                "eval_return": round(float(np.mean(returns)), 1),
+                "eval_min": round(min(returns), 1),
+                "eval_max": round(max(returns), 1),
+            }
+        )
+    if table:
+        write_rows(path, table)
+
+
 def plot(rows: list[dict], env: str, samples: int, path: Path) -> None:
     """Mean and min/max band over seeds of return vs samples, one curve per algorithm."""
     import matplotlib
@@ -153,10 +186,14 @@ def main() -> None:
     parser.add_argument("--train-args", default="", help="extra afedpg train options, e.g. '--batch 2000'")
     parser.add_argument("--out", default="benchmarks/results/learning")
     parser.add_argument("--quick", action="store_true", help="CartPole, 2 algorithms, 1 seed, tiny budget")
+    parser.add_argument(
+        "--eval-episodes", type=int, default=10, help="deterministic episodes per final policy for eval.csv (0: none)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.envs, args.algos, args.seeds, args.samples, args.agents = "CartPole-v1", "afedpg,a3c", "0", 4000, 2
         args.train_args = args.train_args or "--batch 500 --num-envs 2"
+        args.eval_episodes = min(args.eval_episodes, 2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = read_rows(out / "learning.csv")  # earlier invocations' runs are kept and skipped
@@ -174,6 +211,8 @@ def main() -> None:
     rows = list(results.values())
     write_rows(out / "learning.csv", rows)
     write_curves(out / "curves.csv", rows, args.samples)
+    if args.eval_episodes > 0:
+        write_evaluations(out / "eval.csv", rows, args.eval_episodes)
     print(f"wrote {out}/learning.csv and plots in {time.time() - start:.0f}s")
     for env in args.envs.split(","):
         for algo in args.algos.split(","):

@@ -26,6 +26,8 @@ def test_learning_quick(tmp_path):
     assert (tmp_path / "learning_CartPole-v1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curves = (tmp_path / "curves.csv").read_text().splitlines()
     assert curves[0] == "env,algo,agents,seed,samples,return_mean" and len(curves) == 1 + 2 * 100
+    evals = (tmp_path / "eval.csv").read_text().splitlines()
+    assert evals[0].startswith("env,algo,agents,seed,episodes,eval_return") and len(evals) == 3
     # a second invocation finds both runs done: it trains nothing and keeps their rows
     run_script("learning.py", tmp_path)
     assert (tmp_path / "learning.csv").read_text().splitlines() == lines
