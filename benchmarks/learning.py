@@ -3,7 +3,8 @@
 Each (env, algo, seed) is one ``afedpg_ray.train.train`` run on one local Ray instance. Writes
 ``OUT/learning.csv`` (one row per run), ``OUT/curves.csv`` (return vs samples, every run),
 ``OUT/learning_<env>.png`` (mean and min/max band over seeds per algorithm) and ``OUT/eval.csv``
-(each final policy run deterministically, ``--eval-episodes`` episodes). A rerun with the same
+(each final policy run deterministically, ``--eval-episodes`` episodes), and ``OUT/summary.md`` (the
+tables for benchmarks/RESULTS.md). A rerun with the same
 ``--out`` skips the runs ``learning.csv`` already has, so a long grid can be resumed or extended.
 
     python benchmarks/learning.py --envs Hopper-v5 --algos afedpg,vanilla,a3c,fedpg --seeds 0,1 \
@@ -69,12 +70,17 @@ def run_one(env: str, algo: str, seed: int, args: argparse.Namespace, out: Path)
     }
 
 
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a CSV file (empty if it does not exist)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def read_rows(path: Path) -> dict[tuple[str, str, str], dict]:
     """Rows of an earlier ``learning.csv`` keyed by (env, algo, seed); empty if there is none."""
-    if not path.exists():
-        return {}
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_csv(path)
     for row in rows:
         row["final_return"] = float(row["final_return"])
         row["agents"] = int(row["agents"])
@@ -150,6 +156,44 @@ def write_evaluations(path: Path, rows: list[dict], episodes: int) -> None:
         write_rows(path, table)
 
 
+TARGETS = {"Swimmer-v5": 100.0, "Hopper-v5": 1000.0, "Walker2d-v5": 1000.0, "HalfCheetah-v5": 1500.0}
+"""The issue's target returns (mean over 3 seeds at 1M steps, AFedPG with N = 8), for summary.md."""
+
+
+def samples_per_agent_to(rows: list[dict], threshold: float, samples: int) -> float:
+    """Samples per agent at which the seed-mean training curve of ``rows`` first reaches ``threshold``."""
+    grid = np.linspace(0, samples, 201)[1:]
+    curves = np.array([curve(Path(r["run_dir"]), grid) for r in rows])
+    mean = np.nanmean(curves, axis=0)
+    hit = np.flatnonzero(mean >= threshold)
+    return float(grid[hit[0]]) / int(rows[0]["agents"]) if len(hit) else float("nan")
+
+
+def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str], dict], samples: int) -> None:
+    """A markdown table per environment: training and evaluation returns per algorithm and seed."""
+    lines = [f"Returns after {samples:,} environment steps (mean over seeds; per seed in brackets).", ""]
+    for env in dict.fromkeys(r["env"] for r in rows):
+        target = TARGETS.get(env)
+        lines += [f"### {env}" + (f" (target {target:g})" if target else ""), ""]
+        lines += ["| algo | N | seeds | training return | deterministic eval return | samples/agent to target |"]
+        lines += ["|---|---|---|---|---|---|"]
+        for algo in dict.fromkeys(r["algo"] for r in rows if r["env"] == env):
+            runs = sorted((r for r in rows if r["env"] == env and r["algo"] == algo), key=lambda r: int(r["seed"]))
+            train = [float(r["final_return"]) for r in runs]
+            ev = [
+                evals[(env, algo, str(r["seed"]))]["eval_return"] for r in runs if (env, algo, str(r["seed"])) in evals
+            ]
+            ev_text = f"{np.mean([float(x) for x in ev]):.1f} ({', '.join(str(x) for x in ev)})" if ev else "-"
+            reach = samples_per_agent_to(runs, target, samples) if target else float("nan")
+            reach_text = f"{reach:,.0f}" if np.isfinite(reach) else "not reached"
+            lines.append(
+                f"| {algo} | {runs[0]['agents']} | {len(runs)} | {np.mean(train):.1f} "
+                f"({', '.join(f'{x:.1f}' for x in train)}) | {ev_text} | {reach_text} |"
+            )
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
 def plot(rows: list[dict], env: str, samples: int, path: Path) -> None:
     """Mean and min/max band over seeds of return vs samples, one curve per algorithm."""
     import matplotlib
@@ -208,11 +252,12 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 write_rows(out / "learning.csv", list(results.values()))
         plot(list(results.values()), env, args.samples, out / f"learning_{env}.png")
-    rows = list(results.values())
-    write_rows(out / "learning.csv", rows)
+    rows = list(results.values())  # learning.csv was rewritten after every run: nothing to add
     write_curves(out / "curves.csv", rows, args.samples)
     if args.eval_episodes > 0:
         write_evaluations(out / "eval.csv", rows, args.eval_episodes)
+    evals = {(r["env"], r["algo"], str(r["seed"])): r for r in read_csv(out / "eval.csv")}
+    write_summary(out / "summary.md", rows, evals, args.samples)
     print(f"wrote {out}/learning.csv and plots in {time.time() - start:.0f}s")
     for env in args.envs.split(","):
         for algo in args.algos.split(","):

@@ -28,6 +28,8 @@ def test_learning_quick(tmp_path):
     assert curves[0] == "env,algo,agents,seed,samples,return_mean" and len(curves) == 1 + 2 * 100
     evals = (tmp_path / "eval.csv").read_text().splitlines()
     assert evals[0].startswith("env,algo,agents,seed,episodes,eval_return") and len(evals) == 3
+    summary = (tmp_path / "summary.md").read_text()
+    assert "### CartPole-v1" in summary and "| afedpg | 2 | 1 |" in summary and "| a3c | 2 | 1 |" in summary
     # a second invocation finds both runs done: it trains nothing and keeps their rows
     run_script("learning.py", tmp_path)
     assert (tmp_path / "learning.csv").read_text().splitlines() == lines
