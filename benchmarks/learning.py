@@ -185,7 +185,7 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
             ]
             ev_text = f"{np.mean([float(x) for x in ev]):.1f} ({', '.join(str(x) for x in ev)})" if ev else "-"
             reach = samples_per_agent_to(runs, target, samples) if target else float("nan")
-            reach_text = f"{reach:,.0f}" if np.isfinite(reach) else "not reached"
+            reach_text = f"{reach:,.0f}" if np.isfinite(reach) else "not reached" if target else "-"
             lines.append(
                 f"| {algo} | {runs[0]['agents']} | {len(runs)} | {np.mean(train):.1f} "
                 f"({', '.join(f'{x:.1f}' for x in train)}) | {ev_text} | {reach_text} |"
