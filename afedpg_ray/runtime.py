@@ -314,13 +314,13 @@ class RayRunner:
             done = set(ready)
             count = next((i for i, ref in enumerate(refs) if ref not in done), len(refs))
         due = False
-        for _ in range(count):
+        while count > 0 or (due and self._records):  # a due checkpoint first logs every submitted update
             ref, _samples = self._records[0]
             record = self._server_call(ref)
             self._records.popleft()
             due = self._after_update(record) or due
+            count -= 1
         if due:
-            self._drain_records(block=True)
             self._checkpoint()
 
     def _run_async(self) -> None:
