@@ -268,14 +268,17 @@ class RayRunner:
     def run(self) -> LoopStats:
         """Drive the loop (asynchronous or synchronous) until the sample budget is spent."""
         loop = self._run_sync if self.config.synchronous else self._run_async
-        while True:
-            try:
-                loop()
-                self._checkpoint()
-                self._flush_checkpoint()
-                break
-            except ServerLostError as lost:
-                self._restore_server(str(lost))
+        try:
+            while True:
+                try:
+                    loop()
+                    self._checkpoint()
+                    self._flush_checkpoint()
+                    break
+                except ServerLostError as lost:
+                    self._restore_server(str(lost))
+        finally:
+            self._writer.shutdown(wait=True)  # no idle writer thread per run (Tune runs many in one process)
         for slot in self.slots:
             if slot.alive:
                 ray.kill(slot.actor, no_restart=True)
@@ -284,6 +287,7 @@ class RayRunner:
     def shutdown(self) -> None:
         """Finish the checkpoint being written and kill every actor this runner created."""
         self._flush_checkpoint()
+        self._writer.shutdown(wait=True)
         for slot in self.slots:
             if slot.actor is not None:
                 ray.kill(slot.actor, no_restart=True)
