@@ -134,8 +134,11 @@ def ray_head(
         f"--metrics-export-port={ports['metrics_export_port']}",
         "--disable-usage-stats",
     ]
+    # The Ray-client proxier gives each client's server 30 s to start; on two busy cores (a CI run
+    # next to other jobs) that start took longer once and the client got "Initialization failure".
+    head_env = {**env, "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180"}
     with log_path.open("w") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + startup_timeout
         while "Ray runtime started" not in log_path.read_text():
