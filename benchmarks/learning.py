@@ -18,12 +18,14 @@ import argparse
 import csv
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from afedpg_ray.cli import build_parser, config_from_args
 from afedpg_ray.runlog import read_progress
+from afedpg_ray.seedstats import bootstrap_mean_ci, prob_improvement
 from afedpg_ray.train import train
 
 EVAL_SEED = 10_000
@@ -160,36 +162,72 @@ TARGETS = {"Swimmer-v5": 100.0, "Hopper-v5": 1000.0, "Walker2d-v5": 1000.0, "Hal
 """The issue's target returns (mean over 3 seeds at 1M steps, AFedPG with N = 8), for summary.md."""
 
 
+def seed_band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, min and max over seeds (rows) of ``curves``; NaN where no seed has a point yet."""
+    with warnings.catch_warnings():  # grid points before any run's first episode are all-NaN columns
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(curves, axis=0), np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
+
+
 def samples_per_agent_to(rows: list[dict], threshold: float, samples: int) -> float:
     """Samples per agent at which the seed-mean training curve of ``rows`` first reaches ``threshold``."""
     grid = np.linspace(0, samples, 201)[1:]
     curves = np.array([curve(Path(r["run_dir"]), grid) for r in rows])
-    mean = np.nanmean(curves, axis=0)
+    mean = seed_band(curves)[0]
     hit = np.flatnonzero(mean >= threshold)
     return float(grid[hit[0]]) / int(rows[0]["agents"]) if len(hit) else float("nan")
 
 
+PAPER_ORDER = ("afedpg", "vanilla", "a3c")
+"""The paper's ranking at equal budget; summary.md reports ``P(X > Y)`` for each pair of it."""
+
+PROTOCOL_SEEDS = 3
+"""The issue's targets are means over the first three seeds; summary.md also reports that mean."""
+
+
+def seed_summary(values: list[float]) -> str:
+    """``mean [95% CI] | median | (per seed)`` cells for one algorithm's returns."""
+    lo, hi = bootstrap_mean_ci(values)
+    per_seed = ", ".join(f"{x:.1f}" for x in values)
+    return f"{np.mean(values):.1f} [{lo:.1f}, {hi:.1f}] | {np.median(values):.1f} | {per_seed}"
+
+
 def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str], dict], samples: int) -> None:
-    """A markdown table per environment: training and evaluation returns per algorithm and seed."""
-    lines = [f"Returns after {samples:,} environment steps (mean over seeds; per seed in brackets).", ""]
+    """A markdown table per environment: returns per algorithm over seeds, and the paper's ordering."""
+    lines = [
+        f"Returns after {samples:,} environment steps over seeds: mean [95% bootstrap CI of the mean], median",
+        "and each seed (in seed order). P(X > Y): chance that a random seed of X ends above one of Y.",
+        "",
+    ]
     for env in dict.fromkeys(r["env"] for r in rows):
         target = TARGETS.get(env)
         lines += [f"### {env}" + (f" (target {target:g})" if target else ""), ""]
-        lines += ["| algo | N | seeds | training return | deterministic eval return | samples/agent to target |"]
-        lines += ["|---|---|---|---|---|---|"]
+        lines += [
+            "| algo | N | seeds | training return | median | per seed | deterministic eval return | median "
+            "| per seed | samples/agent to target |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|---|---|---|"]
+        finals = {}
         for algo in dict.fromkeys(r["algo"] for r in rows if r["env"] == env):
             runs = sorted((r for r in rows if r["env"] == env and r["algo"] == algo), key=lambda r: int(r["seed"]))
-            train = [float(r["final_return"]) for r in runs]
-            ev = [
-                evals[(env, algo, str(r["seed"]))]["eval_return"] for r in runs if (env, algo, str(r["seed"])) in evals
-            ]
-            ev_text = f"{np.mean([float(x) for x in ev]):.1f} ({', '.join(str(x) for x in ev)})" if ev else "-"
+            finals[algo] = [float(r["final_return"]) for r in runs]
+            keys = [(env, algo, str(r["seed"])) for r in runs]
+            ev = [float(evals[k]["eval_return"]) for k in keys if k in evals]
+            ev_text = seed_summary(ev) if ev else "- | - | -"
             reach = samples_per_agent_to(runs, target, samples) if target else float("nan")
             reach_text = f"{reach:,.0f}" if np.isfinite(reach) else "not reached" if target else "-"
+            train_text = seed_summary(finals[algo])
+            lines.append(f"| {algo} | {runs[0]['agents']} | {len(runs)} | {train_text} | {ev_text} | {reach_text} |")
+        lines.append("")
+        pairs = [(a, b) for i, a in enumerate(PAPER_ORDER) for b in PAPER_ORDER[i + 1 :] if a in finals and b in finals]
+        if pairs:
             lines.append(
-                f"| {algo} | {runs[0]['agents']} | {len(runs)} | {np.mean(train):.1f} "
-                f"({', '.join(f'{x:.1f}' for x in train)}) | {ev_text} | {reach_text} |"
+                "Ordering (training return): "
+                + "; ".join(f"P({a} > {b}) = {prob_improvement(finals[a], finals[b]):.2f}" for a, b in pairs)
             )
+        if target and "afedpg" in finals and len(finals["afedpg"]) > PROTOCOL_SEEDS:
+            first = finals["afedpg"][:PROTOCOL_SEEDS]
+            lines.append(f"AFedPG, first {PROTOCOL_SEEDS} seeds (the targets' protocol): mean {np.mean(first):.1f}")
         lines.append("")
     path.write_text("\n".join(lines))
 
@@ -206,9 +244,9 @@ def plot(rows: list[dict], env: str, samples: int, path: Path) -> None:
     for algo in dict.fromkeys(r["algo"] for r in rows if r["env"] == env):
         curves = np.array([curve(Path(r["run_dir"]), grid) for r in rows if r["env"] == env and r["algo"] == algo])
         n = rows[[r["algo"] for r in rows].index(algo)]["agents"]
-        mean = np.nanmean(curves, axis=0)
+        mean, low, high = seed_band(curves)
         ax.plot(grid, mean, label=f"{algo} (N={n}, {len(curves)} seeds)")
-        ax.fill_between(grid, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), alpha=0.2)
+        ax.fill_between(grid, low, high, alpha=0.2)
     ax.set_xlabel("environment steps (all agents)")
     ax.set_ylabel("training return (last 20 episodes)")
     ax.set_title(env)

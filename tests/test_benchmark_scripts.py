@@ -30,6 +30,7 @@ def test_learning_quick(tmp_path):
     assert evals[0].startswith("env,algo,agents,seed,episodes,eval_return") and len(evals) == 3
     summary = (tmp_path / "summary.md").read_text()
     assert "### CartPole-v1" in summary and "| afedpg | 2 | 1 |" in summary and "| a3c | 2 | 1 |" in summary
+    assert "P(afedpg > a3c) = " in summary  # the ordering statistic of the pair both ran
     # a second invocation finds both runs done: it trains nothing and keeps their rows
     run_script("learning.py", tmp_path)
     assert (tmp_path / "learning.csv").read_text().splitlines() == lines

@@ -11,6 +11,7 @@ from afedpg_ray.config import ConfigError
 from afedpg_ray.heterogeneity import padding_seconds, parse_profile, theoretical_speedup
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.rollout import gae
+from afedpg_ray.seedstats import bootstrap_mean_ci, prob_improvement
 
 
 def test_gae_by_hand():
@@ -104,3 +105,24 @@ def test_return_scaler_shares_statistics():
     fresh(np.array([1.0, 2.0]), np.array([True, True]))
     merged = shared.merge(RunningStats(2.0, np.array([1.5]), np.array([0.5])))
     assert fresh.var == pytest.approx(float(merged.var[0]))
+
+
+def test_prob_improvement_by_hand():
+    # pairs with x > y: 3>1, 3>2, 5>1, 5>2, 5>4 -> 5 of 9; in the third case 3 = 3 counts one half
+    assert prob_improvement([3.0, 5.0, 0.0], [1.0, 2.0, 4.0]) == pytest.approx((2 + 3 + 0) / 9)
+    assert prob_improvement([3.0], [3.0]) == 0.5
+    assert prob_improvement([3.0, 5.0], [1.0, 3.0, 4.0]) == pytest.approx((1 + 0.5 + 3) / 6)
+    with pytest.raises(ValueError):
+        prob_improvement([], [1.0])
+
+
+def test_bootstrap_mean_ci():
+    assert bootstrap_mean_ci([7.0, 7.0, 7.0]) == (7.0, 7.0)
+    lo, hi = bootstrap_mean_ci([0.0, 10.0])
+    # resampled means of two values are 0, 5 or 10 with odds 1:2:1: the 95% interval spans both ends
+    assert (lo, hi) == (0.0, 10.0)
+    lo, hi = bootstrap_mean_ci([1.0, 2.0, 3.0, 40.0])
+    assert 1.0 <= lo < np.mean([1.0, 2.0, 3.0, 40.0]) < hi <= 40.0
+    assert bootstrap_mean_ci([1.0, 2.0, 3.0, 40.0]) == (lo, hi)  # fixed seed: reproducible
+    with pytest.raises(ValueError):
+        bootstrap_mean_ci([])
