@@ -37,6 +37,11 @@ RECORD_LAG_S = 0.1
 after every update costs a ``ray.wait`` per update, about a fifth of the loop at 300 updates/s."""
 
 
+CLIENT_CONNECT_ATTEMPTS = 3
+CLIENT_RETRY_WAIT_S = 2.0
+"""A ``ray://`` connection whose server failed to start is retried this often, this long apart."""
+
+
 class RunError(RuntimeError):
     """A run cannot continue (e.g. every agent failed, or an agent's resources do not exist)."""
 
@@ -47,13 +52,22 @@ def connect(address: str | None) -> None:
         return
     if address:
         probe_address(address)  # raises AddressError within seconds instead of ray.init's long retries
-    try:
-        if address:
-            ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
-        else:
-            ray.init(namespace=NAMESPACE, logging_level="WARNING")
-    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
-        raise RunError(f"--address: cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}") from None
+    attempts = CLIENT_CONNECT_ATTEMPTS if address and address.startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            if address:
+                ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
+            else:
+                ray.init(namespace=NAMESPACE, logging_level="WARNING")
+            return
+        except ConnectionAbortedError as err:
+            # A Ray-client head starts one server per client; on a loaded head that start can time out
+            # ("Initialization failure from server") and a second attempt usually succeeds.
+            if attempt == attempts:
+                raise RunError(f"--address: cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}") from None
+            time.sleep(CLIENT_RETRY_WAIT_S)
+        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
+            raise RunError(f"--address: cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}") from None
 
 
 def agent_options(config: TrainConfig, agent_id: int, cluster_cpus: float) -> dict[str, Any]:
