@@ -55,19 +55,14 @@ def connect(address: str | None) -> None:
     attempts = CLIENT_CONNECT_ATTEMPTS if address and address.startswith("ray://") else 1
     for attempt in range(1, attempts + 1):
         try:
-            if address:
-                ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
-            else:
-                ray.init(namespace=NAMESPACE, logging_level="WARNING")
+            ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")  # None: start a local one
             return
-        except ConnectionAbortedError as err:
+        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
             # A Ray-client head starts one server per client; on a loaded head that start can time out
-            # ("Initialization failure from server") and a second attempt usually succeeds.
-            if attempt == attempts:
+            # ("Initialization failure from server", a ConnectionAbortedError) and a retry usually succeeds.
+            if not isinstance(err, ConnectionAbortedError) or attempt == attempts:
                 raise RunError(f"--address: cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}") from None
             time.sleep(CLIENT_RETRY_WAIT_S)
-        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
-            raise RunError(f"--address: cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}") from None
 
 
 def agent_options(config: TrainConfig, agent_id: int, cluster_cpus: float) -> dict[str, Any]:
