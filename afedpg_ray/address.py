@@ -6,6 +6,8 @@ Kept free of Ray, torch and gymnasium imports so a bad ``--address`` is reported
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 
 NAMESPACE = "afedpg"
 """Ray namespace of the run's named actors (``afedpg status`` looks there)."""
@@ -43,3 +45,26 @@ def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     except OSError as err:
         reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err) or type(err).__name__)
         raise AddressError(f"--address: cannot reach Ray at {address!r} ({reason})") from None
+
+
+CLIENT_CONNECT_ATTEMPTS = 3
+CLIENT_RETRY_WAIT_S = 2.0
+"""A ``ray://`` connection whose server failed to start is retried this often, this long apart."""
+
+
+def init_with_retry(init: Callable[[], object], address: str | None) -> None:
+    """Call ``init`` (a ``ray.init``), retrying a ``ray://`` connection whose server failed to start.
+
+    A Ray-client head starts one server per client; on a loaded head that start can time out
+    ("Initialization failure from server", a ``ConnectionAbortedError``) and a retry usually succeeds.
+    Every other error, and the last attempt's, is raised to the caller.
+    """
+    attempts = CLIENT_CONNECT_ATTEMPTS if address and address.startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            init()
+            return
+        except ConnectionAbortedError:
+            if attempt == attempts:
+                raise
+            time.sleep(CLIENT_RETRY_WAIT_S)

@@ -18,7 +18,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from afedpg_ray.address import NAMESPACE, probe_address
+from afedpg_ray.address import NAMESPACE, init_with_retry, probe_address
 from afedpg_ray.agent import RolloutAgent
 from afedpg_ray.checkpoint import save_checkpoint
 from afedpg_ray.config import TrainConfig
@@ -37,11 +37,6 @@ RECORD_LAG_S = 0.1
 after every update costs a ``ray.wait`` per update, about a fifth of the loop at 300 updates/s."""
 
 
-CLIENT_CONNECT_ATTEMPTS = 3
-CLIENT_RETRY_WAIT_S = 2.0
-"""A ``ray://`` connection whose server failed to start is retried this often, this long apart."""
-
-
 class RunError(RuntimeError):
     """A run cannot continue (e.g. every agent failed, or an agent's resources do not exist)."""
 
@@ -52,17 +47,10 @@ def connect(address: str | None) -> None:
         return
     if address:
         probe_address(address)  # raises AddressError within seconds instead of ray.init's long retries
-    attempts = CLIENT_CONNECT_ATTEMPTS if address and address.startswith("ray://") else 1
-    for attempt in range(1, attempts + 1):
-        try:
-            ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")  # None: start a local one
-            return
-        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
-            # A Ray-client head starts one server per client; on a loaded head that start can time out
-            # ("Initialization failure from server", a ConnectionAbortedError) and a retry usually succeeds.
-            if not isinstance(err, ConnectionAbortedError) or attempt == attempts:
-                raise RunError(f"--address: cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}") from None
-            time.sleep(CLIENT_RETRY_WAIT_S)
+    try:  # address None: start a local instance
+        init_with_retry(lambda: ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING"), address)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
+        raise RunError(f"--address: cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}") from None
 
 
 def agent_options(config: TrainConfig, agent_id: int, cluster_cpus: float) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from afedpg_ray.address import NAMESPACE, PROBE_TIMEOUT_S, AddressError, probe_address
+from afedpg_ray.address import NAMESPACE, PROBE_TIMEOUT_S, AddressError, init_with_retry, probe_address
 from afedpg_ray.cli import EXIT_USAGE, fail
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -53,7 +53,10 @@ def connect(address: str, timeout: float) -> None:
 
     def join() -> None:
         try:
-            ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
+            init_with_retry(
+                lambda: ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False),
+                address,
+            )
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = err
 

@@ -120,21 +120,21 @@ def test_env_table_applies_unless_overridden():
 
 
 def test_ray_client_connect_retries_a_failed_server_start(monkeypatch):
-    from afedpg_ray import runtime
+    from afedpg_ray import address, runtime
 
     calls = []
 
     def flaky_init(**kwargs):
         calls.append(kwargs["address"])
-        if len(calls) < runtime.CLIENT_CONNECT_ATTEMPTS:
+        if len(calls) < address.CLIENT_CONNECT_ATTEMPTS:
             raise ConnectionAbortedError("Initialization failure from server:\n")
 
     monkeypatch.setattr(runtime.ray, "is_initialized", lambda: False)
     monkeypatch.setattr(runtime.ray, "init", flaky_init)
-    monkeypatch.setattr(runtime, "probe_address", lambda address: None)
-    monkeypatch.setattr(runtime.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(runtime, "probe_address", lambda _address: None)
+    monkeypatch.setattr(address.time, "sleep", lambda seconds: None)
     runtime.connect("ray://head:10001")
-    assert calls == ["ray://head:10001"] * runtime.CLIENT_CONNECT_ATTEMPTS
+    assert calls == ["ray://head:10001"] * address.CLIENT_CONNECT_ATTEMPTS
     calls.clear()
 
     def always_fails(**kwargs):
@@ -144,7 +144,7 @@ def test_ray_client_connect_retries_a_failed_server_start(monkeypatch):
     monkeypatch.setattr(runtime.ray, "init", always_fails)
     with pytest.raises(runtime.RunError, match="cannot connect to Ray at 'ray://head:10001'"):
         runtime.connect("ray://head:10001")
-    assert len(calls) == runtime.CLIENT_CONNECT_ATTEMPTS
+    assert len(calls) == address.CLIENT_CONNECT_ATTEMPTS
     calls.clear()
     with pytest.raises(runtime.RunError):  # a plain address is not retried: ray.init waits there itself
         runtime.connect("head:6379")
