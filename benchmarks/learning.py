@@ -10,6 +10,7 @@ tables for benchmarks/RESULTS.md). A rerun with the same
     python benchmarks/learning.py --envs Hopper-v5 --algos afedpg,vanilla,a3c,fedpg --seeds 0,1 \
         --samples 300000 --agents 4 --hetero linear:4 --out benchmarks/results/learning-hopper
     python benchmarks/learning.py --quick   # CartPole, tiny budget: checks the script runs
+    python benchmarks/learning.py --report --eval-episodes 0 --out DIR   # tables and plots only
 """
 
 from __future__ import annotations
@@ -173,9 +174,28 @@ def samples_per_agent_to(rows: list[dict], threshold: float, samples: int) -> fl
     """Samples per agent at which the seed-mean training curve of ``rows`` first reaches ``threshold``."""
     grid = np.linspace(0, samples, 201)[1:]
     curves = np.array([curve(Path(r["run_dir"]), grid) for r in rows])
-    mean = seed_band(curves)[0]
-    hit = np.flatnonzero(mean >= threshold)
-    return float(grid[hit[0]]) / int(rows[0]["agents"]) if len(hit) else float("nan")
+    return first_crossing(seed_band(curves)[0], grid, threshold) / int(rows[0]["agents"])
+
+
+def first_crossing(values: np.ndarray, grid: np.ndarray, threshold: float) -> float:
+    """The first ``grid`` point where ``values`` reaches ``threshold`` (NaN if it never does)."""
+    hit = np.flatnonzero(values >= threshold)
+    return float(grid[hit[0]]) if len(hit) else float("nan")
+
+
+def median_seed_reach(rows: list[dict], threshold: float, samples: int) -> tuple[float, int]:
+    """Median over seeds of the samples per agent each seed's own curve needs to reach ``threshold``.
+
+    Unlike the seed-mean curve, one seed that finds a much better optimum early cannot carry it. Seeds
+    that never reach count as infinitely slow, so the median is NaN when half or more never do. Also
+    returns how many seeds reached.
+    """
+    grid = np.linspace(0, samples, 201)[1:]
+    agents = int(rows[0]["agents"])
+    reach = [first_crossing(curve(Path(r["run_dir"]), grid), grid, threshold) / agents for r in rows]
+    reached = int(np.isfinite(reach).sum())
+    median = float(np.median([x if np.isfinite(x) else np.inf for x in reach]))
+    return (median if np.isfinite(median) else float("nan")), reached
 
 
 PAPER_ORDER = ("afedpg", "vanilla", "a3c")
@@ -204,9 +224,9 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
         lines += [f"### {env}" + (f" (target {target:g})" if target else ""), ""]
         lines += [
             "| algo | N | seeds | training return | median | per seed | deterministic eval return | median "
-            "| per seed | samples/agent to target |"
+            "| per seed | samples/agent to target: seed-mean curve | median seed (seeds reaching) |"
         ]
-        lines += ["|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["|---|---|---|---|---|---|---|---|---|---|---|"]
         finals = {}
         for algo in dict.fromkeys(r["algo"] for r in rows if r["env"] == env):
             runs = sorted((r for r in rows if r["env"] == env and r["algo"] == algo), key=lambda r: int(r["seed"]))
@@ -216,8 +236,13 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
             ev_text = seed_summary(ev) if ev else "- | - | -"
             reach = samples_per_agent_to(runs, target, samples) if target else float("nan")
             reach_text = f"{reach:,.0f}" if np.isfinite(reach) else "not reached" if target else "-"
+            median_text = "-"
+            if target:
+                median, reached = median_seed_reach(runs, target, samples)
+                median_text = (f"{median:,.0f}" if np.isfinite(median) else "not reached") + f" ({reached}/{len(runs)})"
             train_text = seed_summary(finals[algo])
-            lines.append(f"| {algo} | {runs[0]['agents']} | {len(runs)} | {train_text} | {ev_text} | {reach_text} |")
+            cells = [algo, runs[0]["agents"], len(runs), train_text, ev_text, reach_text, median_text]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         lines.append("")
         pairs = [(a, b) for i, a in enumerate(PAPER_ORDER) for b in PAPER_ORDER[i + 1 :] if a in finals and b in finals]
         if pairs:
@@ -233,24 +258,33 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
 
 
 def plot(rows: list[dict], env: str, samples: int, path: Path) -> None:
-    """Mean and min/max band over seeds of return vs samples, one curve per algorithm."""
+    """Mean and min/max band over seeds of return, one curve per algorithm, against total samples (left)
+    and against samples per agent (right: the paper's axis, on which N agents' speedup shows)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     grid = np.linspace(0, samples, 100)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (total_ax, agent_ax) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for algo in dict.fromkeys(r["algo"] for r in rows if r["env"] == env):
-        curves = np.array([curve(Path(r["run_dir"]), grid) for r in rows if r["env"] == env and r["algo"] == algo])
-        n = rows[[r["algo"] for r in rows].index(algo)]["agents"]
+        runs = [r for r in rows if r["env"] == env and r["algo"] == algo]
+        curves = np.array([curve(Path(r["run_dir"]), grid) for r in runs])
+        n = int(runs[0]["agents"])
         mean, low, high = seed_band(curves)
-        ax.plot(grid, mean, label=f"{algo} (N={n}, {len(curves)} seeds)")
-        ax.fill_between(grid, low, high, alpha=0.2)
-    ax.set_xlabel("environment steps (all agents)")
-    ax.set_ylabel("training return (last 20 episodes)")
-    ax.set_title(env)
-    ax.legend()
+        for ax, x in ((total_ax, grid), (agent_ax, grid / n)):
+            ax.plot(x, mean, label=f"{algo} (N={n}, {len(curves)} seeds)")
+            ax.fill_between(x, low, high, alpha=0.2)
+    total_ax.set_xlabel("environment steps (all agents)")
+    agent_ax.set_xscale("log")  # N = 1 and N = 8 budgets per agent differ by 8x: both stay readable
+    agent_ax.set_xlabel("environment steps per agent (log scale)")
+    total_ax.set_ylabel("training return (last 20 episodes)")
+    target = TARGETS.get(env)
+    for ax in (total_ax, agent_ax):
+        if target:
+            ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(env)
+    total_ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -269,6 +303,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/learning")
     parser.add_argument("--quick", action="store_true", help="CartPole, 2 algorithms, 1 seed, tiny budget")
     parser.add_argument(
+        "--report", action="store_true", help="train nothing: rebuild curves, plots, eval and summary from learning.csv"
+    )
+    parser.add_argument(
         "--eval-episodes", type=int, default=10, help="deterministic episodes per final policy for eval.csv (0: none)"
     )
     args = parser.parse_args()
@@ -280,10 +317,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = read_rows(out / "learning.csv")  # earlier invocations' runs are kept and skipped
     start = time.time()
+    if args.report:  # every environment, algorithm and seed the grid already holds
+        args.envs = ",".join(dict.fromkeys(r["env"] for r in results.values()))
+        args.algos = ",".join(dict.fromkeys(r["algo"] for r in results.values()))
+        args.seeds = ",".join(dict.fromkeys(str(r["seed"]) for r in results.values()))
     for env in args.envs.split(","):
         for algo in args.algos.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                if (env, algo, str(seed)) in results:  # long grids survive interruption
+                if (env, algo, str(seed)) in results or args.report:  # long grids survive interruption
                     continue
                 row = run_one(env, algo, seed, args, out)
                 results[(env, algo, str(seed))] = row

@@ -13,8 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(name: str, out: Path) -> None:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / name), "--quick", "--out", str(out)]
+def run_script(name: str, out: Path, *extra: str) -> None:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / name), "--quick", "--out", str(out), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -31,6 +31,14 @@ def test_learning_quick(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "### CartPole-v1" in summary and "| afedpg | 2 | 1 |" in summary and "| a3c | 2 | 1 |" in summary
     assert "P(afedpg > a3c) = " in summary  # the ordering statistic of the pair both ran
+    assert "median seed (seeds reaching)" in summary
     # a second invocation finds both runs done: it trains nothing and keeps their rows
     run_script("learning.py", tmp_path)
+    assert (tmp_path / "learning.csv").read_text().splitlines() == lines
+    # --report rebuilds the summary and plots from learning.csv alone, training nothing
+    (tmp_path / "summary.md").unlink()
+    (tmp_path / "learning_CartPole-v1.png").unlink()
+    run_script("learning.py", tmp_path, "--report", "--eval-episodes", "0")
+    assert (tmp_path / "summary.md").read_text() == summary
+    assert (tmp_path / "learning_CartPole-v1.png").exists()
     assert (tmp_path / "learning.csv").read_text().splitlines() == lines
