@@ -184,15 +184,19 @@ def first_crossing(values: np.ndarray, grid: np.ndarray, threshold: float) -> fl
 
 
 def median_seed_reach(rows: list[dict], threshold: float, samples: int) -> tuple[float, int]:
-    """Median over seeds of the samples per agent each seed's own curve needs to reach ``threshold``.
-
-    Unlike the seed-mean curve, one seed that finds a much better optimum early cannot carry it. Seeds
-    that never reach count as infinitely slow, so the median is NaN when half or more never do. Also
-    returns how many seeds reached.
-    """
+    """Median over seeds of the samples per agent each seed's own curve needs to reach ``threshold``,
+    and how many seeds reached it (see :func:`median_reach`)."""
     grid = np.linspace(0, samples, 201)[1:]
     agents = int(rows[0]["agents"])
-    reach = [first_crossing(curve(Path(r["run_dir"]), grid), grid, threshold) / agents for r in rows]
+    return median_reach([first_crossing(curve(Path(r["run_dir"]), grid), grid, threshold) / agents for r in rows])
+
+
+def median_reach(reach: list[float]) -> tuple[float, int]:
+    """Median of per-seed reach times (NaN: never reached) and the number of seeds that reached.
+
+    Unlike the seed-mean curve, one seed that finds a much better optimum early cannot carry it. Seeds
+    that never reach count as infinitely slow, so the median is NaN when half or more never do.
+    """
     reached = int(np.isfinite(reach).sum())
     median = float(np.median([x if np.isfinite(x) else np.inf for x in reach]))
     return (median if np.isfinite(median) else float("nan")), reached

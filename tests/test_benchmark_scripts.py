@@ -6,9 +6,12 @@ death (seconds), which is too long for CI; the fault tests in test_faults.py cov
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +45,21 @@ def test_learning_quick(tmp_path):
     assert (tmp_path / "summary.md").read_text() == summary
     assert (tmp_path / "learning_CartPole-v1.png").exists()
     assert (tmp_path / "learning.csv").read_text().splitlines() == lines
+
+
+def load_learning_script():
+    """benchmarks/learning.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("learning_benchmark", ROOT / "benchmarks" / "learning.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reach_statistics_by_hand():
+    learning = load_learning_script()
+    grid = np.array([10.0, 20.0, 30.0, 40.0])
+    assert learning.first_crossing(np.array([1.0, 2.0, 5.0, 3.0]), grid, 2.0) == 20.0  # first, not last
+    assert np.isnan(learning.first_crossing(np.array([np.nan, 1.0, 1.5, 1.9]), grid, 2.0))
+    assert learning.median_reach([10.0, 30.0, float("nan")]) == (30.0, 2)  # never = slowest
+    median, reached = learning.median_reach([10.0, float("nan"), float("nan")])
+    assert np.isnan(median) and reached == 1  # most seeds never reach: no median time
