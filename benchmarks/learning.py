@@ -132,12 +132,20 @@ def write_curves(path: Path, rows: list[dict], samples: int, points: int = 100) 
 
 
 def write_evaluations(path: Path, rows: list[dict], episodes: int) -> None:
-    """Each run's final policy, run deterministically for ``episodes`` episodes (``afedpg eval``)."""
+    """Each run's final policy, run deterministically for ``episodes`` episodes (``afedpg eval``).
+
+    Runs that ``path`` already holds with the same episode count are kept, not re-run: evaluation is
+    deterministic with fixed seeds, so it would give the same numbers.
+    """
     from afedpg_ray.rollout import evaluate
     from afedpg_ray.train import load_policy
 
+    done = {(r["env"], r["algo"], r["seed"]): r for r in read_csv(path) if int(r["episodes"]) == episodes}
     table = []
     for row in rows:
+        if (row["env"], row["algo"], str(row["seed"])) in done:
+            table.append(done[(row["env"], row["algo"], str(row["seed"]))])
+            continue
         run_dir = Path(row["run_dir"])
         if not (run_dir / "policy.pt").exists():
             continue

@@ -35,9 +35,15 @@ def test_learning_quick(tmp_path):
     assert "### CartPole-v1" in summary and "| afedpg | 2 | 1 |" in summary and "| a3c | 2 | 1 |" in summary
     assert "P(afedpg > a3c) = " in summary  # the ordering statistic of the pair both ran
     assert "median seed (seeds reaching)" in summary
-    # a second invocation finds both runs done: it trains nothing and keeps their rows
+    # a second invocation finds both runs done: it trains nothing and keeps their rows, and keeps the
+    # evaluations it already has (marked here so that a re-evaluation would show)
+    marked = evals[1].split(",")
+    marked[5] = "-123.0"
+    (tmp_path / "eval.csv").write_text("\n".join([evals[0], ",".join(marked), *evals[2:]]) + "\n")
     run_script("learning.py", tmp_path)
     assert (tmp_path / "learning.csv").read_text().splitlines() == lines
+    assert ",".join(marked) in (tmp_path / "eval.csv").read_text().splitlines()
+    summary = (tmp_path / "summary.md").read_text()
     # --report rebuilds the summary and plots from learning.csv alone, training nothing
     (tmp_path / "summary.md").unlink()
     (tmp_path / "learning_CartPole-v1.png").unlink()
