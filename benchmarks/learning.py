@@ -143,8 +143,9 @@ def write_evaluations(path: Path, rows: list[dict], episodes: int) -> None:
     done = {(r["env"], r["algo"], r["seed"]): r for r in read_csv(path) if int(r["episodes"]) == episodes}
     table = []
     for row in rows:
-        if (row["env"], row["algo"], str(row["seed"])) in done:
-            table.append(done[(row["env"], row["algo"], str(row["seed"]))])
+        key = (row["env"], row["algo"], str(row["seed"]))
+        if key in done:
+            table.append(done[key])
             continue
         run_dir = Path(row["run_dir"])
         if not (run_dir / "policy.pt").exists():
@@ -178,25 +179,21 @@ def seed_band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.nanmean(curves, axis=0), np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
 
 
-def samples_per_agent_to(rows: list[dict], threshold: float, samples: int) -> float:
-    """Samples per agent at which the seed-mean training curve of ``rows`` first reaches ``threshold``."""
+def samples_per_agent_to(rows: list[dict], threshold: float, samples: int) -> tuple[float, float, int]:
+    """Samples per agent until ``threshold`` is reached, two ways: where the seed-mean training curve
+    of ``rows`` first reaches it, and the median over seeds of where each seed's own curve first does
+    (with how many seeds reached; see :func:`median_reach`). NaN where it is never reached."""
     grid = np.linspace(0, samples, 201)[1:]
+    per_agent = grid / int(rows[0]["agents"])
     curves = np.array([curve(Path(r["run_dir"]), grid) for r in rows])
-    return first_crossing(seed_band(curves)[0], grid, threshold) / int(rows[0]["agents"])
+    mean_reach = first_crossing(seed_band(curves)[0], per_agent, threshold)
+    return (mean_reach, *median_reach([first_crossing(c, per_agent, threshold) for c in curves]))
 
 
 def first_crossing(values: np.ndarray, grid: np.ndarray, threshold: float) -> float:
     """The first ``grid`` point where ``values`` reaches ``threshold`` (NaN if it never does)."""
     hit = np.flatnonzero(values >= threshold)
     return float(grid[hit[0]]) if len(hit) else float("nan")
-
-
-def median_seed_reach(rows: list[dict], threshold: float, samples: int) -> tuple[float, int]:
-    """Median over seeds of the samples per agent each seed's own curve needs to reach ``threshold``,
-    and how many seeds reached it (see :func:`median_reach`)."""
-    grid = np.linspace(0, samples, 201)[1:]
-    agents = int(rows[0]["agents"])
-    return median_reach([first_crossing(curve(Path(r["run_dir"]), grid), grid, threshold) / agents for r in rows])
 
 
 def median_reach(reach: list[float]) -> tuple[float, int]:
@@ -246,11 +243,10 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
             keys = [(env, algo, str(r["seed"])) for r in runs]
             ev = [float(evals[k]["eval_return"]) for k in keys if k in evals]
             ev_text = seed_summary(ev) if ev else "- | - | -"
-            reach = samples_per_agent_to(runs, target, samples) if target else float("nan")
-            reach_text = f"{reach:,.0f}" if np.isfinite(reach) else "not reached" if target else "-"
-            median_text = "-"
+            reach_text = median_text = "-"
             if target:
-                median, reached = median_seed_reach(runs, target, samples)
+                reach, median, reached = samples_per_agent_to(runs, target, samples)
+                reach_text = f"{reach:,.0f}" if np.isfinite(reach) else "not reached"
                 median_text = (f"{median:,.0f}" if np.isfinite(median) else "not reached") + f" ({reached}/{len(runs)})"
             train_text = seed_summary(finals[algo])
             cells = [algo, runs[0]["agents"], len(runs), train_text, ev_text, reach_text, median_text]
@@ -336,7 +332,7 @@ def main() -> None:
     for env in args.envs.split(","):
         for algo in args.algos.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                if (env, algo, str(seed)) in results or args.report:  # long grids survive interruption
+                if args.report or (env, algo, str(seed)) in results:  # long grids survive interruption
                     continue
                 row = run_one(env, algo, seed, args, out)
                 results[(env, algo, str(seed))] = row
