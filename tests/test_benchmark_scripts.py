@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,19 +54,60 @@ def test_learning_quick(tmp_path):
     assert (tmp_path / "learning.csv").read_text().splitlines() == lines
 
 
-def load_learning_script():
-    """benchmarks/learning.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("learning_benchmark", ROOT / "benchmarks" / "learning.py")
+def load_script(name: str):
+    """Import benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_reach_statistics_by_hand():
-    learning = load_learning_script()
+    learning = load_script("learning")
     grid = np.array([10.0, 20.0, 30.0, 40.0])
     assert learning.first_crossing(np.array([1.0, 2.0, 5.0, 3.0]), grid, 2.0) == 20.0  # first, not last
     assert np.isnan(learning.first_crossing(np.array([np.nan, 1.0, 1.5, 1.9]), grid, 2.0))
     assert learning.median_reach([10.0, 30.0, float("nan")]) == (30.0, 2)  # never = slowest
     median, reached = learning.median_reach([10.0, float("nan"), float("nan")])
     assert np.isnan(median) and reached == 1  # most seeds never reach: no median time
+
+
+def test_noise_ratio_by_hand_and_by_sampling():
+    noise = load_script("gradient_noise")
+    # g1 = (1, 1), g2 = (1, 0): mean pairwise product 1 (signal), mean power 1.5: ratio sqrt(0.5)
+    ratio, cosine = noise.noise_ratio(np.array([[1.0, 1.0], [1.0, 0.0]]))
+    assert ratio == pytest.approx(np.sqrt(0.5)) and cosine == pytest.approx(1 / np.sqrt(2))
+    assert noise.noise_ratio(np.array([[2.0, 0.0], [0.0, 2.0]]))[0] == float("inf")  # no common direction
+    rng = np.random.default_rng(0)
+    mu = np.zeros(50)
+    mu[0] = 1.0
+    draws = mu + 3.0 * rng.normal(size=(400, 50)) / np.sqrt(50)  # noise norm 3 x the signal's
+    assert noise.noise_ratio(draws)[0] == pytest.approx(3.0, rel=0.1)
+
+
+def test_gradient_noise_quick(tmp_path):
+    run_script("gradient_noise.py", tmp_path, "--runs", str(tmp_path / "no-runs"))
+    rows = (tmp_path / "noise.csv").read_text().splitlines()
+    assert rows[0].startswith("env,point,batch,gradients,noise_ratio") and rows[1].startswith("CartPole-v1,initial,")
+    assert "| CartPole-v1 | initial |" in (tmp_path / "summary.md").read_text()
+
+
+def test_lookahead_lag_matches_the_formula():
+    bias = load_script("lookahead_bias")
+    one = {algo: bias.simulate(algo, agents=1, alpha=0.2, noise=0.0, seed=0) for algo in ("afedpg", "vanilla")}
+    assert one["afedpg"]["lag"] < 0.01 and one["afedpg"]["cosine"] > 0.9999
+    assert one["vanilla"]["lag"] == pytest.approx(4.0, rel=0.05)  # (1 - a)/a
+    four = {algo: bias.simulate(algo, agents=4, alpha=0.2, noise=0.0, seed=0) for algo in ("afedpg", "vanilla")}
+    delay = four["afedpg"]["delay"]
+    assert delay == pytest.approx(3.0, abs=0.2)  # N - 1 other agents' updates per gradient
+    assert four["afedpg"]["lag"] == pytest.approx(delay, rel=0.05)  # staleness is not removed
+    assert four["vanilla"]["lag"] == pytest.approx(delay + 4.0, rel=0.05)
+    assert bias.predicted_lag(0.2, 3.0, lookahead=False) == pytest.approx(7.0)
+
+
+def test_lookahead_bias_quick(tmp_path):
+    run_script("lookahead_bias.py", tmp_path)
+    rows = (tmp_path / "lookahead_bias.csv").read_text().splitlines()
+    assert rows[0] == "algo,agents,alpha,noise,seed,delay,lag,predicted_lag,cosine,measured" and len(rows) == 5
+    assert (tmp_path / "lookahead_bias.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 4 | 0.2 | 0 |" in (tmp_path / "summary.md").read_text()
