@@ -210,6 +210,10 @@ def median_reach(reach: list[float]) -> tuple[float, int]:
 PAPER_ORDER = ("afedpg", "vanilla", "a3c")
 """The paper's ranking at equal budget; summary.md reports ``P(X > Y)`` for each pair of it."""
 
+ORDERING_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
+"""Fractions of the budget at which summary.md also compares the rules (the lookahead's advantage is
+expected early, while gradients are least noisy: benchmarks/gradient_noise.py)."""
+
 PROTOCOL_SEEDS = 3
 """The issue's targets are means over the first three seeds; summary.md also reports that mean."""
 
@@ -258,11 +262,32 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
                 "Ordering (training return): "
                 + "; ".join(f"P({a} > {b}) = {prob_improvement(finals[a], finals[b]):.2f}" for a, b in pairs)
             )
+        if pairs:
+            lines.append(ordering_along_run(rows, env, pairs, samples))
         if target and "afedpg" in finals and len(finals["afedpg"]) > PROTOCOL_SEEDS:
             first = finals["afedpg"][:PROTOCOL_SEEDS]
             lines.append(f"AFedPG, first {PROTOCOL_SEEDS} seeds (the targets' protocol): mean {np.mean(first):.1f}")
         lines.append("")
     path.write_text("\n".join(lines))
+
+
+def ordering_along_run(rows: list[dict], env: str, pairs: list[tuple[str, str]], samples: int) -> str:
+    """One line: ``P(X > Y)`` of the training return at each of ``ORDERING_FRACTIONS`` of the budget."""
+    grid = np.array(ORDERING_FRACTIONS) * samples
+    values = {
+        algo: np.array([curve(Path(r["run_dir"]), grid) for r in rows if r["env"] == env and r["algo"] == algo])
+        for algo in {name for pair in pairs for name in pair}
+    }
+    cells = []
+    for a, b in pairs:
+        probs = []
+        for j in range(len(grid)):
+            x, y = values[a][:, j], values[b][:, j]
+            x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+            probs.append(f"{prob_improvement(list(x), list(y)):.2f}" if len(x) and len(y) else "-")
+        cells.append(f"P({a} > {b}) " + " / ".join(probs))
+    fractions = "/".join(f"{f:.0%}" for f in ORDERING_FRACTIONS)
+    return f"Ordering along the run (at {fractions} of the budget): " + "; ".join(cells)
 
 
 def plot(rows: list[dict], env: str, samples: int, path: Path) -> None:

@@ -35,6 +35,7 @@ def test_learning_quick(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "### CartPole-v1" in summary and "| afedpg | 2 | 1 |" in summary and "| a3c | 2 | 1 |" in summary
     assert "P(afedpg > a3c) = " in summary  # the ordering statistic of the pair both ran
+    assert "Ordering along the run (at 5%/10%/20%/30%/50% of the budget): P(afedpg > a3c) " in summary
     assert "median seed (seeds reaching)" in summary
     # a second invocation finds both runs done: it trains nothing and keeps their rows, and keeps the
     # evaluations it already has (marked here so that a re-evaluation would show)
