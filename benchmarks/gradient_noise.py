@@ -9,11 +9,11 @@ estimates
 
 so ``noise ratio = sqrt(E||e||^2) / ||mu||`` (``noise`` in lookahead_bias.py) and the expected cosine
 of one gradient with the true one is about ``1 / sqrt(1 + ratio^2)``. It is measured at the initial
-policy and, when the run directory exists, at the final point of a finished training run (the
-checkpoint's theta with its shared observation and return statistics). The agent's private critic is
-not checkpointed: ``--warmup`` batches at the point fit a fresh one first.
+policy and at the final point of each finished run given with ``--trained`` that exists (the
+checkpoint's theta with its shared observation and return statistics). The agent's private critic
+is not checkpointed: ``--warmup`` batches at the point fit a fresh one first.
 
-    python benchmarks/gradient_noise.py                  # 4 MuJoCo tasks, learning-1m afedpg seed 0 runs
+    python benchmarks/gradient_noise.py                  # 4 MuJoCo tasks, initial and learning-1m's seed 0
     python benchmarks/gradient_noise.py --quick          # CartPole, initial policy only (for the test)
 """
 
@@ -99,8 +99,13 @@ def main() -> None:
     """Measure every environment at its initial and trained policy; write noise.csv and summary.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--envs", default="Swimmer-v5,Hopper-v5,Walker2d-v5,HalfCheetah-v5")
-    parser.add_argument("--runs", type=Path, default=REPO / "benchmarks" / "results" / "learning-1m" / "runs")
-    parser.add_argument("--run-name", default="{env}-afedpg-n8-s0", help="run directory under --runs")
+    parser.add_argument(
+        "--trained",
+        action="append",
+        metavar="LABEL=RUN_DIR",
+        help="a finished run to measure at, {env} filled in; repeatable "
+        "(default: after 1M=benchmarks/results/learning-1m/runs/{env}-afedpg-n8-s0)",
+    )
     parser.add_argument("--gradients", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--seed", type=int, default=123)
@@ -111,6 +116,9 @@ def main() -> None:
         args.envs, args.gradients, args.warmup = "CartPole-v1", 4, 2
     if args.gradients < 2:
         parser.error("--gradients must be at least 2")
+    trained = args.trained or [f"after 1M={REPO}/benchmarks/results/learning-1m/runs/{{env}}-afedpg-n8-s0"]
+    if any("=" not in spec for spec in trained):
+        parser.error("--trained takes LABEL=RUN_DIR")
 
     rows = []
     for env in args.envs.split(","):
@@ -118,11 +126,12 @@ def main() -> None:
         table = env_defaults(env)
         fresh = config_from_dict({**table, "env": env, "estimator": table.get("estimator", {})})
         points.append(("initial", fresh, None, None, None))
-        run_dir = args.runs / args.run_name.format(env=env)
-        try:
-            points.append(("trained", *trained_point(run_dir)))
-        except CheckpointError as err:
-            print(f"{env}: trained point skipped: {err}")
+        for spec in trained:
+            label, pattern = spec.split("=", 1)
+            try:
+                points.append((label, *trained_point(Path(pattern.format(env=env)))))
+            except CheckpointError as err:
+                print(f"{env}: point {label!r} skipped: {err}")
         for label, config, theta, obs, ret in points:
             ratio, cosine = measure(config, theta, obs, ret, args.gradients, args.warmup, args.seed)
             rows.append(

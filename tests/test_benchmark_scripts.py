@@ -87,7 +87,7 @@ def test_noise_ratio_by_hand_and_by_sampling():
 
 
 def test_gradient_noise_quick(tmp_path):
-    run_script("gradient_noise.py", tmp_path, "--runs", str(tmp_path / "no-runs"))
+    run_script("gradient_noise.py", tmp_path, "--trained", f"late={tmp_path}/no-run-{{env}}")
     rows = (tmp_path / "noise.csv").read_text().splitlines()
     assert rows[0].startswith("env,point,batch,gradients,noise_ratio") and rows[1].startswith("CartPole-v1,initial,")
     assert "| CartPole-v1 | initial |" in (tmp_path / "summary.md").read_text()
