@@ -259,14 +259,14 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
         pairs = [(a, b) for i, a in enumerate(PAPER_ORDER) for b in PAPER_ORDER[i + 1 :] if a in finals and b in finals]
         if pairs:
             lines.append(
-                "Ordering (training return): "
+                "- Ordering (training return): "
                 + "; ".join(f"P({a} > {b}) = {prob_improvement(finals[a], finals[b]):.2f}" for a, b in pairs)
             )
         if pairs:
             lines.append(ordering_along_run(rows, env, pairs, samples))
         if target and "afedpg" in finals and len(finals["afedpg"]) > PROTOCOL_SEEDS:
             first = finals["afedpg"][:PROTOCOL_SEEDS]
-            lines.append(f"AFedPG, first {PROTOCOL_SEEDS} seeds (the targets' protocol): mean {np.mean(first):.1f}")
+            lines.append(f"- AFedPG, first {PROTOCOL_SEEDS} seeds (the targets' protocol): mean {np.mean(first):.1f}")
         lines.append("")
     path.write_text("\n".join(lines))
 
@@ -287,7 +287,7 @@ def ordering_along_run(rows: list[dict], env: str, pairs: list[tuple[str, str]],
             probs.append(f"{prob_improvement(list(x), list(y)):.2f}" if len(x) and len(y) else "-")
         cells.append(f"P({a} > {b}) " + " / ".join(probs))
     fractions = "/".join(f"{f:.0%}" for f in ORDERING_FRACTIONS)
-    return f"Ordering along the run (at {fractions} of the budget): " + "; ".join(cells)
+    return f"- Ordering along the run (at {fractions} of the budget): " + "; ".join(cells)
 
 
 def plot(rows: list[dict], env: str, samples: int, path: Path) -> None:
