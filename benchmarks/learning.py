@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -350,6 +351,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = read_rows(out / "learning.csv")  # earlier invocations' runs are kept and skipped
     start = time.time()
+    budgets = {int(r["samples"]) for r in results.values()}
+    if args.report and len(budgets) == 1:
+        args.samples = budgets.pop()  # summary, curves and the ordering fractions refer to the runs' budget
+    elif budgets - {args.samples}:
+        sys.exit(f"error: {out}/learning.csv holds runs of {sorted(budgets)} samples; one budget per --out directory")
     if args.report:  # every environment, algorithm and seed the grid already holds
         args.envs = ",".join(dict.fromkeys(r["env"] for r in results.values()))
         args.algos = ",".join(dict.fromkeys(r["algo"] for r in results.values()))
