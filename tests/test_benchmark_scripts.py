@@ -112,3 +112,14 @@ def test_lookahead_bias_quick(tmp_path):
     assert rows[0] == "algo,agents,alpha,noise,seed,delay,lag,predicted_lag,cosine,measured" and len(rows) == 5
     assert (tmp_path / "lookahead_bias.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 4 | 0.2 | 0 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_learning_refuses_to_mix_budgets(tmp_path):
+    (tmp_path / "learning.csv").write_text(
+        "env,algo,agents,seed,samples,final_return,wall_time,updates,mean_delay,run_dir\n"
+        f"CartPole-v1,afedpg,2,0,300000,100.0,1.0,300,1.0,{tmp_path}/runs/x\n"
+    )
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--out", str(tmp_path), "--samples", "4000"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].endswith("holds runs of [300000] samples; one budget per --out directory")
