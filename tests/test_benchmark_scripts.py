@@ -122,4 +122,5 @@ def test_learning_refuses_to_mix_budgets(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--out", str(tmp_path), "--samples", "4000"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].endswith("holds runs of [300000] samples; one budget per --out directory")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.endswith("holds runs of [300000] samples; one budget per --out directory")
