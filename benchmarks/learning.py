@@ -211,6 +211,10 @@ def median_reach(reach: list[float]) -> tuple[float, int]:
 PAPER_ORDER = ("afedpg", "vanilla", "a3c")
 """The paper's ranking at equal budget; summary.md reports ``P(X > Y)`` for each pair of it."""
 
+ORDER_PAIRS = [(a, b) for i, a in enumerate(PAPER_ORDER) for b in PAPER_ORDER[i + 1 :]] + [("pg", "vanilla")]
+"""Pairs summary.md compares when both ran with the same N. ``pg`` is AFedPG's rule with one agent, so
+pg against vanilla with ``--agents 1`` isolates the lookahead from staleness."""
+
 ORDERING_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
 """Fractions of the budget at which summary.md also compares the rules (the lookahead's advantage is
 expected early, while gradients are least noisy: benchmarks/gradient_noise.py)."""
@@ -257,7 +261,8 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
             cells = [algo, runs[0]["agents"], len(runs), train_text, ev_text, reach_text, median_text]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         lines.append("")
-        pairs = [(a, b) for i, a in enumerate(PAPER_ORDER) for b in PAPER_ORDER[i + 1 :] if a in finals and b in finals]
+        agents = {r["algo"]: int(r["agents"]) for r in rows if r["env"] == env}
+        pairs = [(a, b) for a, b in ORDER_PAIRS if a in finals and b in finals and agents[a] == agents[b]]
         if pairs:
             lines.append(
                 "- Ordering (training return): "
