@@ -90,9 +90,18 @@ def trained_point(run_dir: Path) -> tuple[TrainConfig, np.ndarray, RunningStats,
     """A finished run's config, final theta and shared statistics (raises CheckpointError if absent)."""
     state = load_checkpoint(run_dir)
     config = load_config(run_dir / "config.json")
-    obs = RunningStats(*(np.asarray(x) if i else float(x) for i, x in enumerate(state["obs_stats"])))
-    ret = RunningStats(*(np.asarray(x) if i else float(x) for i, x in enumerate(state["return_stats"])))
-    return config, np.asarray(state["rule_state"]["theta"]), obs, ret
+    return (
+        config,
+        np.asarray(state["rule_state"]["theta"]),
+        saved_stats(state["obs_stats"]),
+        saved_stats(state["return_stats"]),
+    )
+
+
+def saved_stats(saved: tuple) -> RunningStats:
+    """Statistics as the server checkpoints them: ``(count, mean, m2)``."""
+    count, mean, m2 = saved
+    return RunningStats(float(count), np.asarray(mean), np.asarray(m2))
 
 
 def main() -> None:
