@@ -268,7 +268,6 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
                 "- Ordering (training return): "
                 + "; ".join(f"P({a} > {b}) = {prob_improvement(finals[a], finals[b]):.2f}" for a, b in pairs)
             )
-        if pairs:
             lines.append(ordering_along_run(rows, env, pairs, samples))
         if target and "afedpg" in finals and len(finals["afedpg"]) > PROTOCOL_SEEDS:
             first = finals["afedpg"][:PROTOCOL_SEEDS]
