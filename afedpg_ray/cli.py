@@ -114,6 +114,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     add("--schedule", help=f"step sizes: {', '.join(SCHEDULES)} (default {d.schedule})")
     add("--eta0", type=float, help=f"normalised step length or its scale (default {d.eta0})")
     add("--alpha0", type=float, help=f"momentum weight or its scale, in (0, 1] (default {d.alpha0})")
+    add("--alpha-end", type=float, help="anneal alpha geometrically from --alpha0 down to this (default: fixed alpha)")
     add("--lr", type=float, help=f"a3c's Adam step size (default {d.lr})")
     add("--max-grad-norm", type=float, help="reject gradients with a larger norm")
     add("--byzantine", help="K:ATTACK - the first K agents send sign_flip, scale:X, random_noise or nan gradients")

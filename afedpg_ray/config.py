@@ -95,6 +95,8 @@ class TrainConfig:
     """Normalised step length (constant) or its scale (theory)."""
     alpha0: float = 0.2
     """Momentum weight (constant) or its scale (theory)."""
+    alpha_end: float | None = None
+    """If set (constant/linear schedules), alpha anneals geometrically from alpha0 to this over the run."""
     lr: float = 3e-3
     """A3C's plain step size (Adam) - only used by ``a3c``."""
     max_grad_norm: float = 1e6
@@ -201,6 +203,10 @@ def validate(config: TrainConfig) -> TrainConfig:
     _positive("--lr", config.lr)
     _positive("--max-grad-norm", config.max_grad_norm)
     _in_unit("--alpha0", config.alpha0)
+    if config.alpha_end is not None:
+        _in_unit("--alpha-end", config.alpha_end)
+        if config.schedule == "theory":
+            raise ConfigError("--alpha-end", "the theory schedule decays alpha itself; use constant or linear")
     if config.agent_cpus is not None:
         _positive("--agent-cpus", config.agent_cpus)
     for group in config.agent_resources:

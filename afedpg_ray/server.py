@@ -62,7 +62,13 @@ class ParameterServer:
         policy, obs_dim = build_policy(config.env, config.hidden, config.estimator.log_std_init)
         self.config = config
         self.rule = make_rule(
-            config.algo, config.schedule, config.eta0, config.alpha0, config.lr, horizon=config.expected_updates
+            config.algo,
+            config.schedule,
+            config.eta0,
+            config.alpha0,
+            config.lr,
+            horizon=config.expected_updates,
+            alpha_end=config.alpha_end,
         )
         self.state = RuleState.initial(get_flat(policy))
         self.obs_stats = RunningStats.empty(obs_dim)

@@ -25,6 +25,8 @@ from afedpg_ray.cli import main
         (["--hetero", "zigzag"], "--hetero"),
         (["--algo", "pg", "--agents", "4"], "--agents"),
         (["--alpha0", "1.5"], "--alpha0"),
+        (["--alpha-end", "0"], "--alpha-end"),
+        (["--schedule", "theory", "--alpha-end", "0.05"], "--alpha-end"),
         (["--schedule", "cosine"], "--schedule"),
         (["--comm-delay", "1,2,3"], "--comm-delay"),
         (["--agent-resources", "{not json"], "--agent-resources"),

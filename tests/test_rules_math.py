@@ -49,6 +49,28 @@ def test_linear_schedule_values():
     assert s.alpha(0) == s.alpha(99) == 0.2
 
 
+def test_alpha_end_anneals_alpha_geometrically_over_the_horizon():
+    s = Schedule("linear", eta0=0.1, alpha0=0.2, horizon=100, alpha_end=0.05)
+    assert s.alpha(0) == pytest.approx(0.2)
+    assert s.alpha(50) == pytest.approx(0.1)  # halfway in log space: sqrt(0.2 * 0.05)
+    assert s.alpha(100) == s.alpha(400) == pytest.approx(0.05)
+    assert s.eta(50) == pytest.approx(0.05)  # eta's schedule is untouched
+    assert Schedule("constant", 0.03, 0.2, horizon=100, alpha_end=0.05).alpha(50) == pytest.approx(0.1)
+
+
+def test_alpha_end_weights_a_stale_gradient_by_its_issue_version():
+    # Two gradients arrive at version 100 of a 100-update horizon: one issued at 0, one at 100.
+    # The delay-adaptive rule uses alpha(k_i): 0.2 for the stale one, 0.05 for the fresh one.
+    for issued, expected in ((0, 0.2), (100, 0.05)):
+        rule = make_rule("afedpg", "constant", eta0=0.1, alpha0=0.2, horizon=100, alpha_end=0.05)
+        state = RuleState.initial(np.zeros(3))
+        state.version = 100
+        state.momentum = np.array([1.0, 0.0, 0.0])
+        _, info = rule.apply(state, [np.array([0.0, 1.0, 0.0])], [issued])
+        assert info.alpha == pytest.approx(expected)
+        assert state.momentum == pytest.approx([1.0 - expected, expected, 0.0])
+
+
 def test_linear_schedule_horizon_comes_from_the_budget():
     from afedpg_ray.config import TrainConfig
 

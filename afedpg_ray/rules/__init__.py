@@ -18,13 +18,15 @@ def make_rule(
     alpha0: float = TrainConfig.alpha0,
     lr: float = TrainConfig.lr,
     horizon: int = 1,
+    alpha_end: float | None = TrainConfig.alpha_end,
 ) -> UpdateRule:
     """Build the update rule named ``algo`` with its schedule constants.
 
-    ``horizon`` is the number of updates the run expects to apply (``linear`` anneals over it).
+    ``horizon`` is the number of updates the run expects to apply (``linear`` and ``alpha_end``
+    anneal over it).
     A3C's Adam step follows ``linear`` too; ``theory``'s rates are NIGT's, so A3C keeps ``lr`` there.
     """
-    sched = Schedule(schedule, eta0, alpha0, horizon)
+    sched = Schedule(schedule, eta0, alpha0, horizon, alpha_end)
     builders = {"afedpg": afedpg, "vanilla": vanilla, "fedpg": fedpg, "pg": pg}
     if algo in builders:
         return builders[algo](sched)

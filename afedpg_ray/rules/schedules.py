@@ -5,6 +5,12 @@
 ``linear`` keeps ``alpha`` fixed and anneals ``eta`` linearly from ``eta0`` at the start to
 ``LINEAR_FLOOR * eta0`` at the run's expected last update (``horizon``), as PPO implementations anneal
 their learning rate; the floor keeps steps non-zero if rejected gradients make a run longer.
+
+``alpha_end`` (``constant`` and ``linear`` only) anneals ``alpha`` geometrically from ``alpha0`` to
+``alpha_end`` over the same horizon: a longer momentum memory late in a run, when gradient noise has
+grown, where the lookahead is what keeps that memory from lagging (see ``benchmarks/lookahead_bias.py``).
+Because AFedPG indexes ``alpha`` by the version a point was issued at, a stale gradient then gets
+the (larger) weight of its own iteration, which is the paper's delay adaptation.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ class Schedule:
     alpha0: float
     horizon: int = 1
     """Updates the run is expected to apply (sample budget / samples per update); used by ``linear``."""
+    alpha_end: float | None = None
+    """If set, ``alpha`` anneals geometrically from ``alpha0`` to this over ``horizon`` updates."""
 
     def decay(self, k: int) -> float:
         """Multiplier of the step size at server version ``k`` (1 at the start)."""
@@ -41,4 +49,7 @@ class Schedule:
         """Momentum weight of iteration ``k`` (AFedPG indexes it by the version a point was issued at)."""
         if self.name == "theory":
             return min(1.0, self.alpha0 * (2.0 / (k + 2)) ** 0.8)
+        if self.alpha_end is not None:
+            progress = min(1.0, k / max(1, self.horizon))
+            return min(1.0, self.alpha0 * (self.alpha_end / self.alpha0) ** progress)
         return min(1.0, self.alpha0)
