@@ -124,3 +124,45 @@ def test_learning_refuses_to_mix_budgets(tmp_path):
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.endswith("holds runs of [300000] samples; one budget per --out directory")
+
+
+def write_fake_learning_dir(root: Path, finals: dict[str, list[float]], samples: int = 1000) -> Path:
+    """A learning.py --out directory for Swimmer-v5: per algorithm, one run per final return (seeds 0..),
+    each with a progress.csv whose return rises linearly to its final value."""
+    rows = ["env,algo,agents,seed,samples,final_return,wall_time,updates,mean_delay,run_dir"]
+    for algo, values in finals.items():
+        for seed, final in enumerate(values):
+            run = root / "runs" / f"{algo}-s{seed}"
+            run.mkdir(parents=True)
+            lines = ["update,samples_total,return_mean,accepted"]
+            lines += [f"{k},{k * samples // 20},{final * k / 20},True" for k in range(1, 21)]
+            (run / "progress.csv").write_text("\n".join(lines) + "\n")
+            rows.append(f"Swimmer-v5,{algo},8,{seed},{samples},{final},1.0,20,7.0,{run}")
+    (root / "learning.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_compare_variants_by_hand(tmp_path):
+    base = write_fake_learning_dir(tmp_path / "a", {"afedpg": [10.0, 20.0], "vanilla": [15.0, 15.0]})
+    other = write_fake_learning_dir(tmp_path / "b", {"afedpg": [30.0, 40.0], "vanilla": [5.0, 25.0]})
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare_variants.py"), "--variant", f"default={base}"]
+    cmd += ["--variant", f"annealed={other}", "--out", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (tmp_path / "out" / "compare.md").read_text()
+    # every point of the run is ahead for annealed afedpg (P = 1); annealed vanilla's seeds straddle 15
+    assert "| afedpg | annealed | 2 | 35.0 [30.0, 40.0] | 35.0 | 30.0, 40.0 | " + " / ".join(["1.00"] * 6) in report
+    assert "| vanilla | annealed | 2 | 15.0 [5.0, 25.0] | 15.0 | 5.0, 25.0 | " + " / ".join(["0.50"] * 6) in report
+    assert "| afedpg | default | 2 | 15.0 [10.0, 20.0] | 15.0 | 10.0, 20.0 | - |" in report
+    assert "- default: P(afedpg > vanilla) at the end 0.50;" in report
+    assert "- annealed: P(afedpg > vanilla) at the end 1.00;" in report
+    assert (tmp_path / "out" / "compare_Swimmer-v5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_variants_refuses_a_missing_directory(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare_variants.py"), "--variant", f"a={tmp_path}"]
+    cmd += ["--variant", f"b={tmp_path / 'nowhere'}", "--out", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: --variant a: no learning.csv in")
+    assert len(proc.stderr.strip().splitlines()) == 1
