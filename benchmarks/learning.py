@@ -219,6 +219,10 @@ ORDERING_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
 """Fractions of the budget at which summary.md also compares the rules (the lookahead's advantage is
 expected early, while gradients are least noisy: benchmarks/gradient_noise.py)."""
 
+REACH_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+"""Fractions of the target at which summary.md gives each rule's samples per agent to reach that return:
+the paper's per-agent claim is about reaching *a* return, and one level can hide the rest of the curve."""
+
 PROTOCOL_SEEDS = 3
 """The issue's targets are means over the first three seeds; summary.md also reports that mean."""
 
@@ -269,11 +273,37 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
                 + "; ".join(f"P({a} > {b}) = {prob_improvement(finals[a], finals[b]):.2f}" for a, b in pairs)
             )
             lines.append(ordering_along_run(rows, env, pairs, samples))
+        if target:
+            lines += ["", *reach_table(rows, env, target, samples)]
         if target and "afedpg" in finals and len(finals["afedpg"]) > PROTOCOL_SEEDS:
             first = finals["afedpg"][:PROTOCOL_SEEDS]
             lines.append(f"- AFedPG, first {PROTOCOL_SEEDS} seeds (the targets' protocol): mean {np.mean(first):.1f}")
         lines.append("")
     path.write_text("\n".join(lines))
+
+
+def reach_table(rows: list[dict], env: str, target: float, samples: int) -> list[str]:
+    """Markdown rows: samples per agent for the median seed to reach each of ``REACH_FRACTIONS`` of
+    ``target``, per algorithm (seeds reaching in brackets), and how many times fewer AFedPG needs than
+    the single agent (pg) where both reach."""
+    algos = list(dict.fromkeys(r["algo"] for r in rows if r["env"] == env))
+    runs = {a: [r for r in rows if r["env"] == env and r["algo"] == a] for a in algos}
+    ratio = "afedpg" in runs and "pg" in runs
+    header = [f"{a} (N = {runs[a][0]['agents']})" for a in algos] + (["pg / afedpg"] if ratio else [])
+    lines = ["| samples/agent to return (median seed) | " + " | ".join(header) + " |"]
+    lines.append("|---" * (len(header) + 1) + "|")
+    for fraction in REACH_FRACTIONS:
+        threshold = fraction * target
+        reach = {a: samples_per_agent_to(runs[a], threshold, samples)[1:] for a in algos}
+        cells = [f"{threshold:g}"]
+        cells += [
+            (f"{m:,.0f}" if np.isfinite(m) else "not reached") + f" ({n}/{len(runs[a])})" for a, (m, n) in reach.items()
+        ]
+        if ratio:
+            pg, fed = reach["pg"][0], reach["afedpg"][0]
+            cells.append(f"{pg / fed:.1f}x" if np.isfinite(pg) and np.isfinite(fed) else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def ordering_along_run(rows: list[dict], env: str, pairs: list[tuple[str, str]], samples: int) -> str:

@@ -166,3 +166,21 @@ def test_compare_variants_refuses_a_missing_directory(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: --variant a: no learning.csv in")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_reach_table_by_hand(tmp_path):
+    learning = load_script("learning")
+    root = write_fake_learning_dir(tmp_path, {"afedpg": [100.0, 100.0], "pg": [100.0, 50.0]})
+    rows = list(learning.read_rows(root / "learning.csv").values())
+    for row in rows:
+        row["agents"] = 1 if row["algo"] == "pg" else 8
+    table = learning.reach_table(rows, "Swimmer-v5", target=80.0, samples=1000)
+    assert table[0] == "| samples/agent to return (median seed) | afedpg (N = 8) | pg (N = 1) | pg / afedpg |"
+    # returns rise linearly to the final value over 1000 samples: afedpg reaches 20 at 200 total (25 per
+    # agent); pg's seeds reach 20 at 200 and 400 (median 300), and its second seed never reaches 60
+    assert table[2:] == [
+        "| 20 | 25 (2/2) | 300 (2/2) | 12.0x |",
+        "| 40 | 50 (2/2) | 600 (2/2) | 12.0x |",
+        "| 60 | 75 (2/2) | not reached (1/2) | - |",
+        "| 80 | 100 (2/2) | not reached (1/2) | - |",
+    ]
