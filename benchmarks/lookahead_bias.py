@@ -19,6 +19,7 @@ per gradient under a heterogeneity profile, with log-normal jitter), and measure
 
     python benchmarks/lookahead_bias.py                 # N 1,2,4,8 x alpha 0.05..0.5 x 3 noise levels, 5 seeds (~2 min)
     python benchmarks/lookahead_bias.py --quick         # a small grid, for the test
+    python benchmarks/lookahead_bias.py --anneal        # fixed vs annealed alpha (--alpha-end) as noise grows
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class Quadratic:
 
     curvature: np.ndarray
     optimum: np.ndarray
+
+    def value(self, x: np.ndarray) -> float:
+        """``J(x)`` (0 at the optimum, negative elsewhere)."""
+        return float(-0.5 * np.sum(self.curvature * (x - self.optimum) ** 2))
 
     def gradient(self, x: np.ndarray) -> np.ndarray:
         """``-H (x - x*)``."""
@@ -73,18 +78,24 @@ def simulate(
     condition: float = 100.0,
     profile: str = "linear:4",
     jitter: float = 0.1,
+    noise_end: float | None = None,
+    schedule: str = "constant",
+    alpha_end: float | None = None,
 ) -> dict[str, float]:
-    """Run ``updates`` asynchronous arrivals of ``algo`` and return the mean lag, cosine and delay.
+    """Run ``updates`` asynchronous arrivals of ``algo``; return the mean lag, cosine and delay, and
+    ``gap``: the objective still to gain at the end as a fraction of the start's, ``J(theta)/J(0)``.
 
     ``noise`` is the norm of the gradient noise relative to the true gradient's norm at the point
-    (isotropic), so one gradient's cosine with the truth is about ``1 / sqrt(1 + noise^2)``.
+    (isotropic), so one gradient's cosine with the truth is about ``1 / sqrt(1 + noise^2)``. With
+    ``noise_end`` it rises linearly to that over the run (as measured in RL: gradient_noise.py).
+    ``schedule`` and ``alpha_end`` are the rules' own (their horizon is ``updates``).
     Statistics skip the first ``1/alpha + 4 N`` updates (the momentum's and the pipeline's warm-up)
     and stop once theta is within ``20 eta`` of the optimum, where normalised steps oscillate and
     "direction of travel" loses its meaning.
     """
     rng = np.random.default_rng(seed)
     objective = Quadratic.make(dim, condition, rng)
-    rule = make_rule(algo, schedule="constant", eta0=eta, alpha0=alpha)
+    rule = make_rule(algo, schedule=schedule, eta0=eta, alpha0=alpha, horizon=updates, alpha_end=alpha_end)
     state = RuleState.initial(np.zeros(dim))
     slowdowns = parse_profile(profile, agents) if agents > 1 else [1.0]
 
@@ -97,10 +108,11 @@ def simulate(
     x_bar: np.ndarray | None = None
     lags, cosines, delays = [], [], []
     warmup = int(1.0 / alpha) + 4 * agents
-    for _ in range(updates):
+    for u in range(updates):
         now, i, point, issued = heapq.heappop(pending)
         exact = objective.gradient(point)
-        g = exact + noise * float(np.linalg.norm(exact)) / np.sqrt(dim) * rng.normal(size=dim)
+        level = noise if noise_end is None else noise + (noise_end - noise) * u / updates
+        g = exact + level * float(np.linalg.norm(exact)) / np.sqrt(dim) * rng.normal(size=dim)
         theta_from = state.theta.copy()
         delay = state.version - issued
         next_point, info = rule.apply(state, [g], [issued])
@@ -116,6 +128,7 @@ def simulate(
     if not lags:
         raise ValueError("no update was measured: raise --updates or lower eta")
     return {
+        "gap": objective.value(state.theta) / objective.value(np.zeros(dim)),
         "lag": statistics.fmean(lags),
         "cosine": statistics.fmean(cosines),
         "delay": statistics.fmean(delays),
@@ -123,7 +136,43 @@ def simulate(
     }
 
 
-FIELDS = ["algo", "agents", "alpha", "noise", "seed", "delay", "lag", "predicted_lag", "cosine", "measured"]
+FIELDS = ["algo", "agents", "alpha", "noise", "seed", "delay", "lag", "predicted_lag", "cosine", "gap", "measured"]
+
+ANNEAL_ALPHA_ENDS = (None, 0.1, 0.05)
+"""The anneal study's settings: alpha fixed at 0.2, or annealed from 0.2 to each of these."""
+
+
+def anneal_study(seeds: int, agents: int = 8, updates: int = 1000, noise: float = 1.0, noise_end: float = 6.0) -> str:
+    """Markdown: fixed vs annealed alpha for both rules when gradient noise grows over the run.
+
+    The setting mirrors the RL runs: N = 8 under ``linear:4``, eta annealed linearly (``linear``),
+    alpha0 0.2, noise rising from about the signal to six times it (gradient_noise.py measured 0.7-1
+    at the start and 3-10 late on Swimmer, Hopper and Walker2d).
+    """
+    lines = [
+        f"N = {agents}, linear:4, {updates} updates, eta 0.05 annealed linearly, alpha0 0.2, gradient noise "
+        f"rising {noise:g} -> {noise_end:g} x signal; means over {seeds} seeds. gap: objective left at the end "
+        "as a fraction of the start's (lower is better); cos: direction quality over the measured updates.",
+        "",
+        "| alpha | gap: vanilla | gap: afedpg | cos: vanilla | cos: afedpg |",
+        "|---|---|---|---|---|",
+    ]
+    for alpha_end in ANNEAL_ALPHA_ENDS:
+        result = {}
+        for algo in ("vanilla", "afedpg"):
+            runs = [
+                simulate(
+                    algo, agents, 0.2, noise, seed, updates, noise_end=noise_end, schedule="linear", alpha_end=alpha_end
+                )
+                for seed in range(seeds)
+            ]
+            result[algo] = (statistics.fmean(r["gap"] for r in runs), statistics.fmean(r["cosine"] for r in runs))
+        label = "0.2 fixed" if alpha_end is None else f"0.2 -> {alpha_end:g}"
+        lines.append(
+            f"| {label} | {result['vanilla'][0]:.4f} | {result['afedpg'][0]:.4f} "
+            f"| {result['vanilla'][1]:.3f} | {result['afedpg'][1]:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def run_grid(algos: list[str], agents: list[int], alphas: list[float], noises: list[float], seeds: int) -> list[dict]:
@@ -216,7 +265,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "lookahead-bias")
     parser.add_argument("--quick", action="store_true", help="N 1,4 x alpha 0.2, noise 0, 1 seed")
+    parser.add_argument(
+        "--anneal", action="store_true", help="instead: fixed vs annealed alpha under growing noise (anneal.md)"
+    )
     args = parser.parse_args()
+    if args.anneal:
+        table = anneal_study(2 if args.quick else args.seeds * 2)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "anneal.md").write_text("# Fixed vs annealed alpha under growing gradient noise\n\n" + table)
+        print(table)
+        return
     if args.quick:
         args.agents, args.alphas, args.noises, args.seeds = "1,4", "0.2", "0", 1
     rows = run_grid(

@@ -109,9 +109,24 @@ def test_lookahead_lag_matches_the_formula():
 def test_lookahead_bias_quick(tmp_path):
     run_script("lookahead_bias.py", tmp_path)
     rows = (tmp_path / "lookahead_bias.csv").read_text().splitlines()
-    assert rows[0] == "algo,agents,alpha,noise,seed,delay,lag,predicted_lag,cosine,measured" and len(rows) == 5
+    assert rows[0] == "algo,agents,alpha,noise,seed,delay,lag,predicted_lag,cosine,gap,measured" and len(rows) == 5
     assert (tmp_path / "lookahead_bias.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 4 | 0.2 | 0 |" in (tmp_path / "summary.md").read_text()
+    run_script("lookahead_bias.py", tmp_path, "--anneal")
+    table = (tmp_path / "anneal.md").read_text()
+    assert "| 0.2 fixed |" in table and "| 0.2 -> 0.1 |" in table and "| 0.2 -> 0.05 |" in table
+
+
+def test_simulated_alpha_anneal_follows_the_schedule_and_reports_the_gap():
+    bias = load_script("lookahead_bias")
+    # no noise, a long run: both rules close almost all of the objective's gap
+    for algo in ("afedpg", "vanilla"):
+        r = bias.simulate(algo, agents=2, alpha=0.2, noise=0.0, seed=0, updates=800, schedule="linear", alpha_end=0.05)
+        assert 0.0 <= r["gap"] < 0.05
+    # growing noise leaves more of the gap than none does
+    quiet = bias.simulate("afedpg", agents=2, alpha=0.2, noise=0.0, seed=1, schedule="linear")
+    loud = bias.simulate("afedpg", agents=2, alpha=0.2, noise=1.0, seed=1, schedule="linear", noise_end=6.0)
+    assert loud["gap"] > quiet["gap"]
 
 
 def test_learning_refuses_to_mix_budgets(tmp_path):
