@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from afedpg_ray.config import (
+    AGENT_RESOURCE_KEYS,
     ALGORITHMS,
     SCHEDULES,
     AgentResources,
@@ -82,12 +83,15 @@ def parse_agent_resources(text: str) -> tuple[AgentResources, ...]:
             lo, hi = int(first), int(last or first)
         except ValueError:
             raise ConfigError("--agent-resources", f'agent range {key!r} must look like "3" or "0-3"') from None
-        if not isinstance(request, dict) or set(request) - {"num_cpus", "memory", "resources"}:
-            raise ConfigError(
-                "--agent-resources", f"request for {key!r} may only have keys num_cpus, memory, resources"
-            )
+        known = ", ".join(AGENT_RESOURCE_KEYS)
+        if not isinstance(request, dict):
+            raise ConfigError("--agent-resources", f"request for {key!r} must be an object with keys {known}")
+        unknown = sorted(set(request) - set(AGENT_RESOURCE_KEYS))
+        if unknown:
+            raise ConfigError("--agent-resources", f"request for {key!r}: unknown key {unknown[0]!r}; known: {known}")
+        # values are passed as given: validate() checks them (the same checks cover config.json and Tune)
         groups.append(
-            AgentResources(lo, hi, request.get("num_cpus"), request.get("memory"), dict(request.get("resources", {})))
+            AgentResources(lo, hi, request.get("num_cpus"), request.get("memory"), request.get("resources", {}))
         )
     return tuple(groups)
 
@@ -109,12 +113,16 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     add("--samples", type=int, help=f"environment steps over all agents (default {d.samples})")
     add("--batch", type=int, help=f"environment steps per gradient (default {d.batch})")
     add("--num-envs", type=int, help=f"environments each agent steps at once (default {d.num_envs})")
-    add("--seed", type=int, help=f"random seed (default {d.seed})")
+    add("--seed", type=int, help=f"random seed, 0 <= seed < 2**32 (default {d.seed})")
     add("--hidden", type=int_list, help="hidden layer widths, e.g. 64,64")
     add("--schedule", help=f"step sizes: {', '.join(SCHEDULES)} (default {d.schedule})")
     add("--eta0", type=float, help=f"normalised step length or its scale (default {d.eta0})")
     add("--alpha0", type=float, help=f"momentum weight or its scale, in (0, 1] (default {d.alpha0})")
-    add("--alpha-end", type=float, help="anneal alpha geometrically from --alpha0 down to this (default: fixed alpha)")
+    add(
+        "--alpha-end",
+        type=float,
+        help="anneal alpha geometrically from --alpha0 to this over the run (constant/linear schedules; default fixed)",
+    )
     add("--lr", type=float, help=f"a3c's Adam step size (default {d.lr})")
     add("--max-grad-norm", type=float, help="reject gradients with a larger norm")
     add("--byzantine", help="K:ATTACK - the first K agents send sign_flip, scale:X, random_noise or nan gradients")
@@ -128,7 +136,11 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     add("--normalize-obs", type=_bool, help="shared observation normaliser (true/false)")
     add("--scale-rewards", type=_bool, help="scale rewards by the return's running std (true/false)")
     add("--normalize-advantages", type=_bool, help="standardise advantages per batch (true/false)")
-    add("--log-std-init", type=float, help=f"initial log std of the Gaussian policy (default {e.log_std_init})")
+    add(
+        "--log-std-init",
+        type=float,
+        help=f"initial log std of the Gaussian policy, in [-20, 20] (default {e.log_std_init})",
+    )
     add("--entropy-coef", type=float, help="entropy bonus weight (default 0)")
     add("--agent-cpus", type=float, help="CPUs per agent (default: the cluster's CPUs shared evenly, at most 1)")
     add("--agent-resources", help='per-agent Ray requests as JSON, e.g. \'{"0-3": {"resources": {"fast_node": 1}}}\'')

@@ -7,14 +7,24 @@ plain dicts through :func:`config_from_dict`, which validates exactly as the CLI
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import numbers
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ALGORITHMS = ("afedpg", "vanilla", "fedpg", "a3c", "pg")
 SCHEDULES = ("constant", "theory", "linear")
+AGENT_RESOURCE_KEYS = ("num_cpus", "memory", "resources")
+"""The requests an ``--agent-resources`` group may make (what :func:`runtime.agent_options` passes to Ray)."""
+LOG_STD_LIMIT = 20.0
+"""Largest ``|log_std_init|``: exp(20) ~ 5e8 is already a degenerate policy, and exp(+-100) over/underflows float32."""
+SEED_LIMIT = 2**32
+"""Seeds lie in ``[0, 2**32)``: numpy, torch and gymnasium accept these even with the per-agent offsets added."""
 
 
 class ConfigError(ValueError):
@@ -57,7 +67,7 @@ class EstimatorConfig:
     scale_rewards: bool = True
     """Divide rewards by a running std of the discounted return (private to each agent)."""
     log_std_init: float = 0.0
-    """Initial state-independent log standard deviation of the Gaussian policy."""
+    """Initial state-independent log standard deviation of the Gaussian policy (``|x| <= 20``)."""
     entropy_coef: float = 0.0
     """Weight of the policy-entropy bonus added to the ascent direction."""
 
@@ -149,27 +159,85 @@ class TrainConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def _positive(option: str, value: float | int, integer: bool = False) -> None:
+def _is_number(value: Any) -> bool:
+    """A finite real number. Bools are excluded (JSON ``true`` is no step size); numpy scalars from Tune pass."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(option: str, value: Any, integer: bool = False) -> None:
     kind = "integer" if integer else "number"
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    if not _is_number(value) or value <= 0 or (integer and int(value) != value):
         raise ConfigError(option, f"must be a positive {kind}, got {value!r}")
-    if value <= 0:
-        raise ConfigError(option, f"must be a positive {kind}, got {value!r}")
-    if integer and int(value) != value:
-        raise ConfigError(option, f"must be a positive integer, got {value!r}")
 
 
-def _in_unit(option: str, value: float, low_open: bool = True) -> None:
-    ok = (0 < value <= 1) if low_open else (0 <= value <= 1)
+def _non_negative(option: str, value: Any) -> None:
+    if not _is_number(value) or value < 0:
+        raise ConfigError(option, f"must be a non-negative number, got {value!r}")
+
+
+def _in_unit(option: str, value: Any, low_open: bool = True) -> None:
+    ok = _is_number(value) and ((0 < value <= 1) if low_open else (0 <= value <= 1))
     if not ok:
         interval = "(0, 1]" if low_open else "[0, 1]"
-        raise ConfigError(option, f"must lie in {interval}, got {value!r}")
+        raise ConfigError(option, f"must be a number in {interval}, got {value!r}")
+
+
+def _ray_quantity(where: str, value: Any) -> None:
+    """A Ray resource amount: non-negative, and Ray keeps only 4 decimals (so 0 < x < 0.0001 is refused)."""
+    if not _is_number(value) or value < 0:
+        raise ConfigError("--agent-resources", f"{where} must be a non-negative number, got {value!r}")
+    if 0 < value < 1e-4:
+        raise ConfigError("--agent-resources", f"{where} must be 0 or at least 0.0001 (Ray's precision), got {value!r}")
+
+
+def _check_agent_resources(groups: tuple[AgentResources, ...], agents: int) -> None:
+    """Check each group's agent range and requests here, so Ray never sees a request it would refuse."""
+    for group in groups:
+        if not isinstance(group, AgentResources):
+            raise ConfigError("--agent-resources", f"expected agent groups, got {group!r}")
+        span = f"{group.first}" if group.first == group.last else f"{group.first}-{group.last}"
+        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in (group.first, group.last)):
+            raise ConfigError("--agent-resources", f"agent range {span} must be integers")
+        if not 0 <= group.first <= group.last < agents:
+            raise ConfigError("--agent-resources", f"agent range {span} is outside 0-{agents - 1}")
+        if group.num_cpus is not None:
+            _ray_quantity(f"agents {span}: num_cpus", group.num_cpus)
+        memory = group.memory
+        if memory is not None and (not isinstance(memory, numbers.Integral) or isinstance(memory, bool) or memory < 1):
+            raise ConfigError(
+                "--agent-resources", f"agents {span}: memory must be a positive integer (bytes), got {memory!r}"
+            )
+        if not isinstance(group.resources, dict):
+            raise ConfigError(
+                "--agent-resources", f'agents {span}: resources must map names to amounts, e.g. {{"fast_node": 1}}'
+            )
+        for name, amount in group.resources.items():
+            if not isinstance(name, str) or not name:
+                raise ConfigError("--agent-resources", f"agents {span}: resource names must be strings, got {name!r}")
+            if name in ("CPU", "GPU"):  # Ray refuses these inside resources
+                raise ConfigError(
+                    "--agent-resources", f"agents {span}: {name} is not allowed in resources; use num_cpus"
+                )
+            _ray_quantity(f"agents {span}: resource {name!r}", amount)
+
+
+def agent_resources_from_dict(raw: Any) -> AgentResources:
+    """Rebuild one :class:`AgentResources` from its ``config.json`` / Tune dict; unknown keys are refused."""
+    known = ("first", "last", *AGENT_RESOURCE_KEYS)
+    if not isinstance(raw, dict):
+        raise ConfigError("--agent-resources", f"each group must be an object with keys {', '.join(known)}")
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError("--agent-resources", f"unknown key {unknown[0]!r}; known keys are {', '.join(known)}")
+    if "first" not in raw or "last" not in raw:
+        raise ConfigError("--agent-resources", f"each group needs first and last agent ids, got {raw!r}")
+    return AgentResources(**raw)
 
 
 def validate(config: TrainConfig) -> TrainConfig:
     """Check every option; raise :class:`ConfigError` naming the first bad one. Returns ``config``.
 
-    Only cheap checks that need no Ray; the environment id is checked against gymnasium's registry.
+    Only checks that need no Ray; the environment is created once per process (see :func:`check_env_id`).
     """
     from afedpg_ray.byzantine import ROBUST_CHOICES, parse_attack  # local imports: avoid a cycle
     from afedpg_ray.heterogeneity import parse_profile
@@ -189,13 +257,13 @@ def validate(config: TrainConfig) -> TrainConfig:
     if config.iteration_time is not None:
         _positive("--iteration-time", config.iteration_time)
     for delay in config.comm_delay:
-        if not math.isfinite(delay) or delay < 0:
+        if not _is_number(delay) or delay < 0:
             raise ConfigError("--comm-delay", f"must be non-negative seconds, got {delay!r}")
     if len(config.comm_delay) not in (0, 1, config.agents):
         raise ConfigError(
             "--comm-delay", f"give one value or one per agent ({config.agents}), got {len(config.comm_delay)}"
         )
-    if not config.hidden or any(int(h) != h or h < 1 for h in config.hidden):
+    if not config.hidden or any(not _is_number(h) or int(h) != h or h < 1 for h in config.hidden):
         raise ConfigError("--hidden", f"must be positive layer widths such as 64,64, got {config.hidden!r}")
     _positive("--checkpoint-every", config.checkpoint_every, integer=True)
     _positive("--placement-timeout", config.placement_timeout)
@@ -207,20 +275,29 @@ def validate(config: TrainConfig) -> TrainConfig:
         _in_unit("--alpha-end", config.alpha_end)
         if config.schedule == "theory":
             raise ConfigError("--alpha-end", "the theory schedule decays alpha itself; use constant or linear")
+        if config.algo == "a3c":  # a3c has no momentum weight: the option would silently do nothing
+            raise ConfigError(
+                "--alpha-end", "a3c has no momentum weight alpha; drop --alpha-end or pick another --algo"
+            )
     if config.agent_cpus is not None:
         _positive("--agent-cpus", config.agent_cpus)
-    for group in config.agent_resources:
-        if not 0 <= group.first <= group.last < config.agents:
-            raise ConfigError(
-                "--agent-resources", f"agent range {group.first}-{group.last} is outside 0-{config.agents - 1}"
-            )
+    _check_agent_resources(config.agent_resources, config.agents)
+    seed = config.seed
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+        raise ConfigError("--seed", f"must be an integer in [0, 2**32), got {seed!r}")
     est = config.estimator
+    if not isinstance(est, EstimatorConfig):
+        raise ConfigError("estimator", f"must be an object of estimator options, got {est!r}")
     _in_unit("--gamma", est.gamma)
     _in_unit("--gae-lambda", est.gae_lambda, low_open=False)
     _positive("--critic-lr", est.critic_lr)
     _positive("--critic-epochs", est.critic_epochs, integer=True)
-    if est.entropy_coef < 0:
-        raise ConfigError("--entropy-coef", f"must be non-negative, got {est.entropy_coef!r}")
+    _non_negative("--entropy-coef", est.entropy_coef)
+    if not _is_number(est.log_std_init) or abs(est.log_std_init) > LOG_STD_LIMIT:
+        raise ConfigError("--log-std-init", f"must be a number in [-20, 20], got {est.log_std_init!r}")
+    for flag in ("critic", "normalize_advantages", "normalize_obs", "scale_rewards"):
+        if not isinstance(getattr(est, flag), bool):  # a JSON string "false" would be truthy
+            raise ConfigError(f"--{flag.replace('_', '-')}", f"must be true or false, got {getattr(est, flag)!r}")
     parse_profile(config.hetero, config.agents, config.seed)
     parse_attack(config.byzantine, config.agents)
     if config.robust not in ROBUST_CHOICES:
@@ -230,13 +307,59 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise :class:`ConfigError` unless gymnasium knows ``env_id`` and its spaces are supported."""
+    """Raise :class:`ConfigError` unless gymnasium knows ``env_id``, can create it and its spaces are supported.
+
+    The environment is created once per process and id (cached), so Tune grids and repeated
+    validation stay cheap while a missing dependency (MuJoCo, Box2D) still fails before Ray starts.
+    """
     import gymnasium as gym
 
+    if not isinstance(env_id, str) or not env_id:
+        raise ConfigError("--env", f"must be a gymnasium environment id such as CartPole-v1, got {env_id!r}")
     if env_id not in gym.registry:
         close = [name for name in gym.registry if name.lower().startswith(env_id.split("-")[0].lower())][:5]
         hint = f" (did you mean {', '.join(close)}?)" if close else " (e.g. CartPole-v1, Hopper-v5)"
         raise ConfigError("--env", f"unknown gymnasium environment {env_id!r}{hint}")
+    problem = _env_problem(env_id)
+    if problem:
+        raise ConfigError("--env", problem)
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an exception's message without terminal colour codes (gymnasium colours its warnings)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@functools.cache  # lru_cache without a bound: one entry per env id
+def _env_problem(env_id: str) -> str | None:
+    """Why ``env_id`` cannot be trained on, or None: it is made once (then closed) and its spaces checked.
+
+    The space rules are :mod:`afedpg_ray.policy`'s: Box observations, Discrete or 1-D Box actions.
+    Failures are cached too, so a Tune grid over a bad id does not retry the import per trial.
+    """
+    import gymnasium as gym
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation chatter would break the one-line error
+            env = gym.make(env_id)
+    except gym.error.DependencyNotInstalled as err:
+        return f"{env_id} needs a package that is not installed: {_one_line(err)}"
+    except Exception as err:  # any make-time failure would recur in every agent: report it once, here
+        return f"cannot create {env_id}: {type(err).__name__}: {_one_line(err)}"
+    try:
+        obs_space, action_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(obs_space, gym.spaces.Box):
+        return f"{env_id} has observation space {obs_space}; only Box observations are supported"
+    if not (
+        isinstance(action_space, gym.spaces.Discrete)
+        or (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1)
+    ):
+        return f"{env_id} has action space {action_space}; only Discrete or 1-D Box actions are supported"
+    return None
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
@@ -253,7 +376,10 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
         if bad:
             raise ConfigError(bad[0], f"unknown estimator option; known: {', '.join(sorted(est_known))}")
         est = EstimatorConfig(**est)
-    groups = tuple(g if isinstance(g, AgentResources) else AgentResources(**g) for g in raw.pop("agent_resources", ()))
+    groups_raw = raw.pop("agent_resources", ()) or ()
+    if not isinstance(groups_raw, (list, tuple)):
+        raise ConfigError("--agent-resources", f"must be a list of agent groups, got {groups_raw!r}")
+    groups = tuple(g if isinstance(g, AgentResources) else agent_resources_from_dict(g) for g in groups_raw)
     for key in ("hidden", "comm_delay"):
         if key in raw:
             raw[key] = tuple(raw[key])

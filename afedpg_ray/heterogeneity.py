@@ -25,6 +25,8 @@ def parse_profile(spec: str, agents: int, seed: int = 0) -> list[float]:
     """
     from afedpg_ray.config import ConfigError
 
+    if not isinstance(spec, str):  # config.json / Tune may hand over anything
+        raise ConfigError("--hetero", f"must be a profile string, got {spec!r}; profiles: {PROFILE_HELP}")
     name, _, arg = spec.partition(":")
     needs_arg = {"linear": "R >= 1", "straggler": "R >= 1", "lognormal": "SIGMA >= 0"}
     if name in ("none", "sqrt"):
@@ -53,8 +55,14 @@ def parse_profile(spec: str, agents: int, seed: int = 0) -> list[float]:
         return [1.0 + (value - 1.0) * i / (agents - 1) for i in range(agents)]
     if name == "straggler":
         return [1.0] * (agents - 1) + [value]
-    rng = np.random.default_rng(seed)
-    return [float(math.exp(abs(x))) for x in rng.normal(0.0, value, size=agents)]
+    try:
+        rng = np.random.default_rng(seed)
+    except (TypeError, ValueError):  # numpy refuses negative or non-integer seeds
+        raise ConfigError("--seed", f"must be a non-negative integer, got {seed!r}") from None
+    try:
+        return [float(math.exp(abs(x))) for x in rng.normal(0.0, value, size=agents)]
+    except OverflowError:  # |N(0, SIGMA^2)| beyond ~709 has no float exp
+        raise ConfigError("--hetero", f"{spec!r}: SIGMA is so large that a slowdown overflows") from None
 
 
 def theoretical_speedup(iteration_times: list[float]) -> float:

@@ -38,14 +38,127 @@ from afedpg_ray.cli import main
         (["--checkpoint-every", "0"], "--checkpoint-every"),
         (["--placement-timeout", "-3"], "--placement-timeout"),
         (["--resume", "/nonexistent/run"], "--resume"),
+        (["--env", "FrozenLake-v1"], "--env"),  # registered, but Discrete observations
+        (["--env", "Blackjack-v1"], "--env"),  # Tuple observations
+        (["--agent-resources", '{"0": {"resources": 5}}'], "--agent-resources"),
+        (["--agent-resources", '{"0": {"num_cpus": -1}}'], "--agent-resources"),
+        (["--agent-resources", '{"0": {"num_cpus": "one"}}'], "--agent-resources"),
+        (["--agent-resources", '{"0": {"num_cpus": 0.00001}}'], "--agent-resources"),
+        (["--agent-resources", '{"0": {"memory": -5}}'], "--agent-resources"),
+        (["--agent-resources", '{"0": {"memory": 1.5}}'], "--agent-resources"),
+        (["--agent-resources", '{"0": {"num_gpus": 1}}'], "--agent-resources"),
+        (["--agent-resources", '{"0": {"resources": {"fast_node": -1}}}'], "--agent-resources"),
+        (["--agent-resources", '{"0": {"resources": {"CPU": 1}}}'], "--agent-resources"),
+        (["--agent-resources", '{"0": 3}'], "--agent-resources"),
+        (["--seed", "-1"], "--seed"),
+        (["--seed", "-1", "--hetero", "lognormal:0.5"], "--seed"),
+        (["--seed", str(2**32)], "--seed"),
+        (["--hetero", "lognormal:1e6"], "--hetero"),  # exp(|N(0, SIGMA^2)|) overflows
+        (["--log-std-init", "nan"], "--log-std-init"),
+        (["--log-std-init", "inf"], "--log-std-init"),
+        (["--log-std-init", "100"], "--log-std-init"),
+        (["--log-std-init", "-21"], "--log-std-init"),
+        (["--entropy-coef", "nan"], "--entropy-coef"),
+        (["--entropy-coef", "-0.1"], "--entropy-coef"),
+        (["--gamma", "nan"], "--gamma"),
+        (["--gae-lambda", "1.5"], "--gae-lambda"),
+        (["--critic-lr", "inf"], "--critic-lr"),
+        (["--alpha-end", "nan"], "--alpha-end"),
+        (["--algo", "a3c", "--alpha-end", "0.05"], "--alpha-end"),
     ],
 )
-def test_bad_train_input_is_one_line_exit_2(argv, option, capsys):
+def test_bad_train_input_is_one_line_exit_2(argv, option, capsys, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError(f"{argv} passed validation and would start Ray")
+
+    monkeypatch.setattr("afedpg_ray.train.train", no_training)
     with pytest.raises(SystemExit) as exit_info:
         main(["train", *argv])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and option in err, err
+
+
+@pytest.mark.parametrize(
+    ("changes", "option"),
+    [
+        ({"alpha_end": "0.05"}, "--alpha-end"),  # a string from config.json / Tune: no TypeError
+        ({"alpha0": None}, "--alpha0"),
+        ({"eta0": "0.03"}, "--eta0"),
+        ({"seed": -1, "hetero": "lognormal:0.5"}, "--seed"),
+        ({"seed": 1.5}, "--seed"),
+        ({"hetero": 4}, "--hetero"),
+        ({"comm_delay": ["1"]}, "--comm-delay"),
+        ({"estimator": {"log_std_init": "1"}}, "--log-std-init"),
+        ({"estimator": {"entropy_coef": "0.01"}}, "--entropy-coef"),
+        ({"estimator": {"critic": "false"}}, "--critic"),  # a truthy string would keep the critic on
+        ({"agent_resources": [{"first": 0, "last": 1, "num_gpus": 1}]}, "--agent-resources"),
+        ({"agent_resources": [{"first": 0, "last": 1, "resources": 5}]}, "--agent-resources"),
+        ({"agent_resources": [{"last": 1}]}, "--agent-resources"),
+        ({"agent_resources": ["0-1"]}, "--agent-resources"),
+        ({"env": 5}, "--env"),
+    ],
+)
+def test_bad_config_dict_is_a_config_error(changes, option):
+    from afedpg_ray.config import ConfigError, TrainConfig, config_from_dict
+
+    raw = {**TrainConfig().to_dict(), **changes}
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    assert info.value.option == option, info.value
+
+
+def test_good_agent_resources_and_rising_alpha_pass():
+    from afedpg_ray.cli import build_parser, config_from_args
+    from afedpg_ray.config import AgentResources, config_from_dict
+
+    request = '{"0-1": {"num_cpus": 0.25, "memory": 1000000, "resources": {"fast_node": 1}}, "2-3": {"num_cpus": 0}}'
+    args = build_parser().parse_args(["train", "--agent-resources", request, "--alpha-end", "0.5", "--seed", "7"])
+    config = config_from_args(args)
+    assert config.agent_resources == (
+        AgentResources(0, 1, 0.25, 1_000_000, {"fast_node": 1}),
+        AgentResources(2, 3, 0, None, {}),
+    )
+    assert config.alpha_end == 0.5 > config.alpha0  # a rising alpha is a legitimate experiment
+    assert config_from_dict(config.to_dict()) == config  # config.json round trip
+
+
+def test_env_is_made_once_and_make_errors_are_config_errors(monkeypatch):
+    import gymnasium as gym
+
+    from afedpg_ray import config as config_module
+    from afedpg_ray.config import ConfigError, check_env_id
+
+    made = []
+    real_make = gym.make
+
+    def counting_make(env_id, **kwargs):
+        made.append(env_id)
+        return real_make(env_id, **kwargs)
+
+    config_module._env_problem.cache_clear()
+    try:
+        monkeypatch.setattr(gym, "make", counting_make)
+        check_env_id("CartPole-v1")
+        check_env_id("CartPole-v1")
+        assert made == ["CartPole-v1"]  # cached: Tune grids and repeated validation do not re-create it
+
+        def missing_dependency(env_id, **kwargs):
+            raise gym.error.DependencyNotInstalled("MuJoCo is not installed, run `pip install gymnasium[mujoco]`")
+
+        monkeypatch.setattr(gym, "make", missing_dependency)
+        with pytest.raises(ConfigError, match="not installed") as info:
+            check_env_id("Hopper-v5")
+        assert info.value.option == "--env" and "\n" not in str(info.value)
+
+        def broken(env_id, **kwargs):
+            raise RuntimeError("no display\nsecond line")
+
+        monkeypatch.setattr(gym, "make", broken)
+        with pytest.raises(ConfigError, match="cannot create Walker2d-v5: RuntimeError: no display$"):
+            check_env_id("Walker2d-v5")
+    finally:
+        config_module._env_problem.cache_clear()  # drop the faked results
 
 
 def test_eval_of_missing_run_is_one_line(tmp_path, capsys):
