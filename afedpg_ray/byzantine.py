@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -129,3 +130,17 @@ class RobustFilter:
         if float(self.directions[agent_id] @ reference) < 0.0:
             return "direction_outlier"
         return ""
+
+    def export_state(self) -> dict[str, dict[int, Any]]:
+        """The per-agent statistics, for the server's checkpoint (a cold filter lets attackers through)."""
+        return {
+            "directions": {a: d.copy() for a, d in self.directions.items()},
+            "norms": dict(self.norms),
+            "seen": dict(self.seen),
+        }
+
+    def restore(self, saved: dict[str, dict[int, Any]]) -> None:
+        """Continue from :meth:`export_state`'s output."""
+        self.directions = {int(a): np.asarray(d, dtype=np.float64).copy() for a, d in saved["directions"].items()}
+        self.norms = {int(a): float(n) for a, n in saved["norms"].items()}
+        self.seen = {int(a): int(n) for a, n in saved["seen"].items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,8 +31,8 @@ class RunLog:
         initial_samples: int = 0,
     ) -> None:
         self.out_dir = out_dir
-        progress_path, events_path = out_dir / "progress.csv", out_dir / "events.csv"
-        self._progress_file, self._progress = _csv_writer(progress_path, PROGRESS_COLUMNS, append)
+        self._progress_path, events_path = out_dir / "progress.csv", out_dir / "events.csv"
+        self._progress_file, self._progress = _csv_writer(self._progress_path, PROGRESS_COLUMNS, append)
         self._events_file, self._events = _csv_writer(events_path, EVENT_COLUMNS, append)
         self._tb = _tensorboard_writer(out_dir / "tb") if tensorboard else None
         self._bar = _progress_bar(total_samples, initial_samples) if show_progress else None
@@ -75,6 +76,27 @@ class RunLog:
         self._samples_seen = max(self._samples_seen, rec.samples_total)
         for callback in self._listeners:
             callback(rec)
+
+    def rollback(self, version: int, samples_total: int) -> int:
+        """Drop the rows of updates past ``version`` (a server restored from its checkpoint redoes them).
+
+        Returns how many rows were dropped; the counters they fed are taken back. TensorBoard points and
+        listeners' reports already sent stay (they cannot be unsent).
+        """
+        self._progress_file.close()
+        dropped = cut_progress(self._progress_path, version)
+        self._progress_file, self._progress = _csv_writer(self._progress_path, PROGRESS_COLUMNS, append=True)
+        for row in dropped:
+            if row.get("accepted") == "True":
+                self.accepted -= 1
+                self.delay_sum -= int(row["delay"])
+        self._times.clear()  # the recent-rate window would count the dropped updates
+        self._delays.clear()
+        self._samples_seen = samples_total
+        if self._bar is not None:
+            self._bar.n = samples_total
+            self._bar.refresh()
+        return len(dropped)
 
     def summary_fields(self) -> dict[str, Any]:
         """Recent return, updates per second and mean delay, as shown on the progress bar."""
@@ -122,6 +144,27 @@ def _csv_writer(path: Path, columns: list[str], append: bool) -> tuple[Any, csv.
     if not has_rows:
         writer.writeheader()
     return handle, writer
+
+
+def cut_progress(path: Path, version: int) -> list[dict[str, str]]:
+    """Keep only the rows of progress.csv with ``update <= version`` (atomically); returns the dropped rows.
+
+    Used when the run goes back to a checkpoint at ``version``: a restored server or a resumed driver
+    applies the later updates again, so their old rows would repeat update numbers.
+    """
+    if not path.is_file():
+        return []
+    rows = read_progress(path)
+    kept = [row for row in rows if int(row["update"]) <= version]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PROGRESS_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return [row for row in rows if int(row["update"]) > version]
 
 
 def _tensorboard_writer(path: Path) -> Any:

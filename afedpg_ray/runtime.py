@@ -8,8 +8,9 @@ actor runs one method at a time, so updates are applied strictly in arrival orde
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,24 @@ RECORD_BATCH = 16
 RECORD_LAG_S = 0.1
 """The loop logs the server's records once this many are waiting or this long has passed: checking
 after every update costs a ``ray.wait`` per update, about a fifth of the loop at 300 updates/s."""
+REJECTED_STREAK_PER_AGENT = 20
+"""The run fails after this many consecutive rejected arrivals per agent (times ``--agents``). The budget
+counts accepted samples only, so a run whose every gradient is rejected (a too small --max-grad-norm, NaN
+observations) would otherwise redispatch forever; a Byzantine minority never gets this far, as every honest
+arrival resets the count."""
+NAME_RELEASE_S = 5.0
+"""How long a run waits for its actor names to be released: a run that just finished in this process, or
+whose driver crashed (``--resume``), holds them until Ray has reclaimed its actors."""
+REJECTION_HINTS = {
+    "norm_too_large": "raise --max-grad-norm or check the environment",
+    "non_finite": "check the environment's observations and rewards (NaN or inf)",
+    "bad_stats": "check that the agents run the same environment as the server",
+    "bad_samples": "check that the agents run the same --batch and --num-envs as the server",
+    "wrong_shape": "check that the agents build the same policy (--env, --hidden) as the server",
+    "norm_outlier": "the robust filter rejects every agent; try --robust none",
+    "direction_outlier": "the robust filter rejects every agent; try --robust none",
+}
+"""What to change when every gradient is rejected for a reason (others: see progress.csv's reason column)."""
 
 
 class RunError(RuntimeError):
@@ -128,6 +147,9 @@ class RayRunner:
         self._last_drain = time.monotonic()
         self.incarnation = int(resume_state["rule_state"]["version"]) if resume_state else 0
         self.samples_total = int(resume_state["samples_total"]) if resume_state else 0
+        self._rejected: list[UpdateRecord] = []
+        """Records rejected since the last accepted update (see REJECTED_STREAK_PER_AGENT)."""
+        self._check_names_free()
         self.server = self._make_server()
         cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
         self.slots = [AgentSlot(i, None, agent_options(config, i, cluster_cpus)) for i in range(config.agents)]
@@ -143,6 +165,25 @@ class RayRunner:
 
     # -- actors -----------------------------------------------------------------------------------
 
+    def _check_names_free(self) -> None:
+        """Fail with one line if another run on this cluster uses this run's actor names.
+
+        Creating a named actor whose name is taken raises ValueError deep inside Ray; a run that just
+        ended may hold the names for a moment, so wait briefly before failing.
+        """
+        names = [f"{self.prefix}-server"] + [f"{self.prefix}-agent-{i}" for i in range(self.config.agents)]
+        deadline = time.monotonic() + NAME_RELEASE_S
+        while True:
+            taken = [name for name in names if _actor_exists(name)]
+            if not taken:
+                return
+            if time.monotonic() >= deadline:
+                raise RunError(
+                    f"a run is already using the actor name {taken[0]!r} on this cluster; "
+                    "wait for it to finish or stop it"
+                )
+            time.sleep(0.1)
+
     def _make_server(self) -> Any:
         """Create the server actor, restored from ``self.last_state`` if there is one."""
         options = {"num_cpus": 0, "max_restarts": 0}
@@ -152,7 +193,11 @@ class RayRunner:
             name = f"{self.prefix}-server-r{self.stats.server_restores}"
             server = ray.remote(ParameterServer).options(name=name, **options).remote(self.config)
         if self.last_state is not None:
-            ray.get(server.restore.remote(self.last_state))
+            try:
+                self._server_call(server.restore.remote(self.last_state))
+            except RunError:
+                ray.kill(server, no_restart=True)
+                raise
         return server
 
     def _make_agent(self, slot: AgentSlot) -> Any:
@@ -189,11 +234,13 @@ class RayRunner:
     # -- checkpoints and server faults ------------------------------------------------------------
 
     def _server_call(self, ref: Any) -> Any:
-        """``ray.get`` a server result, turning the server's death into :class:`ServerLostError`."""
+        """``ray.get`` a server result: its death becomes :class:`ServerLostError`, its failure :class:`RunError`."""
         try:
             return ray.get(ref)
         except RayActorError as err:
             raise ServerLostError(_first_line(err)) from None
+        except RayTaskError as err:
+            raise RunError(f"the parameter server failed: {_task_error_line(err)}") from None
 
     def _checkpoint(self) -> None:
         """Take the server's state now; write it to disk on the writer thread (fsync is slow)."""
@@ -217,7 +264,13 @@ class RayRunner:
         assert self.last_state is not None
         version = int(self.last_state["rule_state"]["version"])
         self.samples_total = int(self.last_state["samples_total"])
+        self._rejected.clear()
         self._fault("server_restored", None, f"server died ({reason}); restored at update {version}")
+        # updates logged after the checkpoint were lost with the server and will be applied again
+        dropped = self.log.rollback(version, self.samples_total)
+        if dropped:
+            message = f"dropped {dropped} progress.csv rows past update {version} (lost with the server)"
+            self.log.event("progress_rolled_back", None, message, self._elapsed())
 
     def _fault(self, kind: str, agent: int | None, message: str) -> None:
         """Log a fault in events.csv and count it in the server's metrics (fire and forget)."""
@@ -274,6 +327,9 @@ class RayRunner:
                     break
                 except ServerLostError as lost:
                     self._restore_server(str(lost))
+        except BaseException:
+            self._kill_actors()  # a failed run frees its names and resources for the next run on the cluster
+            raise
         finally:
             self._writer.shutdown(wait=True)  # no idle writer thread per run (Tune runs many in one process)
         for slot in self.slots:
@@ -285,6 +341,9 @@ class RayRunner:
         """Finish the checkpoint being written and kill every actor this runner created."""
         self._flush_checkpoint()
         self._writer.shutdown(wait=True)
+        self._kill_actors()
+
+    def _kill_actors(self) -> None:
         for slot in self.slots:
             if slot.actor is not None:
                 ray.kill(slot.actor, no_restart=True)
@@ -294,7 +353,11 @@ class RayRunner:
         """Log one update record; returns whether a checkpoint is due after it."""
         self.log.record(record)
         if not record.accepted:
+            self._rejected.append(record)
+            if len(self._rejected) >= REJECTED_STREAK_PER_AGENT * self.config.agents:
+                raise RunError(rejection_message(self._rejected, self.config))
             return False
+        self._rejected.clear()
         self.samples_total = max(self.samples_total, record.samples_total)
         return record.update % self.config.checkpoint_every == 0
 
@@ -355,6 +418,7 @@ class RayRunner:
                 except (RayActorError, RayTaskError) as err:
                     if _server_died(err):
                         raise ServerLostError(_first_line(err)) from None
+                    _raise_if_server_failed(err)
                     self._agent_failed(slot, err)
                     continue
                 dispatch_ref, record_ref = self.server.apply.options(num_returns=2).remote(meta, grad_ref)
@@ -395,6 +459,7 @@ class RayRunner:
                 except (RayActorError, RayTaskError) as err:
                     if _server_died(err):
                         raise ServerLostError(_first_line(err)) from None
+                    _raise_if_server_failed(err)
                     self._agent_failed(slot, err)
             if not metas:
                 dispatch_ref = None
@@ -419,6 +484,44 @@ def placement_problem(options: dict[str, Any], nodes: list[dict[str, float]]) ->
     if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
         return asked, "no single node has that much of it all"
     return asked, "the nodes that have it are busy (or still being added by the autoscaler)"
+
+
+def rejection_message(rejected: list[UpdateRecord], config: TrainConfig) -> str:
+    """One line saying why every recent gradient was rejected and what to change."""
+    reason, _ = Counter(record.reason for record in rejected).most_common(1)[0]
+    detail = reason
+    if reason == "norm_too_large":
+        norms = [record.grad_norm for record in rejected if record.reason == reason]
+        detail += f": median norm {statistics.median(norms):.3g} > --max-grad-norm {config.max_grad_norm:g}"
+    hint = REJECTION_HINTS.get(reason, "see the reason column of progress.csv")
+    return f"{len(rejected)} consecutive gradients rejected ({detail}); {hint}"
+
+
+def _actor_exists(name: str) -> bool:
+    try:
+        ray.get_actor(name)  # in this driver's namespace, where the run's actors are created
+    except ValueError:
+        return False
+    return True
+
+
+def _raise_if_server_failed(err: BaseException) -> None:
+    """Raise :class:`RunError` if an agent task failed only because its input, the server's reply, is an error.
+
+    Ray then fails the agent's task with the server's exception; restarting the agent would not help.
+    """
+    text = str(err)
+    if isinstance(err, RayTaskError) and "could not be computed" in text and "ray::ParameterServer." in text:
+        raise RunError(f"the parameter server failed: {_task_error_line(err)}") from None
+
+
+def _task_error_line(err: RayTaskError) -> str:
+    """The first line of the exception raised inside a Ray task (``str(err)`` starts with Ray's traceback)."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        lines = str(cause).strip().splitlines()
+        return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
+    return _first_line(err)
 
 
 def _server_died(err: BaseException) -> bool:

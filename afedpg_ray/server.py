@@ -23,7 +23,7 @@ from afedpg_ray.messages import Dispatch, GradientMeta, UpdateRecord
 from afedpg_ray.metrics import ServerMetrics
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import build_policy, get_flat
-from afedpg_ray.rules import RuleState, make_rule
+from afedpg_ray.rules import RuleState, UpdateRule, make_rule
 
 RETURN_WINDOW = 20
 """Finished training episodes averaged into ``return_mean``."""
@@ -61,15 +61,9 @@ class ParameterServer:
         torch.manual_seed(config.seed)
         policy, obs_dim = build_policy(config.env, config.hidden, config.estimator.log_std_init)
         self.config = config
-        self.rule = make_rule(
-            config.algo,
-            config.schedule,
-            config.eta0,
-            config.alpha0,
-            config.lr,
-            horizon=config.expected_updates,
-            alpha_end=config.alpha_end,
-        )
+        self.horizon = config.expected_updates
+        """Updates the schedule anneals over; a resumed run keeps its checkpoint's (see :meth:`restore`)."""
+        self.rule = self._make_rule()
         self.state = RuleState.initial(get_flat(policy))
         self.obs_stats = RunningStats.empty(obs_dim)
         self.return_stats = RunningStats.empty(1)
@@ -83,9 +77,17 @@ class ParameterServer:
         self.metrics = ServerMetrics()
         self.robust = RobustFilter() if config.robust == "filter" else None
 
+    def _make_rule(self) -> UpdateRule:
+        cfg = self.config
+        return make_rule(
+            cfg.algo, cfg.schedule, cfg.eta0, cfg.alpha0, cfg.lr, horizon=self.horizon, alpha_end=cfg.alpha_end
+        )
+
     def export_state(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly: parameters, momentum, counters, RNG."""
         return {
+            "schedule_horizon": self.horizon,
+            "robust": self.robust.export_state() if self.robust is not None else None,
             "rule_state": dataclasses.asdict(self.state),
             "obs_stats": (self.obs_stats.count, self.obs_stats.mean, self.obs_stats.m2),
             "return_stats": (self.return_stats.count, self.return_stats.mean, self.return_stats.m2),
@@ -105,6 +107,14 @@ class ParameterServer:
         if saved["num_params"] != self.num_params:
             raise ValueError(f"checkpoint has {saved['num_params']} parameters, this policy has {self.num_params}")
         self.state = RuleState(**saved["rule_state"])
+        # A resume with a bigger --samples keeps the original plan: recomputing the horizon from the new
+        # budget would make linear's eta and alpha_end's alpha jump back up mid-run.
+        horizon = int(saved.get("schedule_horizon", self.horizon))  # older checkpoints: the config's
+        if horizon != self.horizon:
+            self.horizon = horizon
+            self.rule = self._make_rule()
+        if self.robust is not None and saved.get("robust") is not None:
+            self.robust.restore(saved["robust"])
         count, mean, m2 = saved["obs_stats"]
         self.obs_stats = RunningStats(count, np.asarray(mean), np.asarray(m2))
         count, mean, m2 = saved["return_stats"]
@@ -157,9 +167,16 @@ class ParameterServer:
             return "stale_version"
         if not isinstance(grad, np.ndarray) or grad.shape != self.state.theta.shape:
             return "wrong_shape"
+        # an honest agent reports ceil(batch / num_envs) * num_envs steps
+        if not 0 < meta.samples <= self.config.batch + self.config.num_envs:
+            return "bad_samples"
         deltas_finite = meta.obs_delta.is_finite() and (meta.return_delta is None or meta.return_delta.is_finite())
         if not np.all(np.isfinite(grad)) or not deltas_finite:
             return "non_finite"
+        # merging a wrong-shaped delta raises inside this actor; a negative count or M2 makes the shared
+        # normaliser NaN for every agent
+        if not _mergeable(meta.obs_delta, self.obs_stats) or not _mergeable(meta.return_delta, self.return_stats):
+            return "bad_stats"
         if float(np.linalg.norm(grad)) > self.config.max_grad_norm:
             return "norm_too_large"
         if self.robust is not None:
@@ -277,3 +294,15 @@ class ParameterServer:
         except OSError:
             pass
         return 0
+
+
+def _mergeable(delta: RunningStats | None, into: RunningStats) -> bool:
+    """Whether ``delta`` (finite) can be merged into ``into``: same shapes, count >= 0, M2 >= 0."""
+    if delta is None:
+        return True
+    return (
+        np.shape(delta.mean) == into.mean.shape
+        and np.shape(delta.m2) == into.m2.shape
+        and float(delta.count) >= 0.0
+        and bool(np.all(np.asarray(delta.m2) >= 0.0))
+    )

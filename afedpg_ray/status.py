@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -75,7 +76,7 @@ def connect(address: str, timeout: float) -> None:
 
 
 def find_server(prefix: str) -> Any:
-    """The actor handle of ``{prefix}-server``; :class:`ServerGoneError` naming what exists otherwise."""
+    """The actor handle of ``{prefix}-server`` (or its restored ``-rN``); :class:`ServerGoneError` otherwise."""
     import ray
 
     name = f"{prefix}-server"
@@ -83,7 +84,12 @@ def find_server(prefix: str) -> Any:
         return ray.get_actor(name)
     except ValueError:
         pass
-    others = sorted(n for n in ray.util.list_named_actors() if n.endswith("-server"))
+    # a server restored from its checkpoint is named "<prefix>-server-r<N>" if the old name was still taken
+    servers = [n for n in ray.util.list_named_actors() if re.search(r"-server(-r\d+)?$", n)]
+    restored = [n for n in servers if re.fullmatch(rf"{re.escape(name)}-r\d+", n)]
+    if restored:
+        return ray.get_actor(max(restored, key=lambda n: int(n.rsplit("-r", 1)[1])))
+    others = sorted(servers)
     hint = f" (servers found: {', '.join(others)}; pick one with --prefix)" if others else ""
     raise ServerGoneError(f"no training server {name!r} in namespace {NAMESPACE!r} on this cluster{hint}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from afedpg_ray.checkpoint import load_checkpoint
 from afedpg_ray.config import TrainConfig, load_config
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, set_flat
-from afedpg_ray.runlog import PROGRESS_COLUMNS, RunLog
+from afedpg_ray.runlog import RunLog, cut_progress
 from afedpg_ray.runtime import RayRunner, connect
 
 POLICY_FILE = "policy.pt"
@@ -65,6 +64,13 @@ def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = Non
     if resume_state is not None:
         version = resume_state["rule_state"]["version"]
         log.event("resumed", None, f"resumed at update {version}, {initial_samples} samples", 0.0)
+        horizon = resume_state.get("schedule_horizon")  # absent in older checkpoints
+        if horizon is not None and int(horizon) != config.expected_updates:
+            message = (
+                f"--samples {config.samples} buys {config.expected_updates} updates; "
+                f"the schedule horizon was kept at {int(horizon)} updates"
+            )
+            log.event("schedule_kept", None, message, 0.0)
     if on_record is not None:
         log.add_listener(on_record)
     start = time.time()
@@ -99,18 +105,7 @@ def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = Non
 def prepare_resume(run_dir: Path) -> dict[str, Any]:
     """Load the run's checkpoint and cut progress.csv back to it (later rows died with the driver)."""
     state = load_checkpoint(run_dir)
-    version = int(state["rule_state"]["version"])
-    progress = run_dir / "progress.csv"
-    if progress.is_file():
-        with progress.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        kept = [r for r in rows if int(r["update"]) <= version]
-        tmp = progress.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=PROGRESS_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(kept)
-        tmp.replace(progress)
+    cut_progress(run_dir / "progress.csv", int(state["rule_state"]["version"]))  # same rule as a server restore
     return state
 
 

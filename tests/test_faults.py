@@ -86,9 +86,12 @@ def test_killed_server_is_restored_from_its_checkpoint(tmp_path):
     version = int(re.search(r"restored at update (\d+)", restored[0]["message"]).group(1))
     assert 10 <= version < 15
     assert result.server_restores == 1 and result.samples_total >= 8000
-    rows = progress(run_dir)
-    after = [int(r["update"]) for r in rows[15:]]
-    assert version + 1 in after  # the version continued from the checkpoint, not from zero
+    # the rows logged past the checkpoint were dropped with the server: the restored run redid those
+    # updates, so every update appears once and in order, continuing from the checkpoint (not from zero)
+    updates = [int(r["update"]) for r in progress(run_dir)]
+    assert updates == list(range(1, len(updates) + 1)) and updates[-1] > 15
+    rolled_back = [e["message"] for e in events(run_dir) if e["kind"] == "progress_rolled_back"]
+    assert len(rolled_back) == 1 and f"past update {version}" in rolled_back[0]
 
 
 def test_driver_sigkill_then_resume_continues_counters(tmp_path):
@@ -139,6 +142,9 @@ def test_driver_sigkill_then_resume_continues_counters(tmp_path):
     samples = [int(r["samples_total"]) for r in rows]
     assert samples == sorted(samples) and samples[-1] >= 6000
     assert any(e["kind"] == "resumed" for e in events(run_dir))
+    # the new budget buys 60 updates, but the schedule keeps the plan of the original 200000 samples
+    kept = [e["message"] for e in events(run_dir) if e["kind"] == "schedule_kept"]
+    assert kept == ["--samples 6000 buys 60 updates; the schedule horizon was kept at 2000 updates"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["updates"] == updates[-1]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -104,3 +106,89 @@ def test_robust_filter_is_wired_into_the_server():
     late = [reason for agent, reason in reasons[20:] if agent == 0]
     assert late and all(reason == "direction_outlier" for reason in late)
     assert all(reason == "" for agent, reason in reasons if agent != 0)
+
+
+def with_stats(m: GradientMeta, **changes) -> GradientMeta:
+    return dataclasses.replace(m, **changes)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (dict(obs_delta=RunningStats.of(np.ones((10, 5)))), "bad_stats"),  # CartPole observations have 4 entries
+        (dict(obs_delta=RunningStats(-10.0, np.zeros(4), np.ones(4))), "bad_stats"),
+        (dict(obs_delta=RunningStats(10.0, np.zeros(4), -np.ones(4))), "bad_stats"),
+        (dict(return_delta=RunningStats.of(np.ones((10, 2)))), "bad_stats"),
+        (dict(return_delta=RunningStats(-1.0, np.zeros(1), np.zeros(1))), "bad_stats"),
+        (dict(samples=0), "bad_samples"),
+        (dict(samples=-64), "bad_samples"),
+        (dict(samples=10**9), "bad_samples"),
+    ],
+)
+def test_bad_statistics_are_rejected_before_they_reach_the_normaliser(server, change, reason):
+    before_theta, before_obs = server.state.theta.copy(), dataclasses.replace(server.obs_stats)
+    dispatch, record = server.apply(with_stats(meta(0, 0), **change), np.ones(server.num_params))
+    assert not record.accepted and record.reason == reason and server.rejected == {reason: 1}
+    assert np.array_equal(server.state.theta, before_theta) and server.samples_total == 0
+    assert server.obs_stats.count == before_obs.count and np.array_equal(server.obs_stats.mean, before_obs.mean)
+    assert dispatch.obs_stats.is_finite() and np.all(np.isfinite(dispatch.obs_stats.var))
+    # the next honest gradient is still merged normally
+    _, ok = server.apply(meta(0, 0), np.ones(server.num_params))
+    assert ok.accepted and server.obs_stats.count == 10
+
+
+def annealed(samples: int) -> TrainConfig:
+    return dataclasses.replace(CONFIG, schedule="linear", alpha_end=0.05, samples=samples)
+
+
+def test_resume_with_a_bigger_budget_keeps_the_schedule_horizon():
+    small = ParameterServer(annealed(1000))
+    for i in range(CONFIG.agents):
+        small.dispatch(i)
+    for _ in range(6):
+        small.apply(meta(0, small.agent_versions[0]), np.ones(small.num_params))
+    saved = small.export_state()
+    assert saved["schedule_horizon"] == annealed(1000).expected_updates
+    big = ParameterServer(annealed(100_000))
+    assert big.horizon != small.horizon
+    big.restore(saved)
+    k = small.state.version
+    assert big.horizon == small.horizon
+    for j in (k, k + 1, 10 * small.horizon):  # also past the horizon: eta at its floor, alpha at alpha_end
+        assert big.rule.schedule.eta(j) == small.rule.schedule.eta(j)
+        assert big.rule.schedule.alpha(j) == small.rule.schedule.alpha(j)
+    _, a = small.apply(meta(1, small.agent_versions[1]), np.ones(small.num_params))
+    _, b = big.apply(meta(1, big.agent_versions[1]), np.ones(big.num_params))
+    assert (a.eta, a.alpha) == (b.eta, b.alpha) and np.array_equal(small.state.theta, big.state.theta)
+
+
+def test_checkpoint_without_a_schedule_horizon_still_loads():
+    saved = ParameterServer(annealed(1000)).export_state()
+    del saved["schedule_horizon"], saved["robust"]  # as written before these fields existed
+    big = ParameterServer(annealed(100_000))
+    big.restore(saved)
+    assert big.horizon == annealed(100_000).expected_updates
+
+
+def test_robust_filter_state_survives_export_and_restore():
+    cfg = TrainConfig(env="CartPole-v1", agents=4, batch=64, num_envs=2, robust="filter")
+    rng = np.random.default_rng(1)
+
+    def feed(s: ParameterServer, steps: int) -> list[str]:
+        reasons = []
+        for step in range(steps):
+            agent = step % 4
+            g = np.ones(s.num_params) + 0.05 * rng.normal(size=s.num_params)
+            reasons.append(s.apply(meta(agent, s.agent_versions[agent]), -g if agent == 0 else g)[1].reason)
+        return reasons
+
+    warm = ParameterServer(cfg)
+    for i in range(4):
+        warm.dispatch(i)
+    feed(warm, 20)
+    restored = ParameterServer(cfg)
+    restored.restore(warm.export_state())
+    assert restored.robust.seen == warm.robust.seen and restored.robust.norms == warm.robust.norms
+    assert all(np.array_equal(restored.robust.directions[a], warm.robust.directions[a]) for a in range(4))
+    # the attacker (agent 0) is rejected from its first arrival after the restore, not after a warm-up
+    assert feed(restored, 4)[0] == "direction_outlier"

@@ -1,0 +1,200 @@
+"""A run's records stay true to its server: rolled-back rows are dropped, hopeless runs end, names are checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import pytest
+
+from afedpg_ray.checkpoint import load_checkpoint, save_checkpoint
+from afedpg_ray.config import TrainConfig
+from afedpg_ray.messages import UpdateRecord
+from afedpg_ray.runlog import RunLog, cut_progress, read_progress
+from afedpg_ray.runtime import REJECTED_STREAK_PER_AGENT, RayRunner, RunError, rejection_message
+from afedpg_ray.train import prepare_resume, train
+
+
+def record(
+    update: int, accepted: bool = True, delay: int = 1, reason: str = "", grad_norm: float = 1.0
+) -> UpdateRecord:
+    return UpdateRecord(
+        update=update,
+        wall_time=0.1 * update,
+        agent=update % 3,
+        delay=delay,
+        samples_total=100 * update,
+        episodes_total=update,
+        return_mean=10.0,
+        accepted=accepted,
+        reason=reason,
+        grad_norm=grad_norm,
+    )
+
+
+def test_rollback_drops_the_rows_past_the_restored_version(tmp_path):
+    log = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=False)
+    for update in range(1, 11):
+        log.record(record(update, delay=update))
+    log.record(record(10, accepted=False, reason="non_finite"))
+    assert log.rollback(7, 700) == 4  # updates 8, 9, 10 and the rejection at 10
+    assert log.accepted == 7 and log.delay_sum == sum(range(1, 8))
+    for update in range(8, 10):  # the restored server applies 8 and 9 again
+        log.record(record(update, delay=0))
+    log.close()
+    rows = read_progress(tmp_path / "progress.csv")
+    assert [int(r["update"]) for r in rows] == list(range(1, 10))
+    assert [int(r["delay"]) for r in rows[-2:]] == [0, 0] and log.accepted == 9
+    assert not list(tmp_path.glob(".*tmp"))  # rewritten atomically, nothing left behind
+
+
+def test_resume_cuts_progress_by_the_same_rule(tmp_path):
+    log = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=False)
+    for update in range(1, 9):
+        log.record(record(update))
+    log.record(record(8, accepted=False, reason="norm_too_large"))
+    log.close()
+    save_checkpoint(tmp_path, {"rule_state": {"version": 5}, "samples_total": 500})
+    assert load_checkpoint(tmp_path)["samples_total"] == 500
+    prepare_resume(tmp_path)
+    assert [int(r["update"]) for r in read_progress(tmp_path / "progress.csv")] == [1, 2, 3, 4, 5]
+    assert cut_progress(tmp_path / "progress.csv", 5) == []  # idempotent
+    assert cut_progress(tmp_path / "missing.csv", 5) == []
+
+
+def test_rejection_message_names_the_main_reason_and_the_fix():
+    config = TrainConfig(max_grad_norm=0.001)
+    streak = [record(0, False, reason="norm_too_large", grad_norm=n) for n in (0.03, 0.04, 0.05)]
+    streak.append(record(0, False, reason="non_finite", grad_norm=math.nan))
+    message = rejection_message(streak, config)
+    assert message == (
+        "4 consecutive gradients rejected (norm_too_large: median norm 0.04 > --max-grad-norm 0.001); "
+        "raise --max-grad-norm or check the environment"
+    )
+    assert "check the environment" in rejection_message([record(0, False, reason="non_finite")], config)
+
+
+# -- on real Ray ----------------------------------------------------------------------------------
+
+
+def placeholder(name: str):
+    """A live actor that only holds ``name`` (defined here so that Ray ships it by value, not by module)."""
+    import ray
+
+    class Placeholder:
+        def ping(self) -> bool:
+            return True
+
+    actor = ray.remote(Placeholder).options(name=name, num_cpus=0).remote()
+    assert ray.get(actor.ping.remote())
+    return actor
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize("algo", ["afedpg", "fedpg"])
+def test_a_run_whose_every_gradient_is_rejected_ends_with_run_error(tmp_path, algo):
+    import ray
+
+    config = TrainConfig(
+        env="CartPole-v1",
+        algo=algo,
+        agents=2,
+        hetero="none",
+        batch=100,
+        num_envs=2,
+        samples=2000,
+        max_grad_norm=1e-9,
+        progress=False,
+        tensorboard=False,
+        out=str(tmp_path / "run"),
+    )
+    limit = REJECTED_STREAK_PER_AGENT * config.agents
+    seen: list[UpdateRecord] = []
+    thetas: list[np.ndarray] = []
+
+    def on_record(record: UpdateRecord) -> None:
+        seen.append(record)
+        if len(seen) in (1, limit):  # the server's parameters after the first and the last rejection
+            thetas.append(ray.get(ray.get_actor("afedpg-server").policy_snapshot.remote())["theta"])
+
+    with pytest.raises(RunError) as failed:
+        train(config, on_record=on_record)
+    message = str(failed.value)
+    assert message.startswith(f"{limit} consecutive gradients rejected (norm_too_large: median norm ")
+    assert "> --max-grad-norm 1e-09); raise --max-grad-norm" in message and "\n" not in message
+    # the global parameters never moved: no update was applied, theta is still the start checkpoint's
+    assert len(seen) == limit and all(r.update == 0 and not r.accepted for r in seen)
+    saved = load_checkpoint(tmp_path / "run")
+    assert saved["rule_state"]["version"] == 0 and len(thetas) == 2
+    assert all(np.array_equal(theta, saved["rule_state"]["theta"]) for theta in thetas)
+    assert released("afedpg-server") and released("afedpg-agent-0")  # the failed run freed its names
+
+
+def released(name: str, timeout: float = 10.0) -> bool:
+    """Whether no actor holds ``name`` (Ray releases a killed actor's name within moments)."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name)
+        except ValueError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_failing_server_call_becomes_one_line_run_error():
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from afedpg_ray.runtime import _raise_if_server_failed
+
+    class ParameterServer:  # named like the real one: the driver recognises the server's failures by it
+        """Stands in for a server whose method raises (e.g. a merge that cannot broadcast)."""
+
+        def apply(self, _payload: int) -> int:
+            raise ValueError("operands could not be broadcast together\nwith shapes (4,) (5,)")
+
+    expected = r"^the parameter server failed: ValueError: operands could not be broadcast together$"
+    reply = ray.remote(ParameterServer).remote().apply.remote(1)
+    with pytest.raises(RunError, match=expected):
+        RayRunner._server_call(None, reply)  # type: ignore[arg-type]  # uses no runner state
+    # an agent handed the failed reply as its input fails with the server's error: not an agent fault
+    with pytest.raises(RayTaskError) as downstream:
+        ray.get(ray.remote(lambda dispatch: dispatch).remote(reply))
+    with pytest.raises(RunError, match=expected):
+        _raise_if_server_failed(downstream.value)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_second_run_with_the_same_names_fails_with_one_line(tmp_path):
+    import ray
+
+    holder = placeholder("busy-server")
+    config = TrainConfig(
+        env="CartPole-v1", agents=2, batch=100, num_envs=2, samples=400, progress=False, tensorboard=False
+    )
+    try:
+        with pytest.raises(RunError, match=r"^a run is already using the actor name 'busy-server' on this cluster"):
+            train(dataclasses.replace(config, out=str(tmp_path / "run")), name_prefix="busy")
+    finally:
+        ray.kill(holder, no_restart=True)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_status_finds_a_restored_server_and_lists_it():
+    import ray
+
+    from afedpg_ray.status import ServerGoneError, find_server
+
+    restored = placeholder("chaos-server-r1")
+    try:
+        assert find_server("chaos")._actor_id == restored._actor_id
+        with pytest.raises(ServerGoneError, match=r"servers found: .*chaos-server-r1"):
+            find_server("nothing")
+    finally:
+        ray.kill(restored, no_restart=True)
