@@ -20,7 +20,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from learning import ORDERING_FRACTIONS, curve, ordering_along_run, read_rows, seed_band, seed_summary
+from learning import (
+    ORDERING_FRACTIONS,
+    curve,
+    improvement_cells,
+    ordering_along_run,
+    read_rows,
+    seed_band,
+    seed_summary,
+)
 
 from afedpg_ray.seedstats import prob_improvement
 
@@ -68,16 +76,6 @@ def returns_along(runs: list[dict], samples: int) -> np.ndarray:
     along = np.array([curve(Path(r["run_dir"]), grid) for r in runs])
     final = np.array([[float(r["final_return"])] for r in runs])
     return np.hstack([along, final])
-
-
-def improvement_cells(candidate: np.ndarray, baseline: np.ndarray) -> str:
-    """``P(candidate > baseline)`` per column, ``-`` where either side has no value yet."""
-    cells = []
-    for j in range(candidate.shape[1]):
-        x, y = candidate[:, j], baseline[:, j]
-        x, y = x[np.isfinite(x)], y[np.isfinite(y)]
-        cells.append(f"{prob_improvement(list(x), list(y)):.2f}" if len(x) and len(y) else "-")
-    return " / ".join(cells)
 
 
 def compare(variants: list[Variant]) -> str:

@@ -306,6 +306,16 @@ def reach_table(rows: list[dict], env: str, target: float, samples: int) -> list
     return lines
 
 
+def improvement_cells(x: np.ndarray, y: np.ndarray) -> str:
+    """``P(X > Y)`` per column of two (seeds x points) arrays, ``-`` where either side has no value yet."""
+    cells = []
+    for j in range(x.shape[1]):
+        a, b = x[:, j], y[:, j]
+        a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+        cells.append(f"{prob_improvement(list(a), list(b)):.2f}" if len(a) and len(b) else "-")
+    return " / ".join(cells)
+
+
 def ordering_along_run(rows: list[dict], env: str, pairs: list[tuple[str, str]], samples: int) -> str:
     """One line: ``P(X > Y)`` of the training return at each of ``ORDERING_FRACTIONS`` of the budget."""
     grid = np.array(ORDERING_FRACTIONS) * samples
@@ -313,14 +323,7 @@ def ordering_along_run(rows: list[dict], env: str, pairs: list[tuple[str, str]],
         algo: np.array([curve(Path(r["run_dir"]), grid) for r in rows if r["env"] == env and r["algo"] == algo])
         for algo in {name for pair in pairs for name in pair}
     }
-    cells = []
-    for a, b in pairs:
-        probs = []
-        for j in range(len(grid)):
-            x, y = values[a][:, j], values[b][:, j]
-            x, y = x[np.isfinite(x)], y[np.isfinite(y)]
-            probs.append(f"{prob_improvement(list(x), list(y)):.2f}" if len(x) and len(y) else "-")
-        cells.append(f"P({a} > {b}) " + " / ".join(probs))
+    cells = [f"P({a} > {b}) " + improvement_cells(values[a], values[b]) for a, b in pairs]
     fractions = "/".join(f"{f:.0%}" for f in ORDERING_FRACTIONS)
     return f"- Ordering along the run (at {fractions} of the budget): " + "; ".join(cells)
 
