@@ -29,6 +29,7 @@ earns its way back.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -71,9 +72,12 @@ def parse_attack(spec: str, agents: int) -> Attack | None:
         raise ConfigError("--byzantine", f"unknown attack {kind!r}; use {BYZANTINE_HELP}")
     if kind == "scale":
         try:
-            return Attack(count, kind, float(parts[2]))
+            factor = float(parts[2])
         except (IndexError, ValueError):
             raise ConfigError("--byzantine", f"{spec!r}: scale needs a factor, e.g. 1:scale:10") from None
+        if not math.isfinite(factor):  # a non-finite scale is the ``nan`` attack under another name
+            raise ConfigError("--byzantine", f"{spec!r}: the factor must be a finite number; for NaNs use K:nan")
+        return Attack(count, kind, factor)
     if len(parts) > 2:
         raise ConfigError("--byzantine", f"{spec!r}: {kind} takes no parameter; use {BYZANTINE_HELP}")
     return Attack(count, kind)

@@ -159,6 +159,10 @@ class TrainConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
+MAX_WAIT_S = 3600.0
+"""Longest modelled iteration or communication delay: an hour per iteration is a typo, not a profile."""
+
+
 def _is_number(value: Any) -> bool:
     """A finite real number. Bools are excluded (JSON ``true`` is no step size); numpy scalars from Tune pass."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
@@ -256,9 +260,13 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError("--batch", f"must be at least --num-envs ({config.num_envs}), got {config.batch}")
     if config.iteration_time is not None:
         _positive("--iteration-time", config.iteration_time)
+        if config.iteration_time > MAX_WAIT_S:
+            raise ConfigError(
+                "--iteration-time", f"must be at most {MAX_WAIT_S:g} seconds, got {config.iteration_time!r}"
+            )
     for delay in config.comm_delay:
-        if not _is_number(delay) or delay < 0:
-            raise ConfigError("--comm-delay", f"must be non-negative seconds, got {delay!r}")
+        if not _is_number(delay) or delay < 0 or delay > MAX_WAIT_S:
+            raise ConfigError("--comm-delay", f"must be between 0 and {MAX_WAIT_S:g} seconds, got {delay!r}")
     if len(config.comm_delay) not in (0, 1, config.agents):
         raise ConfigError(
             "--comm-delay", f"give one value or one per agent ({config.agents}), got {len(config.comm_delay)}"

@@ -12,6 +12,8 @@ import time
 import numpy as np
 
 PROFILE_HELP = "none | linear:R | sqrt | straggler:R | lognormal:SIGMA"
+MAX_SLOWDOWN = 1000.0
+"""Largest slowdown a profile may give: beyond it the slow agent never reports in any real run."""
 
 
 def parse_profile(spec: str, agents: int, seed: int = 0) -> list[float]:
@@ -45,6 +47,18 @@ def parse_profile(spec: str, agents: int, seed: int = 0) -> list[float]:
     else:
         raise ConfigError("--hetero", f"unknown profile {spec!r}; profiles: {PROFILE_HELP}")
 
+    slowdowns = _slowdowns(name, value if name in needs_arg else 0.0, agents, seed)
+    if slowdowns and max(slowdowns) > MAX_SLOWDOWN:
+        raise ConfigError(
+            "--hetero", f"{spec!r} gives a slowdown of {max(slowdowns):.3g}; keep every slowdown <= {MAX_SLOWDOWN:g}"
+        )
+    return slowdowns
+
+
+def _slowdowns(name: str, value: float, agents: int, seed: int) -> list[float]:
+    """The slowdowns of a validated profile ``name`` with argument ``value``."""
+    from afedpg_ray.config import ConfigError
+
     if name == "none":
         return [1.0] * agents
     if name == "sqrt":
@@ -62,7 +76,7 @@ def parse_profile(spec: str, agents: int, seed: int = 0) -> list[float]:
     try:
         return [float(math.exp(abs(x))) for x in rng.normal(0.0, value, size=agents)]
     except OverflowError:  # |N(0, SIGMA^2)| beyond ~709 has no float exp
-        raise ConfigError("--hetero", f"{spec!r}: SIGMA is so large that a slowdown overflows") from None
+        raise ConfigError("--hetero", f"'lognormal:{value:g}': SIGMA is so large that a slowdown overflows") from None
 
 
 def theoretical_speedup(iteration_times: list[float]) -> float:

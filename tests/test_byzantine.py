@@ -16,7 +16,9 @@ def test_parse_attack():
     assert parse_attack("1:sign_flip", 4).applies_to(0) and not parse_attack("1:sign_flip", 4).applies_to(1)
 
 
-@pytest.mark.parametrize("spec", ["x:sign_flip", "0:sign_flip", "4:sign_flip", "1:bogus", "1:scale", "1:nan:3"])
+@pytest.mark.parametrize(
+    "spec", ["x:sign_flip", "0:sign_flip", "4:sign_flip", "1:bogus", "1:scale", "1:nan:3", "1:scale:nan", "1:scale:inf"]
+)
 def test_bad_attack_specs(spec):
     with pytest.raises(ConfigError, match="--byzantine"):
         parse_attack(spec, 4)

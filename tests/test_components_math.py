@@ -60,10 +60,23 @@ def test_profiles():
     lognormal = parse_profile("lognormal:0.5", 5, seed=3)
     assert lognormal == parse_profile("lognormal:0.5", 5, seed=3) and all(s >= 1 for s in lognormal)
     assert parse_profile("linear:4", 1) == [1.0]
+    assert parse_profile("straggler:1000", 2) == [1.0, 1000.0]  # the cap itself is allowed
 
 
 @pytest.mark.parametrize(
-    "spec", ["linear", "linear:0.5", "fast", "sqrt:2", "straggler:x", "lognormal:-1", "linear:nan"]
+    "spec",
+    [
+        "linear",
+        "linear:0.5",
+        "fast",
+        "sqrt:2",
+        "straggler:x",
+        "lognormal:-1",
+        "linear:nan",
+        "linear:1e300",
+        "straggler:1001",
+        "lognormal:50",
+    ],
 )
 def test_bad_profiles_name_the_option(spec):
     with pytest.raises(ConfigError, match="--hetero"):
