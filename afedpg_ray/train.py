@@ -12,6 +12,7 @@ import numpy as np
 import ray
 import torch
 
+from afedpg_ray import runlock
 from afedpg_ray.checkpoint import load_checkpoint
 from afedpg_ray.config import TrainConfig, load_config
 from afedpg_ray.normalizer import RunningStats
@@ -53,8 +54,16 @@ def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = Non
     version and counters continue and progress.csv is appended.
     """
     out_dir = Path(config.out) if config.out else default_out_dir(config)
+    lock = runlock.acquire(out_dir)  # before the resume cuts progress.csv: a live run's rows stay
+    try:
+        return _train_locked(config, out_dir, name_prefix, on_record, resume)
+    finally:
+        runlock.release(lock)
+
+
+def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_record: Any, resume: bool) -> TrainResult:
+    """:func:`train` once this process holds ``out_dir``'s lock."""
     resume_state = prepare_resume(out_dir) if resume else None
-    out_dir.mkdir(parents=True, exist_ok=True)
     config.save(out_dir / "config.json")
     connect(config.address)
     initial_samples = int(resume_state["samples_total"]) if resume_state else 0

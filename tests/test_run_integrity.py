@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
+from afedpg_ray import runlock
 from afedpg_ray.checkpoint import load_checkpoint, save_checkpoint
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.messages import UpdateRecord
@@ -62,6 +68,42 @@ def test_resume_cuts_progress_by_the_same_rule(tmp_path):
     assert [int(r["update"]) for r in read_progress(tmp_path / "progress.csv")] == [1, 2, 3, 4, 5]
     assert cut_progress(tmp_path / "progress.csv", 5) == []  # idempotent
     assert cut_progress(tmp_path / "missing.csv", 5) == []
+
+
+def test_resume_of_a_live_run_is_refused_before_progress_is_touched(tmp_path):
+    log = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=False)
+    for update in range(1, 9):
+        log.record(record(update))
+    log.close()
+    save_checkpoint(tmp_path, {"rule_state": {"version": 5}, "samples_total": 500})
+    before = (tmp_path / "progress.csv").read_text()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / runlock.LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": live.pid}))
+        with pytest.raises(RunError, match=f"being trained by process {live.pid}"):
+            train(TrainConfig(out=str(tmp_path)), resume=True)
+    finally:
+        live.kill()
+        live.wait()
+    assert (tmp_path / "progress.csv").read_text() == before  # the live run's rows are untouched
+    assert json.loads((tmp_path / runlock.LOCK_FILE).read_text())["pid"] == live.pid  # not ours to remove
+
+
+def test_run_lock_replaces_a_dead_drivers_lock_and_refuses_another_hosts(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / runlock.LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+    path = runlock.acquire(tmp_path)  # stale: taken over
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    with pytest.raises(runlock.RunDirLockedError, match="being trained by process"):
+        runlock.acquire(tmp_path)  # held by this (live) process
+    runlock.release(path)
+    assert not path.exists()
+    path.write_text(json.dumps({"host": "some-other-node", "pid": 1}))
+    with pytest.raises(runlock.RunDirLockedError, match="if that run has stopped, delete"):
+        runlock.acquire(tmp_path)
+    runlock.release(path)  # someone else's lock: left alone
+    assert path.exists()
 
 
 def test_rejection_message_names_the_main_reason_and_the_fix():
