@@ -41,7 +41,13 @@ class RunLog:
         self._delays: deque[int] = deque(maxlen=200)
         self.last: UpdateRecord | None = None
         self.accepted = 0
+        """Accepted updates in progress.csv (with ``append``, the rows already there count too)."""
         self.delay_sum = 0
+        if append and self._progress_path.is_file():
+            for row in read_progress(self._progress_path):
+                if row.get("accepted") == "True":
+                    self.accepted += 1
+                    self.delay_sum += int(row["delay"])
         self._listeners: list[Callable[[UpdateRecord], None]] = []
         self._rejection_reasons: set[str] = set()
 

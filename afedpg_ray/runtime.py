@@ -134,7 +134,8 @@ class RayRunner:
         self.log = log
         self.run_dir = run_dir
         self.prefix = name_prefix
-        self.start = time.time()
+        # The event clock continues the server's progress clock (its elapsed time is checkpointed).
+        self.start = time.time() - (float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0)
         self.slowdowns = parse_profile(config.hetero, config.agents, config.seed)
         delays = config.comm_delay or (0.0,)
         self.comm_delays = [delays[0] if len(delays) == 1 else delays[i] for i in range(config.agents)]

@@ -25,7 +25,12 @@ POLICY_FILE = "policy.pt"
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a finished run reports (also written as summary.json)."""
+    """What a finished run reports (also written as summary.json).
+
+    Return, updates, samples, ``wall_time``, updates per second, mean delay and rejections cover the
+    whole run, across resumes; restarts, dropped agents and server restores are this driver session's
+    (a resume starts every agent afresh; ``events.csv`` has every session's).
+    """
 
     out_dir: str
     return_mean: float
@@ -38,6 +43,10 @@ class TrainResult:
     restarts: dict[int, int]
     dropped_agents: list[int]
     server_restores: int = 0
+    resumed_at_update: int | None = None
+    """None for a run trained in one go; else the checkpoint's update this driver session started from."""
+    session_wall_time: float = 0.0
+    """Seconds this driver session trained (``wall_time`` adds the time before a resume)."""
 
 
 def default_out_dir(config: TrainConfig) -> Path:
@@ -70,16 +79,17 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
     log = RunLog(
         out_dir, config.samples, config.progress, config.tensorboard, append=resume, initial_samples=initial_samples
     )
+    prior_wall = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0  # training time before the resume
     if resume_state is not None:
         version = resume_state["rule_state"]["version"]
-        log.event("resumed", None, f"resumed at update {version}, {initial_samples} samples", 0.0)
+        log.event("resumed", None, f"resumed at update {version}, {initial_samples} samples", prior_wall)
         horizon = resume_state.get("schedule_horizon")  # absent in older checkpoints
         if horizon is not None and int(horizon) != config.expected_updates:
             message = (
                 f"--samples {config.samples} buys {config.expected_updates} updates; "
                 f"the schedule horizon was kept at {int(horizon)} updates"
             )
-            log.event("schedule_kept", None, message, 0.0)
+            log.event("schedule_kept", None, message, prior_wall)
     if on_record is not None:
         log.add_listener(on_record)
     start = time.time()
@@ -91,7 +101,8 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
         ray.kill(runner.server, no_restart=True)
     finally:
         log.close()
-    wall = time.time() - start
+    session_wall = time.time() - start
+    wall = prior_wall + session_wall
     save_policy(out_dir / POLICY_FILE, config, snapshot)
     last = log.last
     result = TrainResult(
@@ -106,6 +117,8 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
         restarts=dict(stats.restarts),
         dropped_agents=list(stats.dropped),
         server_restores=stats.server_restores,
+        resumed_at_update=int(resume_state["rule_state"]["version"]) if resume_state else None,
+        session_wall_time=session_wall,
     )
     (out_dir / "summary.json").write_text(json.dumps(result.__dict__, indent=2) + "\n")
     return result

@@ -147,6 +147,15 @@ def test_driver_sigkill_then_resume_continues_counters(tmp_path):
     assert kept == ["--samples 6000 buys 60 updates; the schedule horizon was kept at 2000 updates"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["updates"] == updates[-1]
+    # summary.json counts the whole run, not only the resumed session
+    accepted = [r for r in rows if r["accepted"] == "True"]
+    assert summary["mean_delay"] == pytest.approx(sum(int(r["delay"]) for r in accepted) / len(accepted))
+    resumed_at = summary["resumed_at_update"]
+    assert 0 < resumed_at < updates[-1] and summary["wall_time"] > summary["session_wall_time"] > 0
+    # events.csv and progress.csv share one clock: the resume is logged at the checkpoint's time
+    resumed_time = next(float(e["wall_time"]) for e in events(run_dir) if e["kind"] == "resumed")
+    at_checkpoint = float(rows[resumed_at - 1]["wall_time"])
+    assert at_checkpoint <= resumed_time <= float(rows[resumed_at]["wall_time"]) + 1e-6
 
 
 def test_corrupt_or_missing_checkpoint_is_refused(tmp_path, capsys):
