@@ -273,6 +273,7 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
                 + "; ".join(f"P({a} > {b}) = {prob_improvement(finals[a], finals[b]):.2f}" for a, b in pairs)
             )
             lines.append(ordering_along_run(rows, env, pairs, samples))
+            lines.append(ordering_by_run_average(rows, env, pairs, samples))
         if target:
             lines += ["", *reach_table(rows, env, target, samples)]
         if target and "afedpg" in finals and len(finals["afedpg"]) > PROTOCOL_SEEDS:
@@ -326,6 +327,31 @@ def ordering_along_run(rows: list[dict], env: str, pairs: list[tuple[str, str]],
     cells = [f"P({a} > {b}) " + improvement_cells(values[a], values[b]) for a, b in pairs]
     fractions = "/".join(f"{f:.0%}" for f in ORDERING_FRACTIONS)
     return f"- Ordering along the run (at {fractions} of the budget): " + "; ".join(cells)
+
+
+def run_averages(rows: list[dict], env: str, algo: str, samples: int, points: int = 100) -> list[float]:
+    """Each seed's training return averaged over the whole run (area under its curve / budget), on the
+    same ``points``-point grid as curves.csv; the stretch before its first finished episode is skipped."""
+    grid = np.linspace(0, samples, points + 1)[1:]
+    runs = sorted((r for r in rows if r["env"] == env and r["algo"] == algo), key=lambda r: int(r["seed"]))
+    averages = []
+    for run in runs:
+        values = curve(Path(run["run_dir"]), grid)
+        if np.isfinite(values).any():
+            averages.append(float(np.nanmean(values)))
+    return averages
+
+
+def ordering_by_run_average(rows: list[dict], env: str, pairs: list[tuple[str, str]], samples: int) -> str:
+    """One line: each rule's mean of :func:`run_averages` and ``P(X > Y)`` of those averages."""
+    averages = {algo: run_averages(rows, env, algo, samples) for algo in {name for pair in pairs for name in pair}}
+    means = ", ".join(f"{a} {np.mean(v):.1f}" for a, v in sorted(averages.items()) if v)
+    cells = [
+        f"P({a} > {b}) = {prob_improvement(averages[a], averages[b]):.2f}"
+        for a, b in pairs
+        if averages[a] and averages[b]
+    ]
+    return f"- Return averaged over the whole run (area under the curve / budget): means {means}; " + "; ".join(cells)
 
 
 def plot(rows: list[dict], env: str, samples: int, path: Path) -> None:

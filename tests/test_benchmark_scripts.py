@@ -37,6 +37,7 @@ def test_learning_quick(tmp_path):
     assert "P(afedpg > a3c) = " in summary  # the ordering statistic of the pair both ran
     assert "Ordering along the run (at 5%/10%/20%/30%/50% of the budget): P(afedpg > a3c) " in summary
     assert "median seed (seeds reaching)" in summary
+    assert "- Return averaged over the whole run (area under the curve / budget): means a3c " in summary
     # a second invocation finds both runs done: it trains nothing and keeps their rows, and keeps the
     # evaluations it already has (marked here so that a re-evaluation would show)
     marked = evals[1].split(",")
@@ -199,3 +200,19 @@ def test_reach_table_by_hand(tmp_path):
         "| 60 | 75 (2/2) | not reached (1/2) | - |",
         "| 80 | 100 (2/2) | not reached (1/2) | - |",
     ]
+
+
+def test_run_average_ordering_by_hand(tmp_path):
+    learning = load_script("learning")
+    root = write_fake_learning_dir(tmp_path, {"afedpg": [100.0, 40.0], "vanilla": [60.0, 80.0]})
+    rows = list(learning.read_rows(root / "learning.csv").values())
+    # returns rise linearly from final/20 at 50 samples to final at 1000; on the grid 10, 20, ..., 1000
+    # the first four points precede the first return, so the average is final * mean(0.05, 0.06, ..., 1.00)
+    factor = float(np.mean(np.arange(5, 101) / 100))
+    assert factor == pytest.approx(0.525)
+    assert learning.run_averages(rows, "Swimmer-v5", "afedpg", 1000) == pytest.approx([100 * factor, 40 * factor])
+    line = learning.ordering_by_run_average(rows, "Swimmer-v5", [("afedpg", "vanilla")], 1000)
+    assert line == (
+        "- Return averaged over the whole run (area under the curve / budget): "
+        f"means afedpg {70 * factor:.1f}, vanilla {70 * factor:.1f}; P(afedpg > vanilla) = 0.50"
+    )
