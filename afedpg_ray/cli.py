@@ -124,6 +124,11 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         help="anneal alpha geometrically from --alpha0 to this over the run (constant/linear schedules; default fixed)",
     )
     add("--lr", type=float, help=f"a3c's Adam step size (default {d.lr})")
+    add(
+        "--staleness-power",
+        type=float,
+        help="weigh an arrival of delay D by (D + 1)^-P: afedpg/vanilla's momentum weight, a3c's step (default 0: off)",
+    )
     add("--max-grad-norm", type=float, help="reject gradients with a larger norm")
     add("--byzantine", help="K:ATTACK - the first K agents send sign_flip, scale:X, random_noise or nan gradients")
     add("--robust", help="server-side defence against Byzantine agents: none | filter (default none)")

@@ -109,6 +109,9 @@ class TrainConfig:
     """If set (constant/linear schedules), alpha anneals geometrically from alpha0 to this over the run."""
     lr: float = 3e-3
     """A3C's plain step size (Adam) - only used by ``a3c``."""
+    staleness_power: float = 0.0
+    """FedAsync-style staleness weighting ``(delay + 1) ** -power`` of each arrival (0: none): it scales
+    the momentum weight of afedpg/vanilla and the step of a3c."""
     max_grad_norm: float = 1e6
     """Gradients with a larger norm are rejected by the server."""
     byzantine: str = ""
@@ -159,6 +162,8 @@ class TrainConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
+MAX_STALENESS_POWER = 10.0
+"""Largest --staleness-power: beyond it every stale gradient is weighted to nothing."""
 MAX_WAIT_S = 3600.0
 """Longest modelled iteration or communication delay: an hour per iteration is a typo, not a profile."""
 
@@ -287,6 +292,16 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise ConfigError(
                 "--alpha-end", "a3c has no momentum weight alpha; drop --alpha-end or pick another --algo"
             )
+    _non_negative("--staleness-power", config.staleness_power)
+    if config.staleness_power > MAX_STALENESS_POWER:
+        raise ConfigError(
+            "--staleness-power",
+            f"must be at most {MAX_STALENESS_POWER:g} (a power of 2 already weighs a delay of 7 by 1/64)",
+        )
+    if config.staleness_power > 0 and config.algo in ("fedpg", "pg"):  # the option would silently do nothing
+        raise ConfigError(
+            "--staleness-power", f"{config.algo} applies no stale gradient; use it with afedpg, vanilla or a3c"
+        )
     if config.agent_cpus is not None:
         _positive("--agent-cpus", config.agent_cpus)
     _check_agent_resources(config.agent_resources, config.agents)

@@ -80,7 +80,14 @@ class ParameterServer:
     def _make_rule(self) -> UpdateRule:
         cfg = self.config
         return make_rule(
-            cfg.algo, cfg.schedule, cfg.eta0, cfg.alpha0, cfg.lr, horizon=self.horizon, alpha_end=cfg.alpha_end
+            cfg.algo,
+            cfg.schedule,
+            cfg.eta0,
+            cfg.alpha0,
+            cfg.lr,
+            horizon=self.horizon,
+            alpha_end=cfg.alpha_end,
+            staleness_power=cfg.staleness_power,
         )
 
     def export_state(self) -> dict[str, Any]:

@@ -33,6 +33,9 @@ from afedpg_ray.cli import main
         (["--iteration-time", "1e9"], "--iteration-time"),
         (["--hetero", "linear:1e300"], "--hetero"),
         (["--byzantine", "1:scale:nan"], "--byzantine"),
+        (["--staleness-power", "-1"], "--staleness-power"),
+        (["--staleness-power", "11"], "--staleness-power"),
+        (["--algo", "fedpg", "--staleness-power", "0.5"], "--staleness-power"),
         (["--agent-resources", "{not json"], "--agent-resources"),
         (["--agent-resources", '{"0-9": {"num_cpus": 1}}'], "--agent-resources"),
         (["--agents", "two"], "--agents"),
@@ -87,6 +90,7 @@ def test_bad_train_input_is_one_line_exit_2(argv, option, capsys, monkeypatch):
     ("changes", "option"),
     [
         ({"alpha_end": "0.05"}, "--alpha-end"),  # a string from config.json / Tune: no TypeError
+        ({"staleness_power": "0.5"}, "--staleness-power"),
         ({"alpha0": None}, "--alpha0"),
         ({"eta0": "0.03"}, "--eta0"),
         ({"seed": -1, "hetero": "lognormal:0.5"}, "--seed"),

@@ -53,6 +53,15 @@ def test_linear4_fast_agents_deliver_more_and_delays_are_recorded(tmp_path):
     assert result.samples_total >= 3200 and result.mean_delay > 0
 
 
+def test_staleness_power_weighs_each_arrival_by_its_recorded_delay(tmp_path):
+    result = train(tiny(tmp_path, algo="vanilla", hetero="linear:4", iteration_time=0.05, staleness_power=1.0))
+    progress = rows(result.out_dir)
+    assert max(int(r["delay"]) for r in progress) > 0
+    # the momentum weight logged per update is alpha0 / (delay + 1), from the first arrival on
+    for r in progress:
+        assert float(r["alpha"]) == pytest.approx(0.2 / (int(r["delay"]) + 1))
+
+
 def test_fedpg_takes_exactly_one_gradient_per_agent_per_round(tmp_path):
     result = train(tiny(tmp_path, algo="fedpg", agents=3, hetero="linear:2", iteration_time=0.05, samples=1600))
     progress = rows(result.out_dir)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from afedpg_ray.rules import A3CRule, RuleState, Schedule, make_rule
-from afedpg_ray.rules.base import lookahead_point, momentum_update, normalised_step
+from afedpg_ray.rules.base import lookahead_point, momentum_update, normalised_step, staleness_weight
 
 
 def test_momentum_first_arrival_sets_d_to_g():
@@ -126,6 +126,39 @@ def test_afedpg_alpha_is_indexed_by_issue_version_not_current():
     assert info.alpha == pytest.approx(a)
     assert info.eta == pytest.approx(0.1 * 2.0 / 7.0)  # eta is indexed by the current version k = 5
     assert np.allclose(state.momentum, (1 - a) * d_before + a * g)
+
+
+def test_staleness_weight_values():
+    assert staleness_weight(0, 0.5) == 1.0 and staleness_weight(7, 0.0) == 1.0
+    assert staleness_weight(3, 0.5) == pytest.approx(0.5)  # (3 + 1) ** -0.5
+    assert staleness_weight(7, 2.0) == pytest.approx(1 / 64)
+
+
+@pytest.mark.parametrize("algo", ["afedpg", "vanilla"])
+def test_staleness_power_scales_the_momentum_weight_of_a_stale_arrival(algo):
+    rule = make_rule(algo, "constant", eta0=0.5, alpha0=0.5, staleness_power=1.0)
+    state = RuleState.initial(np.zeros(2))
+    rule.apply(state, [np.array([3.0, 4.0])], [0])  # fresh: d = g
+    rule.apply(state, [np.array([1.0, 0.0])], [1])  # fresh: a = 0.5, d = (2, 2)
+    theta2 = state.theta.copy()
+    g = np.array([0.0, 2.0])
+    point, info = rule.apply(state, [g], [0])  # issued at 0, arrives at 2: delay 2, weight 1/3
+    assert info.alpha == pytest.approx(0.5 / 3)
+    assert np.allclose(state.momentum, (1 - 0.5 / 3) * np.array([2.0, 2.0]) + (0.5 / 3) * g)
+    # the lookahead extrapolates with the schedule's a = 0.5 (factor 1), not with the weighted one
+    expected = state.theta + (state.theta - theta2) if algo == "afedpg" else state.theta
+    assert np.allclose(point, expected)
+
+
+def test_a3c_staleness_power_scales_the_step():
+    steps = {}
+    for power in (0.0, 0.5):
+        state = RuleState.initial(np.zeros(3))
+        state.version = 3  # three updates happened; this gradient's point was issued at version 0
+        A3CRule(lr=0.1, staleness_power=power).apply(state, [np.array([2.0, -0.5, 0.0])], [0])
+        steps[power] = state.theta.copy()
+    # the same Adam step, scaled by (3 + 1) ** -0.5 = 1/2
+    assert np.any(steps[0.0] != 0) and np.allclose(steps[0.5], 0.5 * steps[0.0])
 
 
 def test_vanilla_dispatches_theta_itself():

@@ -19,17 +19,21 @@ def make_rule(
     lr: float = TrainConfig.lr,
     horizon: int = 1,
     alpha_end: float | None = TrainConfig.alpha_end,
+    staleness_power: float = TrainConfig.staleness_power,
 ) -> UpdateRule:
     """Build the update rule named ``algo`` with its schedule constants.
 
     ``horizon`` is the number of updates the run expects to apply (``linear`` and ``alpha_end``
     anneal over it).
+    ``staleness_power`` weighs stale arrivals (FedAsync) in afedpg, vanilla and a3c.
     A3C's Adam step follows ``linear`` too; ``theory``'s rates are NIGT's, so A3C keeps ``lr`` there.
     """
     sched = Schedule(schedule, eta0, alpha0, horizon, alpha_end)
-    builders = {"afedpg": afedpg, "vanilla": vanilla, "fedpg": fedpg, "pg": pg}
+    if algo in ("afedpg", "vanilla"):
+        return (afedpg if algo == "afedpg" else vanilla)(sched, staleness_power)
+    builders = {"fedpg": fedpg, "pg": pg}  # no stale arrivals to weigh
     if algo in builders:
         return builders[algo](sched)
     if algo == "a3c":
-        return A3CRule(lr, schedule=sched if schedule == "linear" else None)
+        return A3CRule(lr, schedule=sched if schedule == "linear" else None, staleness_power=staleness_power)
     raise ValueError(f"unknown algorithm {algo!r}")

@@ -1,12 +1,13 @@
-"""A3C-style asynchronous step: every arrival is applied as it comes, no momentum-lookahead,
-no normalisation and no staleness handling. The step is Adam's (as A3C implementations use an
-adaptive optimiser; the plain-SGD variant is ``beta1 = beta2 = 0`` and no bias correction)."""
+"""A3C-style asynchronous step: every arrival is applied as it comes, no momentum-lookahead, no
+normalisation and (unless ``--staleness-power`` asks for FedAsync's weighting) no staleness handling.
+The step is Adam's (as A3C implementations use an adaptive optimiser; the plain-SGD variant is
+``beta1 = beta2 = 0`` and no bias correction)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from afedpg_ray.rules.base import RuleState, StepInfo
+from afedpg_ray.rules.base import RuleState, StepInfo, staleness_weight
 from afedpg_ray.rules.schedules import Schedule
 
 
@@ -17,9 +18,17 @@ class A3CRule:
     synchronous = False
 
     def __init__(
-        self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, schedule: Schedule | None = None
+        self,
+        lr: float,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        schedule: Schedule | None = None,
+        staleness_power: float = 0.0,
     ) -> None:
         self.lr = lr
+        self.staleness_power = staleness_power
+        """If > 0, the step of an arrival of delay D is scaled by ``(D + 1) ** -power`` (FedAsync)."""
         self.schedule = schedule
         """If given, the step is ``lr * schedule.decay(k)`` (annealed like the NIGT rules' ``eta``)."""
         self.beta1 = beta1
@@ -44,6 +53,7 @@ class A3CRule:
         m_hat = state.momentum / (1 - self.beta1**t)
         v_hat = v / (1 - self.beta2**t)
         lr = self.lr * (self.schedule.decay(state.version) if self.schedule is not None else 1.0)
+        lr *= staleness_weight(state.version - issue_versions[0], self.staleness_power)
         theta_new = state.theta + lr * m_hat / (np.sqrt(v_hat) + self.eps)
         state.theta_prev, state.theta = state.theta, theta_new
         state.version = t

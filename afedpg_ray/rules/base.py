@@ -78,6 +78,11 @@ def normalised_step(theta: np.ndarray, d: np.ndarray, eta: float) -> np.ndarray:
     return theta + (eta / norm) * d
 
 
+def staleness_weight(delay: int, power: float) -> float:
+    """FedAsync's polynomial weight ``(delay + 1) ** -power`` (1 for a fresh gradient or ``power = 0``)."""
+    return float((delay + 1) ** -power)
+
+
 def lookahead_point(theta_new: np.ndarray, theta_old: np.ndarray, a: float) -> np.ndarray:
     """``theta~ = theta_new + ((1 - a) / a) (theta_new - theta_old)``: where the next gradient is sampled."""
     return theta_new + ((1.0 - a) / a) * (theta_new - theta_old)

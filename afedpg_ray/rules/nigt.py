@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from afedpg_ray.rules.base import RuleState, StepInfo, lookahead_point, momentum_update, normalised_step
+from afedpg_ray.rules.base import (
+    RuleState,
+    StepInfo,
+    lookahead_point,
+    momentum_update,
+    normalised_step,
+    staleness_weight,
+)
 from afedpg_ray.rules.schedules import Schedule
 
 
@@ -21,11 +28,16 @@ class NormalisedMomentumRule:
     N-PG-IGT's code does (there is no previous direction to extrapolate along yet).
     """
 
-    def __init__(self, name: str, schedule: Schedule, lookahead: bool, synchronous: bool) -> None:
+    def __init__(
+        self, name: str, schedule: Schedule, lookahead: bool, synchronous: bool, staleness_power: float = 0.0
+    ) -> None:
         self.name = name
         self.schedule = schedule
         self.lookahead = lookahead
         self.synchronous = synchronous
+        self.staleness_power = staleness_power
+        """If > 0, an arrival of delay D mixes into the momentum with ``a * (D + 1) ** -power``; the
+        lookahead still extrapolates with the schedule's ``a`` (the weight the next fresh arrival gets)."""
 
     def apply(
         self, state: RuleState, grads: list[np.ndarray], issue_versions: list[int]
@@ -39,9 +51,10 @@ class NormalisedMomentumRule:
             g = grads[0]
         k = state.version
         a = self.schedule.alpha(min(issue_versions))
+        mix = a * staleness_weight(k - min(issue_versions), self.staleness_power) if self.staleness_power else a
         eta = self.schedule.eta(k)
         first = state.momentum is None
-        state.momentum = momentum_update(state.momentum, g, a)
+        state.momentum = momentum_update(state.momentum, g, mix)
         theta_new = normalised_step(state.theta, state.momentum, eta)
         state.theta_prev, state.theta = state.theta, theta_new
         state.version = k + 1
@@ -50,17 +63,21 @@ class NormalisedMomentumRule:
         else:
             point = theta_new.copy()
         state.point = point
-        return point, StepInfo(alpha=a, eta=eta, momentum_norm=float(np.linalg.norm(state.momentum)))
+        return point, StepInfo(alpha=mix, eta=eta, momentum_norm=float(np.linalg.norm(state.momentum)))
 
 
-def afedpg(schedule: Schedule) -> NormalisedMomentumRule:
+def afedpg(schedule: Schedule, staleness_power: float = 0.0) -> NormalisedMomentumRule:
     """AFedPG: asynchronous arrivals, delay-adaptive lookahead."""
-    return NormalisedMomentumRule("afedpg", schedule, lookahead=True, synchronous=False)
+    return NormalisedMomentumRule(
+        "afedpg", schedule, lookahead=True, synchronous=False, staleness_power=staleness_power
+    )
 
 
-def vanilla(schedule: Schedule) -> NormalisedMomentumRule:
+def vanilla(schedule: Schedule, staleness_power: float = 0.0) -> NormalisedMomentumRule:
     """Vanilla asynchronous NIGT: AFedPG without the lookahead (agents sample at theta itself)."""
-    return NormalisedMomentumRule("vanilla", schedule, lookahead=False, synchronous=False)
+    return NormalisedMomentumRule(
+        "vanilla", schedule, lookahead=False, synchronous=False, staleness_power=staleness_power
+    )
 
 
 def fedpg(schedule: Schedule) -> NormalisedMomentumRule:
