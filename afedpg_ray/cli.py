@@ -124,6 +124,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         help="anneal alpha geometrically from --alpha0 to this over the run (constant/linear schedules; default fixed)",
     )
     add("--lr", type=float, help=f"a3c's Adam step size (default {d.lr})")
+    add("--collect", type=int, help="rennala: fresh gradients averaged per step (default: --agents)")
     add(
         "--staleness-power",
         type=float,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ALGORITHMS = ("afedpg", "vanilla", "fedpg", "a3c", "pg")
+ALGORITHMS = ("afedpg", "vanilla", "fedpg", "a3c", "pg", "rennala")
 SCHEDULES = ("constant", "theory", "linear")
 AGENT_RESOURCE_KEYS = ("num_cpus", "memory", "resources")
 """The requests an ``--agent-resources`` group may make (what :func:`runtime.agent_options` passes to Ray)."""
@@ -109,6 +109,8 @@ class TrainConfig:
     """If set (constant/linear schedules), alpha anneals geometrically from alpha0 to this over the run."""
     lr: float = 3e-3
     """A3C's plain step size (Adam) - only used by ``a3c``."""
+    collect: int | None = None
+    """rennala only: fresh gradients averaged per step (None: one per agent, ``--agents``)."""
     staleness_power: float = 0.0
     """FedAsync-style staleness weighting ``(delay + 1) ** -power`` of each arrival (0: none): it scales
     the momentum weight of afedpg/vanilla and the step of a3c."""
@@ -140,7 +142,7 @@ class TrainConfig:
     @property
     def lookahead(self) -> bool:
         """Whether the rule samples at the extrapolated point."""
-        return self.algo in ("afedpg", "fedpg", "pg")
+        return self.algo in ("afedpg", "fedpg", "pg", "rennala")
 
     @property
     def synchronous(self) -> bool:
@@ -148,10 +150,17 @@ class TrainConfig:
         return self.algo == "fedpg"
 
     @property
+    def gradients_per_update(self) -> int:
+        """Gradients one update averages: N for FedPG, ``collect`` for rennala, else 1."""
+        if self.algo == "rennala":
+            return self.collect if self.collect is not None else self.agents
+        return self.agents if self.synchronous else 1
+
+    @property
     def expected_updates(self) -> int:
-        """Updates the sample budget buys: one per gradient, or one per round of all agents (FedPG)."""
-        per_update = self.batch * (self.agents if self.synchronous else 1)
-        return max(1, self.samples // per_update)
+        """Updates the sample budget buys: one per gradient, or one per round or collection of several
+        (rennala's superseded gradients spend samples too, so it applies somewhat fewer)."""
+        return max(1, self.samples // (self.batch * self.gradients_per_update))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
@@ -292,13 +301,17 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise ConfigError(
                 "--alpha-end", "a3c has no momentum weight alpha; drop --alpha-end or pick another --algo"
             )
+    if config.collect is not None:
+        _positive("--collect", config.collect, integer=True)
+        if config.algo != "rennala":  # the option would silently do nothing
+            raise ConfigError("--collect", f"only rennala collects gradients per step; drop it for {config.algo}")
     _non_negative("--staleness-power", config.staleness_power)
     if config.staleness_power > MAX_STALENESS_POWER:
         raise ConfigError(
             "--staleness-power",
             f"must be at most {MAX_STALENESS_POWER:g} (a power of 2 already weighs a delay of 7 by 1/64)",
         )
-    if config.staleness_power > 0 and config.algo in ("fedpg", "pg"):  # the option would silently do nothing
+    if config.staleness_power > 0 and config.algo in ("fedpg", "pg", "rennala"):  # the option would silently do nothing
         raise ConfigError(
             "--staleness-power", f"{config.algo} applies no stale gradient; use it with afedpg, vanilla or a3c"
         )

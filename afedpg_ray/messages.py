@@ -8,6 +8,10 @@ import numpy as np
 
 from afedpg_ray.normalizer import RunningStats
 
+SUPERSEDED = "superseded"
+"""The ``reason`` of a rennala arrival computed at a point the server has already stepped past: its
+samples count and its statistics are merged, but the gradient is not used. Not a fault."""
+
 
 @dataclass(frozen=True)
 class Dispatch:

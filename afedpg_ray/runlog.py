@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from afedpg_ray.messages import UpdateRecord
+from afedpg_ray.messages import SUPERSEDED, UpdateRecord
 
 PROGRESS_COLUMNS = [f.name for f in dataclasses.fields(UpdateRecord) if f.name != "extra"]
 EVENT_COLUMNS = ["wall_time", "kind", "agent", "message"]
@@ -41,10 +41,13 @@ class RunLog:
         self._delays: deque[int] = deque(maxlen=200)
         self.last: UpdateRecord | None = None
         self.accepted = 0
-        """Accepted updates in progress.csv (with ``append``, the rows already there count too)."""
+        """Accepted gradients in progress.csv (with ``append``, the rows already there count too)."""
         self.delay_sum = 0
+        self.rows = 0
+        """Rows in progress.csv: a checkpoint stores it, so going back to it cuts exactly the later rows."""
         if append and self._progress_path.is_file():
             for row in read_progress(self._progress_path):
+                self.rows += 1
                 if row.get("accepted") == "True":
                     self.accepted += 1
                     self.delay_sum += int(row["delay"])
@@ -59,8 +62,9 @@ class RunLog:
         """Log one server update (accepted or rejected)."""
         row = dataclasses.asdict(rec)
         self._progress.writerow(row)
+        self.rows += 1
         self.last = rec
-        if not rec.accepted and rec.reason not in self._rejection_reasons:
+        if not rec.accepted and rec.reason != SUPERSEDED and rec.reason not in self._rejection_reasons:
             self._rejection_reasons.add(rec.reason)  # logged once per reason; progress.csv has every one
             self.event(
                 "rejected", rec.agent, f"first gradient rejected for {rec.reason} (update {rec.update})", rec.wall_time
@@ -83,14 +87,16 @@ class RunLog:
         for callback in self._listeners:
             callback(rec)
 
-    def rollback(self, version: int, samples_total: int) -> int:
-        """Drop the rows of updates past ``version`` (a server restored from its checkpoint redoes them).
+    def rollback(self, version: int, samples_total: int, keep_rows: int | None = None) -> int:
+        """Drop the rows logged after the checkpoint at ``version`` (a restored server redoes them).
 
+        ``keep_rows`` (the checkpoint's row count) cuts exactly; without it, rows past ``version`` go.
         Returns how many rows were dropped; the counters they fed are taken back. TensorBoard points and
         listeners' reports already sent stay (they cannot be unsent).
         """
         self._progress_file.close()
-        dropped = cut_progress(self._progress_path, version)
+        dropped = cut_progress(self._progress_path, version, keep_rows)
+        self.rows -= len(dropped)
         self._progress_file, self._progress = _csv_writer(self._progress_path, PROGRESS_COLUMNS, append=True)
         for row in dropped:
             if row.get("accepted") == "True":
@@ -152,16 +158,23 @@ def _csv_writer(path: Path, columns: list[str], append: bool) -> tuple[Any, csv.
     return handle, writer
 
 
-def cut_progress(path: Path, version: int) -> list[dict[str, str]]:
-    """Keep only the rows of progress.csv with ``update <= version`` (atomically); returns the dropped rows.
+def cut_progress(path: Path, version: int, keep_rows: int | None = None) -> list[dict[str, str]]:
+    """Keep only the rows of progress.csv logged before the checkpoint at ``version`` (atomically);
+    returns the dropped rows.
 
-    Used when the run goes back to a checkpoint at ``version``: a restored server or a resumed driver
-    applies the later updates again, so their old rows would repeat update numbers.
+    Used when the run goes back to a checkpoint: a restored server or a resumed driver applies the later
+    updates again, so their old rows would repeat update numbers. With ``keep_rows`` (what the checkpoint
+    recorded) the first ``keep_rows`` rows stay - exact even for rows that do not advance the version
+    (rejections, and rennala's collected gradients); older checkpoints fall back to ``update <= version``.
     """
     if not path.is_file():
         return []
     rows = read_progress(path)
-    kept = [row for row in rows if int(row["update"]) <= version]
+    if keep_rows is not None:
+        kept, dropped = rows[:keep_rows], rows[keep_rows:]
+    else:
+        kept = [row for row in rows if int(row["update"]) <= version]
+        dropped = [row for row in rows if int(row["update"]) > version]
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=PROGRESS_COLUMNS, extrasaction="ignore")
@@ -170,7 +183,7 @@ def cut_progress(path: Path, version: int) -> list[dict[str, str]]:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    return [row for row in rows if int(row["update"]) > version]
+    return dropped
 
 
 def _tensorboard_writer(path: Path) -> Any:

@@ -24,7 +24,7 @@ from afedpg_ray.agent import RolloutAgent
 from afedpg_ray.checkpoint import save_checkpoint
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.heterogeneity import parse_profile
-from afedpg_ray.messages import UpdateRecord
+from afedpg_ray.messages import SUPERSEDED, UpdateRecord
 from afedpg_ray.runlog import RunLog
 from afedpg_ray.server import ParameterServer
 
@@ -148,6 +148,8 @@ class RayRunner:
         self._last_drain = time.monotonic()
         self.incarnation = int(resume_state["rule_state"]["version"]) if resume_state else 0
         self.samples_total = int(resume_state["samples_total"]) if resume_state else 0
+        self._last_update = self.incarnation
+        """Version of the last record logged (a checkpoint is due when it reaches a multiple)."""
         self._rejected: list[UpdateRecord] = []
         """Records rejected since the last accepted update (see REJECTED_STREAK_PER_AGENT)."""
         self._check_names_free()
@@ -246,6 +248,7 @@ class RayRunner:
     def _checkpoint(self) -> None:
         """Take the server's state now; write it to disk on the writer thread (fsync is slow)."""
         self.last_state = self._server_call(self.server.export_state.remote())
+        self.last_state["progress_rows"] = self.log.rows  # every submitted update is logged by now
         self._flush_checkpoint()  # one write at a time, in order; surfaces a failed write
         self._saving = self._writer.submit(save_checkpoint, self.run_dir, self.last_state)
 
@@ -266,9 +269,10 @@ class RayRunner:
         version = int(self.last_state["rule_state"]["version"])
         self.samples_total = int(self.last_state["samples_total"])
         self._rejected.clear()
+        self._last_update = version
         self._fault("server_restored", None, f"server died ({reason}); restored at update {version}")
         # updates logged after the checkpoint were lost with the server and will be applied again
-        dropped = self.log.rollback(version, self.samples_total)
+        dropped = self.log.rollback(version, self.samples_total, self.last_state.get("progress_rows"))
         if dropped:
             message = f"dropped {dropped} progress.csv rows past update {version} (lost with the server)"
             self.log.event("progress_rolled_back", None, message, self._elapsed())
@@ -353,14 +357,16 @@ class RayRunner:
     def _after_update(self, record: UpdateRecord) -> bool:
         """Log one update record; returns whether a checkpoint is due after it."""
         self.log.record(record)
-        if not record.accepted:
+        if not record.accepted and record.reason != SUPERSEDED:
             self._rejected.append(record)
             if len(self._rejected) >= REJECTED_STREAK_PER_AGENT * self.config.agents:
                 raise RunError(rejection_message(self._rejected, self.config))
             return False
         self._rejected.clear()
-        self.samples_total = max(self.samples_total, record.samples_total)
-        return record.update % self.config.checkpoint_every == 0
+        self.samples_total = max(self.samples_total, record.samples_total)  # superseded samples were spent too
+        # due once per update reached: fedpg's round and rennala's collection log several rows per update
+        stepped, self._last_update = record.update != self._last_update, record.update
+        return stepped and record.accepted and record.update % self.config.checkpoint_every == 0
 
     def _drain_records(self, block: bool) -> None:
         """Log the server's records in submission order: all of them, or (not ``block``) the finished ones.

@@ -19,7 +19,7 @@ import torch
 
 from afedpg_ray.byzantine import RobustFilter
 from afedpg_ray.config import TrainConfig
-from afedpg_ray.messages import Dispatch, GradientMeta, UpdateRecord
+from afedpg_ray.messages import SUPERSEDED, Dispatch, GradientMeta, UpdateRecord
 from afedpg_ray.metrics import ServerMetrics
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import build_policy, get_flat
@@ -35,16 +35,20 @@ class AgentStats:
 
     updates: int = 0
     rejected: int = 0
+    superseded: int = 0
     iteration_seconds_sum: float = 0.0
     delay_sum: int = 0
     delay_max: int = 0
     last_seen: float = 0.0
     node_id: str = ""
 
-    def observe(self, meta: GradientMeta, delay: int, accepted: bool) -> None:
+    def observe(self, meta: GradientMeta, delay: int, accepted: bool, reason: str = "") -> None:
         """Count one arrival from this agent."""
         self.last_seen = time.time()
         self.node_id = meta.node_id or self.node_id
+        if reason == SUPERSEDED:
+            self.superseded += 1
+            return
         if not accepted:
             self.rejected += 1
             return
@@ -72,6 +76,8 @@ class ParameterServer:
         self.episodes_total = 0
         self.recent_returns: deque[float] = deque(maxlen=RETURN_WINDOW)
         self.rejected: dict[str, int] = {}
+        self.superseded = 0
+        """rennala: gradients computed at a point already stepped past (their samples count, they do not)."""
         self.start_time = time.time()
         self.agent_stats: dict[int, AgentStats] = {}
         self.metrics = ServerMetrics()
@@ -103,6 +109,7 @@ class ParameterServer:
             "episodes_total": self.episodes_total,
             "recent_returns": list(self.recent_returns),
             "rejected": dict(self.rejected),
+            "superseded": self.superseded,
             "elapsed": time.time() - self.start_time,
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(),
@@ -131,6 +138,7 @@ class ParameterServer:
         self.episodes_total = int(saved["episodes_total"])
         self.recent_returns = deque(saved["recent_returns"], maxlen=RETURN_WINDOW)
         self.rejected = dict(saved["rejected"])
+        self.superseded = int(saved.get("superseded", 0))  # absent in older checkpoints
         self.start_time = time.time() - float(saved["elapsed"])
         torch.set_rng_state(saved["torch_rng"])
         np.random.set_state(saved["numpy_rng"])
@@ -195,6 +203,8 @@ class ParameterServer:
         reason = self.check(meta, grad)
         if reason:
             return self._reject(meta, reason)
+        if self.config.algo == "rennala":
+            return self._collect(meta, np.asarray(grad, dtype=np.float64))
         issued = self.agent_versions[meta.agent_id]
         delay = self.state.version - issued
         _, info = self.rule.apply(self.state, [np.asarray(grad, dtype=np.float64)], [issued])
@@ -202,6 +212,31 @@ class ParameterServer:
         self.agent_versions[meta.agent_id] = self.state.version
         record = self._record(meta, delay, True, "", info.alpha, info.eta)
         return self._dispatch(), record
+
+    def _collect(self, meta: GradientMeta, grad: np.ndarray) -> tuple[Dispatch, UpdateRecord]:
+        """Rennala: add a gradient computed at the current point to the collection; the M-th one steps.
+
+        A gradient computed at a point the server has since stepped past is superseded (Rennala uses
+        only gradients at the current point): its samples and statistics count, the gradient does not.
+        The collection lives in the rule state, so checkpoints and restores keep it.
+        """
+        issued, version = self.agent_versions[meta.agent_id], self.state.version
+        self._absorb(meta)
+        self.agent_versions[meta.agent_id] = version
+        if issued < version:
+            self.superseded += 1
+            return self._dispatch(), self._record(meta, version - issued, False, SUPERSEDED)
+        extra = dict(self.state.extra or {})
+        total = extra["collected_sum"] + grad if "collected_sum" in extra else grad.copy()
+        count = int(extra.get("collected_count", 0)) + 1
+        if count < self.config.gradients_per_update:
+            extra.update(collected_sum=total, collected_count=np.array(count))
+            self.state.extra = extra
+            return self._dispatch(), self._record(meta, 0, True, "")
+        self.state.extra = None
+        _, info = self.rule.apply(self.state, [total / count], [version])
+        self.agent_versions[meta.agent_id] = self.state.version
+        return self._dispatch(), self._record(meta, 0, True, "", info.alpha, info.eta)
 
     def apply_round(self, metas: list[GradientMeta], *grads: np.ndarray) -> tuple[Dispatch, list[UpdateRecord]]:
         """Synchronous round (FedPG): average the valid gradients, one step, everyone gets the new point."""
@@ -245,7 +280,7 @@ class ParameterServer:
         alpha: float = float("nan"),
         eta: float = float("nan"),
     ) -> UpdateRecord:
-        self.agent_stats.setdefault(meta.agent_id, AgentStats()).observe(meta, delay, accepted)
+        self.agent_stats.setdefault(meta.agent_id, AgentStats()).observe(meta, delay, accepted, reason)
         record = UpdateRecord(
             update=self.state.version,
             wall_time=time.time() - self.start_time,
@@ -284,6 +319,7 @@ class ParameterServer:
             "samples_total": self.samples_total,
             "return_mean": float(np.mean(self.recent_returns)) if self.recent_returns else float("nan"),
             "rejected": dict(self.rejected),
+            "superseded": self.superseded,
             "agents": {i: asdict(stats) for i, stats in sorted(self.agent_stats.items())},
         }
 

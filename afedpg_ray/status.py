@@ -123,7 +123,9 @@ def format_status(status: dict[str, Any], name: str, now: float | None = None) -
     lines = [
         f"{name}: version {status['version']}, {status['updates_per_second']:.2f} updates/s, "
         f"{status['samples_total']} samples, return {_fmt(status['return_mean'], 1)}, "
-        f"rejected {rejected_text}, up {status.get('elapsed', float('nan')):.0f}s"
+        f"rejected {rejected_text}, "
+        + (f"superseded {status['superseded']}, " if status.get("superseded") else "")
+        + f"up {status.get('elapsed', float('nan')):.0f}s"
     ]
     header = ("agent", "node", "updates", "rejected", "iter_mean_s", "delay_mean", "delay_max", "last_seen_s_ago")
     rows = [header]

@@ -111,7 +111,7 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
         updates=int(snapshot["version"]),
         samples_total=int(last.samples_total) if last else initial_samples,
         wall_time=wall,
-        updates_per_second=log.accepted / wall if wall > 0 else 0.0,
+        updates_per_second=int(snapshot["version"]) / wall if wall > 0 else 0.0,
         mean_delay=log.delay_sum / log.accepted if log.accepted else 0.0,
         rejected=rejected,
         restarts=dict(stats.restarts),
@@ -127,7 +127,8 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
 def prepare_resume(run_dir: Path) -> dict[str, Any]:
     """Load the run's checkpoint and cut progress.csv back to it (later rows died with the driver)."""
     state = load_checkpoint(run_dir)
-    cut_progress(run_dir / "progress.csv", int(state["rule_state"]["version"]))  # same rule as a server restore
+    # the same cut as a server restore: exact by row count (older checkpoints: by version)
+    cut_progress(run_dir / "progress.csv", int(state["rule_state"]["version"]), state.get("progress_rows"))
     return state
 
 

@@ -34,6 +34,9 @@ from afedpg_ray.cli import main
         (["--hetero", "linear:1e300"], "--hetero"),
         (["--byzantine", "1:scale:nan"], "--byzantine"),
         (["--staleness-power", "-1"], "--staleness-power"),
+        (["--collect", "4"], "--collect"),  # afedpg collects nothing
+        (["--algo", "rennala", "--collect", "0"], "--collect"),
+        (["--algo", "rennala", "--staleness-power", "1"], "--staleness-power"),
         (["--staleness-power", "11"], "--staleness-power"),
         (["--algo", "fedpg", "--staleness-power", "0.5"], "--staleness-power"),
         (["--agent-resources", "{not json"], "--agent-resources"),

@@ -62,6 +62,25 @@ def test_staleness_power_weighs_each_arrival_by_its_recorded_delay(tmp_path):
         assert float(r["alpha"]) == pytest.approx(0.2 / (int(r["delay"]) + 1))
 
 
+def test_rennala_steps_once_per_collect_fresh_gradients(tmp_path):
+    config = tiny(tmp_path, algo="rennala", collect=3, hetero="linear:4", iteration_time=0.05, samples=3200)
+    result = train(config)
+    progress = rows(result.out_dir)
+    used = [r for r in progress if r["accepted"] == "True"]
+    superseded = [r for r in progress if r["reason"] == "superseded"]
+    assert len(used) + len(superseded) == len(progress) and superseded  # the slow agents' work goes stale
+    assert all(int(r["delay"]) == 0 for r in used) and all(int(r["delay"]) > 0 for r in superseded)
+    # rows of update u: the collection that produced it ends with the row whose version moved to u
+    versions = [int(r["update"]) for r in used]
+    steps = [i for i in range(len(versions)) if versions[i] == (versions[i - 1] if i else 0) + 1]
+    assert [versions[i] for i in steps] == list(range(1, result.updates + 1))
+    assert all(b - a == 3 for a, b in zip([-1, *steps[:-1]], steps, strict=True))  # 3 fresh gradients per step
+    assert all(v == versions[i - 1] for i, v in enumerate(versions) if i and i not in steps)
+    counts = Counter(int(r["agent"]) for r in used)
+    assert counts[0] > counts[3]  # the fastest agent contributes most
+    assert result.samples_total >= 3200  # superseded samples count against the budget
+
+
 def test_fedpg_takes_exactly_one_gradient_per_agent_per_round(tmp_path):
     result = train(tiny(tmp_path, algo="fedpg", agents=3, hetero="linear:2", iteration_time=0.05, samples=1600))
     progress = rows(result.out_dir)

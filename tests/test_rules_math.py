@@ -196,7 +196,7 @@ def test_async_rules_refuse_several_gradients():
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear"])
-@pytest.mark.parametrize("algo", ["afedpg", "vanilla", "fedpg", "a3c", "pg"])
+@pytest.mark.parametrize("algo", ["afedpg", "vanilla", "fedpg", "a3c", "pg", "rennala"])
 def test_rule_contract(algo, schedule):
     """Every rule: one version per apply, finite outputs of the right shape, ascent on a concave objective."""
     rule = make_rule(algo, schedule, eta0=0.05, alpha0=0.5, lr=0.05, horizon=400)

@@ -70,6 +70,22 @@ def test_resume_cuts_progress_by_the_same_rule(tmp_path):
     assert cut_progress(tmp_path / "missing.csv", 5) == []
 
 
+def test_rollback_by_row_count_also_drops_rows_that_keep_the_version(tmp_path):
+    log = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=False)
+    for update in range(1, 6):
+        log.record(record(update))
+    rows_at_checkpoint = log.rows  # what a checkpoint at update 5 stores
+    log.record(record(5, accepted=False, reason="norm_too_large"))  # after the checkpoint, same version
+    log.record(record(6))
+    assert log.rollback(5, 500, keep_rows=rows_at_checkpoint) == 2  # the version rule would keep the rejection
+    assert log.rows == 5 and log.accepted == 5
+    log.close()
+    assert [r["accepted"] for r in read_progress(tmp_path / "progress.csv")] == ["True"] * 5
+    appended = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=False, append=True)
+    assert appended.rows == 5 and appended.accepted == 5  # a resumed driver counts the rows already there
+    appended.close()
+
+
 def test_resume_of_a_live_run_is_refused_before_progress_is_touched(tmp_path):
     log = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=False)
     for update in range(1, 9):

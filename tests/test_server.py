@@ -61,6 +61,41 @@ def test_bad_gradients_are_rejected_and_counted(server, make, reason):
     assert np.all(np.isfinite(dispatch.params))
 
 
+def test_rennala_collects_fresh_gradients_and_supersedes_stale_ones():
+    config = dataclasses.replace(CONFIG, algo="rennala", eta0=0.5)
+    s = ParameterServer(config)
+    p = s.num_params
+    theta0 = s.state.theta.copy()
+    for i in range(3):
+        s.dispatch(i)
+    g = [np.zeros(p) for _ in range(3)]
+    for i in range(3):
+        g[i][i] = 3.0 * (i + 1)  # (3, 0, 0, ...), (0, 6, 0, ...), (0, 0, 9, ...)
+    _, r0 = s.apply(meta(0, 0), g[0])
+    _, r1 = s.apply(meta(1, 0), g[1])
+    # collected, not applied: the version stays, the agents are re-sent the same point
+    assert (r0.update, r1.update, r0.accepted, r1.accepted, s.state.version) == (0, 0, True, True, 0)
+    assert np.isnan(r0.alpha) and np.array_equal(s.state.theta, theta0)
+    # agent 0 was re-sent version 0, so its second gradient is fresh too: the third one steps with the mean
+    _, r2 = s.apply(meta(0, 0), g[2])
+    mean = (g[0] + g[1] + g[2]) / 3  # (1, 2, 3, 0, ...), norm sqrt(14)
+    assert (r2.update, r2.delay, s.state.version) == (1, 0, 1)
+    assert np.allclose(s.state.theta, theta0 + 0.5 * mean / np.sqrt(14.0))
+    assert s.state.extra is None  # the collection starts afresh
+    # agent 2's point (version 0) has been stepped past: superseded, not rejected; its samples count
+    _, r3 = s.apply(meta(2, 0), np.ones(p))
+    assert (r3.accepted, r3.reason, r3.delay, r3.update) == (False, "superseded", 1, 1)
+    assert s.rejected == {} and s.superseded == 1 and r3.samples_total == 40
+    assert s.agent_stats[2].superseded == 1 and s.agent_stats[2].rejected == 0
+    assert np.allclose(s.state.theta, theta0 + 0.5 * mean / np.sqrt(14.0))
+    # a half-full collection survives export and restore
+    s.apply(meta(2, 1), g[0])
+    restored = ParameterServer(config)
+    restored.restore(s.export_state())
+    assert int(restored.state.extra["collected_count"]) == 1 and restored.superseded == 1
+    assert np.array_equal(restored.state.extra["collected_sum"], g[0])
+
+
 def test_fedpg_round_takes_one_gradient_per_agent():
     cfg = TrainConfig(env="CartPole-v1", algo="fedpg", agents=3, batch=64, num_envs=2)
     s = ParameterServer(cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.rules.a3c import A3CRule
 from afedpg_ray.rules.base import RuleState, StepInfo, UpdateRule
-from afedpg_ray.rules.nigt import NormalisedMomentumRule, afedpg, fedpg, pg, vanilla
+from afedpg_ray.rules.nigt import NormalisedMomentumRule, afedpg, fedpg, pg, rennala, vanilla
 from afedpg_ray.rules.schedules import Schedule
 
 __all__ = ["A3CRule", "NormalisedMomentumRule", "RuleState", "Schedule", "StepInfo", "UpdateRule", "make_rule"]
@@ -31,7 +31,7 @@ def make_rule(
     sched = Schedule(schedule, eta0, alpha0, horizon, alpha_end)
     if algo in ("afedpg", "vanilla"):
         return (afedpg if algo == "afedpg" else vanilla)(sched, staleness_power)
-    builders = {"fedpg": fedpg, "pg": pg}  # no stale arrivals to weigh
+    builders = {"fedpg": fedpg, "pg": pg, "rennala": rennala}  # no stale arrivals to weigh
     if algo in builders:
         return builders[algo](sched)
     if algo == "a3c":

@@ -1,8 +1,8 @@
-"""Normalised momentum with optional lookahead: AFedPG, its vanilla variant, FedPG and PG.
+"""Normalised momentum with optional lookahead: AFedPG, its vanilla variant, FedPG, PG and Rennala.
 
-All four are the same N-PG-IGT step; they differ only in (a) whether the next point is the
-extrapolated lookahead or theta itself, and (b) whether one arrival or a synchronous round of N
-averaged gradients drives a step.
+All five are the same N-PG-IGT step; they differ only in (a) whether the next point is the
+extrapolated lookahead or theta itself, and (b) whether one arrival, a synchronous round of N, or
+M collected gradients (rennala), averaged, drive a step.
 """
 
 from __future__ import annotations
@@ -83,6 +83,13 @@ def vanilla(schedule: Schedule, staleness_power: float = 0.0) -> NormalisedMomen
 def fedpg(schedule: Schedule) -> NormalisedMomentumRule:
     """FedPG: all N agents at the same lookahead point, gradients averaged, one step per round."""
     return NormalisedMomentumRule("fedpg", schedule, lookahead=True, synchronous=True)
+
+
+def rennala(schedule: Schedule) -> NormalisedMomentumRule:
+    """Rennala NIGT (Tyurin et al., ICLR 2026): the mean of M gradients, all computed at the current
+    lookahead point by whichever agents finish first, drives one step. The server collects them
+    (:class:`~afedpg_ray.server.ParameterServer`); the rule only sees the M gradients."""
+    return NormalisedMomentumRule("rennala", schedule, lookahead=True, synchronous=True)
 
 
 def pg(schedule: Schedule) -> NormalisedMomentumRule:
