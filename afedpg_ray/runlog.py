@@ -37,7 +37,9 @@ class RunLog:
         self._tb = _tensorboard_writer(out_dir / "tb") if tensorboard else None
         self._bar = _progress_bar(total_samples, initial_samples) if show_progress else None
         self._samples_seen = initial_samples
-        self._times: deque[float] = deque(maxlen=200)
+        # (monotonic time, server version) of recent accepted gradients: the rate counts server updates,
+        # which for fedpg and rennala take several gradients each.
+        self._times: deque[tuple[float, int]] = deque(maxlen=200)
         self._delays: deque[int] = deque(maxlen=200)
         self.last: UpdateRecord | None = None
         self.accepted = 0
@@ -72,7 +74,7 @@ class RunLog:
         if rec.accepted:
             self.accepted += 1
             self.delay_sum += rec.delay
-            self._times.append(time.monotonic())
+            self._times.append((time.monotonic(), rec.update))
             self._delays.append(rec.delay)
         if self._tb is not None and rec.accepted:
             step = rec.samples_total
@@ -111,12 +113,12 @@ class RunLog:
         return len(dropped)
 
     def summary_fields(self) -> dict[str, Any]:
-        """Recent return, updates per second and mean delay, as shown on the progress bar."""
-        rate = (
-            (len(self._times) - 1) / (self._times[-1] - self._times[0])
-            if len(self._times) > 1 and self._times[-1] > self._times[0]
-            else 0.0
-        )
+        """Recent return, server updates per second and mean delay, as shown on the progress bar."""
+        rate = 0.0
+        if len(self._times) > 1:
+            (t_first, version_first), (t_last, version_last) = self._times[0], self._times[-1]
+            if t_last > t_first:
+                rate = (version_last - version_first) / (t_last - t_first)
         delay = sum(self._delays) / len(self._delays) if self._delays else 0.0
         ret = self.last.return_mean if self.last is not None else float("nan")
         return {"return": f"{ret:.1f}", "upd/s": f"{rate:.1f}", "delay": f"{delay:.2f}"}
