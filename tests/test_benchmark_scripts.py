@@ -118,6 +118,16 @@ def test_lookahead_bias_quick(tmp_path):
     assert "| 0.2 fixed |" in table and "| 0.2 -> 0.1 |" in table and "| 0.2 -> 0.05 |" in table
 
 
+def test_delay_compensated_lookahead_shortens_the_lag_in_the_model(tmp_path):
+    bias = load_script("lookahead_bias")
+    plain = bias.simulate("afedpg", agents=4, alpha=0.2, noise=0.0, seed=0)
+    compensated = bias.simulate("afedpg", agents=4, alpha=0.2, noise=0.0, seed=0, delay_lookahead=1.0)
+    assert compensated["lag"] < 0.75 * plain["lag"]  # staleness's share of the lag shrinks
+    run_script("lookahead_bias.py", tmp_path, "--delay-compensation")
+    table = (tmp_path / "delay_compensation.md").read_text()
+    assert "| 0 | vanilla | - |" in table and "| 0 | afedpg | 1 |" in table
+
+
 def test_simulated_alpha_anneal_follows_the_schedule_and_reports_the_gap():
     bias = load_script("lookahead_bias")
     # no noise, a long run: both rules close almost all of the objective's gap

@@ -31,6 +31,23 @@ def test_lookahead_extrapolates_by_one_minus_a_over_a():
     assert np.allclose(point, [4.0, 1.0])
 
 
+def test_delay_lookahead_extends_the_extrapolation_by_the_arrivals_delay():
+    # a = 0.25 (factor 3), eta 0.5; d = (1, 0) already, so the step is theta + (0.5, 0).
+    # The arrival was issued at version 8 and lands at 10: delay 2, c = 0.5 adds 1 step -> factor 4.
+    rule = make_rule("afedpg", "constant", eta0=0.5, alpha0=0.25, delay_lookahead=0.5)
+    state = RuleState.initial(np.zeros(2))
+    state.version, state.momentum = 10, np.array([1.0, 0.0])
+    point, _ = rule.apply(state, [np.array([1.0, 0.0])], [8])
+    assert np.allclose(state.theta, [0.5, 0.0])
+    assert np.allclose(point, [0.5 + 4 * 0.5, 0.0])
+    # c = 0 is AFedPG as published: factor 3
+    plain = make_rule("afedpg", "constant", eta0=0.5, alpha0=0.25)
+    state = RuleState.initial(np.zeros(2))
+    state.version, state.momentum = 10, np.array([1.0, 0.0])
+    point, _ = plain.apply(state, [np.array([1.0, 0.0])], [8])
+    assert np.allclose(point, [0.5 + 3 * 0.5, 0.0])
+
+
 def test_theory_schedule_values():
     s = Schedule("theory", eta0=0.1, alpha0=1.0)
     assert s.eta(0) == pytest.approx(0.1)

@@ -20,17 +20,22 @@ def make_rule(
     horizon: int = 1,
     alpha_end: float | None = TrainConfig.alpha_end,
     staleness_power: float = TrainConfig.staleness_power,
+    delay_lookahead: float = 0.0,
 ) -> UpdateRule:
     """Build the update rule named ``algo`` with its schedule constants.
 
     ``horizon`` is the number of updates the run expects to apply (``linear`` and ``alpha_end``
     anneal over it).
     ``staleness_power`` weighs stale arrivals (FedAsync) in afedpg, vanilla and a3c.
+    ``delay_lookahead`` extends AFedPG's lookahead over the arrival's delay (ignored by other rules;
+    the config refuses it for them).
     A3C's Adam step follows ``linear`` too; ``theory``'s rates are NIGT's, so A3C keeps ``lr`` there.
     """
     sched = Schedule(schedule, eta0, alpha0, horizon, alpha_end)
-    if algo in ("afedpg", "vanilla"):
-        return (afedpg if algo == "afedpg" else vanilla)(sched, staleness_power)
+    if algo == "afedpg":
+        return afedpg(sched, staleness_power, delay_lookahead)
+    if algo == "vanilla":
+        return vanilla(sched, staleness_power)
     builders = {"fedpg": fedpg, "pg": pg, "rennala": rennala}  # no stale arrivals to weigh
     if algo in builders:
         return builders[algo](sched)

@@ -83,6 +83,8 @@ def staleness_weight(delay: int, power: float) -> float:
     return float((delay + 1) ** -power)
 
 
-def lookahead_point(theta_new: np.ndarray, theta_old: np.ndarray, a: float) -> np.ndarray:
-    """``theta~ = theta_new + ((1 - a) / a) (theta_new - theta_old)``: where the next gradient is sampled."""
-    return theta_new + ((1.0 - a) / a) * (theta_new - theta_old)
+def lookahead_point(theta_new: np.ndarray, theta_old: np.ndarray, a: float, extra_steps: float = 0.0) -> np.ndarray:
+    """``theta~ = theta_new + ((1 - a) / a + extra_steps) (theta_new - theta_old)``: where the next gradient
+    is sampled. ``extra_steps`` > 0 also extrapolates over the updates expected to land while the agent
+    computes (delay compensation, beyond the paper)."""
+    return theta_new + ((1.0 - a) / a + extra_steps) * (theta_new - theta_old)

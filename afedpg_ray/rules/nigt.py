@@ -29,7 +29,13 @@ class NormalisedMomentumRule:
     """
 
     def __init__(
-        self, name: str, schedule: Schedule, lookahead: bool, synchronous: bool, staleness_power: float = 0.0
+        self,
+        name: str,
+        schedule: Schedule,
+        lookahead: bool,
+        synchronous: bool,
+        staleness_power: float = 0.0,
+        delay_lookahead: float = 0.0,
     ) -> None:
         self.name = name
         self.schedule = schedule
@@ -38,6 +44,11 @@ class NormalisedMomentumRule:
         self.staleness_power = staleness_power
         """If > 0, an arrival of delay D mixes into the momentum with ``a * (D + 1) ** -power``; the
         lookahead still extrapolates with the schedule's ``a`` (the weight the next fresh arrival gets)."""
+        self.delay_lookahead = delay_lookahead
+        """If > 0, the lookahead reaches ``delay_lookahead * D`` steps further, D being the delay of the
+        arrival just applied: the sender's next gradient will land about D updates later, so it is
+        sampled near where theta will be then (DANA-style delay compensation; AFedPG's own lookahead
+        cancels the momentum's lag but not staleness)."""
 
     def apply(
         self, state: RuleState, grads: list[np.ndarray], issue_versions: list[int]
@@ -59,17 +70,23 @@ class NormalisedMomentumRule:
         state.theta_prev, state.theta = state.theta, theta_new
         state.version = k + 1
         if self.lookahead and not first and a < 1.0:
-            point = lookahead_point(theta_new, state.theta_prev, a)
+            extra = self.delay_lookahead * (k - min(issue_versions))
+            point = lookahead_point(theta_new, state.theta_prev, a, extra)
         else:
             point = theta_new.copy()
         state.point = point
         return point, StepInfo(alpha=mix, eta=eta, momentum_norm=float(np.linalg.norm(state.momentum)))
 
 
-def afedpg(schedule: Schedule, staleness_power: float = 0.0) -> NormalisedMomentumRule:
-    """AFedPG: asynchronous arrivals, delay-adaptive lookahead."""
+def afedpg(schedule: Schedule, staleness_power: float = 0.0, delay_lookahead: float = 0.0) -> NormalisedMomentumRule:
+    """AFedPG: asynchronous arrivals, delay-adaptive lookahead (optionally extended over the delay)."""
     return NormalisedMomentumRule(
-        "afedpg", schedule, lookahead=True, synchronous=False, staleness_power=staleness_power
+        "afedpg",
+        schedule,
+        lookahead=True,
+        synchronous=False,
+        staleness_power=staleness_power,
+        delay_lookahead=delay_lookahead,
     )
 
 
