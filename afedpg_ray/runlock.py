@@ -1,17 +1,20 @@
-"""One driver per run directory: a lock file naming the process that trains it.
+"""One driver per run directory: an advisory lock on ``driver.lock``, held for the whole run.
 
 Without it, ``afedpg train --resume RUN`` started while RUN is still training would cut RUN's
-progress.csv back to the last checkpoint before anything else noticed the clash. A lock left by a
-driver that died (crash, SIGKILL) is stale: on the same host its process is gone, and it is replaced.
+progress.csv back to the last checkpoint before anything else noticed the clash. The lock is the
+kernel's (``flock``): it is released when the driver's process ends in any way (crash, SIGKILL), so
+no stale lock ever has to be recognised or broken, and no reused process id can keep a run locked.
+The file itself stays; while locked it names the holder (host and pid) for the error message.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from afedpg_ray.runtime import RunError
 
@@ -22,55 +25,48 @@ class RunDirLockedError(RunError):
     """Another live driver trains this run directory."""
 
 
-def acquire(run_dir: Path) -> Path:
-    """Take ``run_dir``'s lock for this process; raise :class:`RunDirLockedError` if a live driver holds it."""
-    path = run_dir / LOCK_FILE
-    holder = _read(path)
-    if holder is not None:
-        host, pid = holder.get("host"), holder.get("pid")
-        if host != socket.gethostname():
-            raise RunDirLockedError(
-                f"{run_dir} is locked by process {pid} on host {host}; if that run has stopped, delete {path}"
-            )
-        if isinstance(pid, int) and _alive(pid):
-            raise RunDirLockedError(
-                f"{run_dir} is being trained by process {pid}; stop it first or choose another --out"
-            )
-        path.unlink(missing_ok=True)  # stale: its driver died without releasing it
+@dataclass
+class RunLock:
+    """A held run-directory lock (pass it to :func:`release`)."""
+
+    path: Path
+    fd: int
+
+
+def acquire(run_dir: Path) -> RunLock:
+    """Lock ``run_dir`` for this process; raise :class:`RunDirLockedError` if a live driver holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # exclusive: two starting drivers cannot both win
-    except FileExistsError:
-        raise RunDirLockedError(f"{run_dir} was locked by another driver just now; choose another --out") from None
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"host": socket.gethostname(), "pid": os.getpid()}, handle)
-    return path
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise RunDirLockedError(
+            f"{run_dir} is being trained by {holder}; wait for that run to end or stop it (or choose another --out)"
+        ) from None
+    except OSError as exc:  # a filesystem without locks: say so rather than run unprotected in silence
+        os.close(fd)
+        raise RunDirLockedError(f"cannot lock {path} ({exc}); put the run directory on a local filesystem") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
+    return RunLock(path, fd)
 
 
-def release(path: Path) -> None:
-    """Remove a lock taken by :func:`acquire` (only if this process still holds it)."""
-    holder = _read(path)
-    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        path.unlink(missing_ok=True)
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    """The lock's holder, or None if there is no lock; an unreadable lock counts as stale."""
+def release(lock: RunLock) -> None:
+    """Give up a lock taken by :func:`acquire` (the file stays, emptied: unlinking it would let two later
+    drivers lock two different files of the same name)."""
     try:
-        holder = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {"host": socket.gethostname(), "pid": None}
-    return holder if isinstance(holder, dict) else {"host": socket.gethostname(), "pid": None}
+        os.ftruncate(lock.fd, 0)
+    finally:
+        os.close(lock.fd)  # closing the last descriptor releases the flock
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host."""
+def _holder(fd: int) -> str:
+    """Who holds the lock, as written in the file ("another driver" if it is not readable yet)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+        return f"process {holder['pid']} on host {holder['host']}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return "another driver"

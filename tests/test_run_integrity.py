@@ -86,6 +86,19 @@ def test_rollback_by_row_count_also_drops_rows_that_keep_the_version(tmp_path):
     appended.close()
 
 
+HOLD_LOCK = (
+    "import sys, time; from pathlib import Path; from afedpg_ray import runlock; "
+    "runlock.acquire(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)"
+)
+
+
+def hold_lock_in_another_process(run_dir) -> subprocess.Popen:
+    """A process that holds ``run_dir``'s driver lock until killed."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_resume_of_a_live_run_is_refused_before_progress_is_touched(tmp_path):
     log = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=False)
     for update in range(1, 9):
@@ -93,33 +106,29 @@ def test_resume_of_a_live_run_is_refused_before_progress_is_touched(tmp_path):
     log.close()
     save_checkpoint(tmp_path, {"rule_state": {"version": 5}, "samples_total": 500})
     before = (tmp_path / "progress.csv").read_text()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = hold_lock_in_another_process(tmp_path)
     try:
-        (tmp_path / runlock.LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": live.pid}))
-        with pytest.raises(RunError, match=f"being trained by process {live.pid}"):
+        with pytest.raises(RunError, match=f"being trained by process {live.pid} on host {socket.gethostname()}"):
             train(TrainConfig(out=str(tmp_path)), resume=True)
     finally:
         live.kill()
         live.wait()
     assert (tmp_path / "progress.csv").read_text() == before  # the live run's rows are untouched
-    assert json.loads((tmp_path / runlock.LOCK_FILE).read_text())["pid"] == live.pid  # not ours to remove
 
 
-def test_run_lock_replaces_a_dead_drivers_lock_and_refuses_another_hosts(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / runlock.LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
-    path = runlock.acquire(tmp_path)  # stale: taken over
-    assert json.loads(path.read_text())["pid"] == os.getpid()
-    with pytest.raises(runlock.RunDirLockedError, match="being trained by process"):
-        runlock.acquire(tmp_path)  # held by this (live) process
-    runlock.release(path)
-    assert not path.exists()
-    path.write_text(json.dumps({"host": "some-other-node", "pid": 1}))
-    with pytest.raises(runlock.RunDirLockedError, match="if that run has stopped, delete"):
-        runlock.acquire(tmp_path)
-    runlock.release(path)  # someone else's lock: left alone
-    assert path.exists()
+def test_run_lock_is_free_once_its_holder_dies_whatever_the_file_says(tmp_path):
+    holder = hold_lock_in_another_process(tmp_path)
+    holder.kill()  # SIGKILL: no chance to release; the kernel drops the lock
+    holder.wait()
+    lock = runlock.acquire(tmp_path)
+    assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    with pytest.raises(runlock.RunDirLockedError, match=f"being trained by process {os.getpid()}"):
+        runlock.acquire(tmp_path)  # a second driver, even in this process, is refused
+    runlock.release(lock)
+    assert lock.path.read_text() == ""
+    # a leftover file naming a live, unrelated process (a reused pid) does not lock the run
+    lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": 1}))
+    runlock.release(runlock.acquire(tmp_path))
 
 
 def test_rejection_message_names_the_main_reason_and_the_fix():
