@@ -128,7 +128,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     add(
         "--staleness-power",
         type=float,
-        help="weigh an arrival of delay D by (D + 1)^-P: afedpg/vanilla's momentum weight, a3c's step (default 0: off)",
+        help="weigh an arrival of delay D by (D + 1)^-P in afedpg/vanilla's momentum, a3c's Adam moment (default 0)",
     )
     add("--max-grad-norm", type=float, help="reject gradients with a larger norm")
     add("--byzantine", help="K:ATTACK - the first K agents send sign_flip, scale:X, random_noise or nan gradients")

@@ -113,7 +113,7 @@ class TrainConfig:
     """rennala only: fresh gradients averaged per step (None: one per agent, ``--agents``)."""
     staleness_power: float = 0.0
     """FedAsync-style staleness weighting ``(delay + 1) ** -power`` of each arrival (0: none): it scales
-    the momentum weight of afedpg/vanilla and the step of a3c."""
+    the momentum weight of afedpg/vanilla and the arrival's share of a3c's Adam first moment."""
     max_grad_norm: float = 1e6
     """Gradients with a larger norm are rejected by the server."""
     byzantine: str = ""

@@ -167,15 +167,25 @@ def test_staleness_power_scales_the_momentum_weight_of_a_stale_arrival(algo):
     assert np.allclose(point, expected)
 
 
-def test_a3c_staleness_power_scales_the_step():
-    steps = {}
-    for power in (0.0, 0.5):
-        state = RuleState.initial(np.zeros(3))
-        state.version = 3  # three updates happened; this gradient's point was issued at version 0
-        A3CRule(lr=0.1, staleness_power=power).apply(state, [np.array([2.0, -0.5, 0.0])], [0])
-        steps[power] = state.theta.copy()
-    # the same Adam step, scaled by (3 + 1) ** -0.5 = 1/2
-    assert np.any(steps[0.0] != 0) and np.allclose(steps[0.5], 0.5 * steps[0.0])
+def test_a3c_staleness_power_weighs_the_arrival_in_adams_first_moment():
+    # Moments m = (1, 0, 0), v = (1, 1, 1) after 3 updates; a gradient issued at version 0 arrives (delay 3).
+    # With power 0.5 its weight is (3 + 1) ** -0.5 = 1/2: m = 0.9 m + 0.1 * 0.5 g; v takes g unweighted.
+    g = np.array([0.0, 2.0, 0.0])
+    state = RuleState.initial(np.zeros(3))
+    state.version, state.momentum, state.extra = 3, np.array([1.0, 0.0, 0.0]), {"second_moment": np.ones(3)}
+    _, info = A3CRule(lr=0.1, staleness_power=0.5).apply(state, [g], [0])
+    assert np.allclose(state.momentum, [0.9, 0.1, 0.0])
+    assert np.allclose(state.extra["second_moment"], 0.999 + 0.001 * g * g)
+    m_hat, v_hat = state.momentum / (1 - 0.9**4), state.extra["second_moment"] / (1 - 0.999**4)
+    assert info.alpha == 0.5 and info.eta == 0.1  # the step size is not scaled
+    assert np.allclose(state.theta, 0.1 * m_hat / (np.sqrt(v_hat) + 1e-8))
+    # a gradient weighted to ~0 leaves no trace for later fresh steps to carry
+    state = RuleState.initial(np.zeros(3))
+    rule = A3CRule(lr=0.1, staleness_power=10.0)
+    rule.apply(state, [np.array([1.0, 0.0, 0.0])], [0])
+    state.version = 6
+    rule.apply(state, [np.array([0.0, 1.0, 0.0])], [0])  # delay 6: weight 7 ** -10
+    assert abs(state.momentum[1]) < 1e-8
 
 
 def test_vanilla_dispatches_theta_itself():

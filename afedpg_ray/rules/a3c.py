@@ -28,7 +28,10 @@ class A3CRule:
     ) -> None:
         self.lr = lr
         self.staleness_power = staleness_power
-        """If > 0, the step of an arrival of delay D is scaled by ``(D + 1) ** -power`` (FedAsync)."""
+        """If > 0, an arrival of delay D enters Adam's first moment weighted by ``(D + 1) ** -power``
+        (FedAsync). Weighting the moment rather than the step keeps a stale gradient from acting at full
+        weight through the moment in later steps, and leaves the fresh gradients already in it alone;
+        its magnitude still enters the second moment (Adam's scale stays honest about the noise)."""
         self.schedule = schedule
         """If given, the step is ``lr * schedule.decay(k)`` (annealed like the NIGT rules' ``eta``)."""
         self.beta1 = beta1
@@ -48,14 +51,14 @@ class A3CRule:
         assert state.extra is not None
         v = state.extra["second_moment"]
         t = state.version + 1
-        state.momentum = self.beta1 * state.momentum + (1 - self.beta1) * g
+        weight = staleness_weight(state.version - issue_versions[0], self.staleness_power)
+        state.momentum = self.beta1 * state.momentum + (1 - self.beta1) * weight * g
         state.extra["second_moment"] = v = self.beta2 * v + (1 - self.beta2) * g * g
         m_hat = state.momentum / (1 - self.beta1**t)
         v_hat = v / (1 - self.beta2**t)
         lr = self.lr * (self.schedule.decay(state.version) if self.schedule is not None else 1.0)
-        lr *= staleness_weight(state.version - issue_versions[0], self.staleness_power)
         theta_new = state.theta + lr * m_hat / (np.sqrt(v_hat) + self.eps)
         state.theta_prev, state.theta = state.theta, theta_new
         state.version = t
         state.point = theta_new.copy()
-        return state.point, StepInfo(alpha=1.0, eta=lr, momentum_norm=float(np.linalg.norm(state.momentum)))
+        return state.point, StepInfo(alpha=weight, eta=lr, momentum_norm=float(np.linalg.norm(state.momentum)))
