@@ -93,6 +93,9 @@ def test_linear_schedule_horizon_comes_from_the_budget():
 
     assert TrainConfig(samples=100_000, batch=1000).expected_updates == 100
     assert TrainConfig(algo="fedpg", agents=4, samples=100_000, batch=1000).expected_updates == 25
+    # rennala: M = 8 averaged + 7 superseded per step -> 1000 gradients buy 66 steps
+    assert TrainConfig(algo="rennala", agents=8, samples=1_000_000, batch=1000).expected_updates == 66
+    assert TrainConfig(algo="rennala", agents=8, collect=2, samples=1_000_000, batch=1000).expected_updates == 111
     rule = make_rule("afedpg", "linear", eta0=0.1, alpha0=0.2, horizon=10)
     state = RuleState.initial(np.zeros(2))
     _, info = rule.apply(state, [np.array([3.0, 4.0])], [0])
