@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from afedpg_ray.messages import UpdateRecord
+from afedpg_ray.messages import SUPERSEDED, UpdateRecord
 
 DELAY_BOUNDARIES = [0.5, 1, 2, 4, 8, 16, 32, 64, 128]
 SECONDS_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32]
@@ -44,6 +44,11 @@ class ServerMetrics:
         self.rejected = Counter(
             "afedpg_rejected_updates", description="Gradients rejected by the server.", tag_keys=("reason",)
         )
+        self.superseded = Counter(
+            "afedpg_superseded_gradients",
+            description="rennala: gradients computed at a point already stepped past (samples spent, not a fault).",
+            tag_keys=("agent",),
+        )
         self.faults = Counter(
             "afedpg_faults",
             description="Agent restarts, dropped agents and server restores.",
@@ -58,6 +63,9 @@ class ServerMetrics:
     def observe(self, record: UpdateRecord) -> None:
         """Record one server decision."""
         if not self.enabled:
+            return
+        if record.reason == SUPERSEDED:
+            self.superseded.inc(1, tags={"agent": str(record.agent)})
             return
         if not record.accepted:
             self.rejected.inc(1, tags={"reason": record.reason})

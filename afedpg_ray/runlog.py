@@ -45,14 +45,15 @@ class RunLog:
         self.accepted = 0
         """Accepted gradients in progress.csv (with ``append``, the rows already there count too)."""
         self.delay_sum = 0
+        self.superseded = 0
+        """rennala's superseded gradients in progress.csv (samples spent, gradient unused)."""
         self.rows = 0
         """Rows in progress.csv: a checkpoint stores it, so going back to it cuts exactly the later rows."""
+        self._earlier_return = float("nan")  # the last return logged before a resume
         if append and self._progress_path.is_file():
             for row in read_progress(self._progress_path):
-                self.rows += 1
-                if row.get("accepted") == "True":
-                    self.accepted += 1
-                    self.delay_sum += int(row["delay"])
+                self._count(row, +1)
+                self._earlier_return = float(row["return_mean"])
         self._listeners: list[Callable[[UpdateRecord], None]] = []
         self._rejection_reasons: set[str] = set()
 
@@ -65,6 +66,7 @@ class RunLog:
         row = dataclasses.asdict(rec)
         self._progress.writerow(row)
         self.rows += 1
+        self.superseded += rec.reason == SUPERSEDED
         self.last = rec
         if not rec.accepted and rec.reason != SUPERSEDED and rec.reason not in self._rejection_reasons:
             self._rejection_reasons.add(rec.reason)  # logged once per reason; progress.csv has every one
@@ -98,12 +100,9 @@ class RunLog:
         """
         self._progress_file.close()
         dropped = cut_progress(self._progress_path, version, keep_rows)
-        self.rows -= len(dropped)
         self._progress_file, self._progress = _csv_writer(self._progress_path, PROGRESS_COLUMNS, append=True)
         for row in dropped:
-            if row.get("accepted") == "True":
-                self.accepted -= 1
-                self.delay_sum -= int(row["delay"])
+            self._count(row, -1)
         self._times.clear()  # the recent-rate window would count the dropped updates
         self._delays.clear()
         self._samples_seen = samples_total
@@ -111,6 +110,21 @@ class RunLog:
             self._bar.n = samples_total
             self._bar.refresh()
         return len(dropped)
+
+    def _count(self, row: dict[str, str], sign: int) -> None:
+        """Add (+1) or take back (-1) one progress.csv row's share of the counters."""
+        self.rows += sign
+        if row.get("accepted") == "True":
+            self.accepted += sign
+            self.delay_sum += sign * int(row["delay"])
+        elif row.get("reason") == SUPERSEDED:
+            self.superseded += sign
+
+    @property
+    def return_mean(self) -> float:
+        """The latest recent-episode return: of this session's last record, else of the rows a resumed
+        run found (a resume with nothing left to do still reports the run's return)."""
+        return self.last.return_mean if self.last is not None else self._earlier_return
 
     def summary_fields(self) -> dict[str, Any]:
         """Recent return, server updates per second and mean delay, as shown on the progress bar."""

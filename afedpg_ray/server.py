@@ -37,6 +37,9 @@ class AgentStats:
     rejected: int = 0
     superseded: int = 0
     iteration_seconds_sum: float = 0.0
+    timed: int = 0
+    """Arrivals whose iteration time is in ``iteration_seconds_sum``: used and superseded gradients (a
+    superseded gradient cost its agent a full iteration too, so it still shows who is slow)."""
     delay_sum: int = 0
     delay_max: int = 0
     last_seen: float = 0.0
@@ -46,14 +49,15 @@ class AgentStats:
         """Count one arrival from this agent."""
         self.last_seen = time.time()
         self.node_id = meta.node_id or self.node_id
+        if not accepted and reason != SUPERSEDED:
+            self.rejected += 1
+            return
+        self.timed += 1
+        self.iteration_seconds_sum += meta.compute_seconds + meta.wait_seconds
         if reason == SUPERSEDED:
             self.superseded += 1
             return
-        if not accepted:
-            self.rejected += 1
-            return
         self.updates += 1
-        self.iteration_seconds_sum += meta.compute_seconds + meta.wait_seconds
         self.delay_sum += delay
         self.delay_max = max(self.delay_max, delay)
 

@@ -127,28 +127,25 @@ def format_status(status: dict[str, Any], name: str, now: float | None = None) -
         + (f"superseded {status['superseded']}, " if status.get("superseded") else "")
         + f"up {status.get('elapsed', float('nan')):.0f}s"
     ]
-    header = ("agent", "node", "updates", "rejected", "iter_mean_s", "delay_mean", "delay_max", "last_seen_s_ago")
+    agents = sorted(status.get("agents", {}).items(), key=lambda item: int(item[0]))
+    with_superseded = any(stats.get("superseded") for _, stats in agents)  # rennala's column
+    header = ("agent", "node", "updates", "rejected") + (("superseded",) if with_superseded else ())
+    header += ("iter_mean_s", "delay_mean", "delay_max", "last_seen_s_ago")
     rows = [header]
     means: dict[int, float] = {}
-    for agent, stats in sorted(status.get("agents", {}).items(), key=lambda item: int(item[0])):
+    for agent, stats in agents:
         updates = int(stats["updates"])
-        iteration = stats["iteration_seconds_sum"] / updates if updates else float("nan")
+        timed = int(stats.get("timed", updates))  # snapshots from before superseded work was timed
+        iteration = stats["iteration_seconds_sum"] / timed if timed else float("nan")
         delay = stats["delay_sum"] / updates if updates else float("nan")
-        if updates:
+        if timed:
             means[int(agent)] = iteration
         seen = max(0.0, now - stats["last_seen"]) if stats.get("last_seen") else float("nan")
-        rows.append(
-            (
-                str(agent),
-                (stats.get("node_id") or "-")[:8],
-                str(updates),
-                str(stats.get("rejected", 0)),
-                _fmt(iteration, 3),
-                _fmt(delay),
-                str(stats["delay_max"]) if updates else "-",
-                _fmt(seen, 1),
-            )
-        )
+        row = [str(agent), (stats.get("node_id") or "-")[:8], str(updates), str(stats.get("rejected", 0))]
+        if with_superseded:
+            row.append(str(stats.get("superseded", 0)))
+        row += [_fmt(iteration, 3), _fmt(delay), str(stats["delay_max"]) if updates else "-", _fmt(seen, 1)]
+        rows.append(tuple(row))
     if len(rows) == 1:
         lines.append("no agent has delivered a gradient yet")
         return "\n".join(lines)

@@ -43,6 +43,8 @@ class TrainResult:
     restarts: dict[int, int]
     dropped_agents: list[int]
     server_restores: int = 0
+    superseded: int = 0
+    """rennala: gradients computed at a point already stepped past (their samples count in samples_total)."""
     resumed_at_update: int | None = None
     """None for a run trained in one go; else the checkpoint's update this driver session started from."""
     session_wall_time: float = 0.0
@@ -107,7 +109,7 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
     last = log.last
     result = TrainResult(
         out_dir=str(out_dir),
-        return_mean=float(last.return_mean) if last else float("nan"),
+        return_mean=float(log.return_mean),
         updates=int(snapshot["version"]),
         samples_total=int(last.samples_total) if last else initial_samples,
         wall_time=wall,
@@ -117,6 +119,7 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
         restarts=dict(stats.restarts),
         dropped_agents=list(stats.dropped),
         server_restores=stats.server_restores,
+        superseded=log.superseded,
         resumed_at_update=int(resume_state["rule_state"]["version"]) if resume_state else None,
         session_wall_time=session_wall,
     )

@@ -235,6 +235,21 @@ def test_format_status_is_a_straggler_table():
     assert agent_rows(text) == {0: ("5d6265e8", 30), 3: ("977124ad", 12)}
 
 
+def test_format_status_shows_rennalas_superseded_work_and_its_straggler():
+    # agent 2's every gradient was superseded: it is still timed, and it is the straggler
+    agents = {
+        0: dict(updates=9, rejected=0, superseded=3, timed=12, iteration_seconds_sum=12.0, delay_sum=0, delay_max=0),
+        2: dict(updates=0, rejected=0, superseded=4, timed=4, iteration_seconds_sum=16.0, delay_sum=0, delay_max=0),
+    }
+    text = status_mod.format_status({**SNAPSHOT, "superseded": 7, "agents": agents}, "r-server", now=1000.0)
+    lines = text.splitlines()
+    assert "superseded 7" in lines[0]
+    assert lines[1].split()[:6] == ["agent", "node", "updates", "rejected", "superseded", "iter_mean_s"]
+    assert lines[2].split()[2:6] == ["9", "0", "3", "1.000"]
+    assert lines[3].split()[2:6] == ["0", "0", "4", "4.000"]
+    assert lines[-1] == "slowest: agent 2 (4.000s per iteration, 4.0x the fastest)"
+
+
 def test_format_status_before_any_update():
     empty = {**SNAPSHOT, "version": 0, "return_mean": float("nan"), "rejected": {}, "agents": {}}
     text = status_mod.format_status(empty, "x-server", now=0.0)

@@ -79,6 +79,7 @@ def test_rennala_steps_once_per_collect_fresh_gradients(tmp_path):
     counts = Counter(int(r["agent"]) for r in used)
     assert counts[0] > counts[3]  # the fastest agent contributes most
     assert result.samples_total >= 3200  # superseded samples count against the budget
+    assert result.superseded == len(superseded)  # and summary.json / the done line say how many
 
 
 def test_fedpg_takes_exactly_one_gradient_per_agent_per_round(tmp_path):

@@ -46,6 +46,9 @@ def test_delay_lookahead_extends_the_extrapolation_by_the_arrivals_delay():
     state.version, state.momentum = 10, np.array([1.0, 0.0])
     point, _ = plain.apply(state, [np.array([1.0, 0.0])], [8])
     assert np.allclose(point, [0.5 + 3 * 0.5, 0.0])
+    for algo, value in (("vanilla", 0.5), ("afedpg", -1.0), ("afedpg", float("nan"))):
+        with pytest.raises(ValueError, match="delay_lookahead"):
+            make_rule(algo, "constant", delay_lookahead=value)
 
 
 def test_theory_schedule_values():

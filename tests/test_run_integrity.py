@@ -83,6 +83,22 @@ def test_rollback_by_row_count_also_drops_rows_that_keep_the_version(tmp_path):
     assert [r["accepted"] for r in read_progress(tmp_path / "progress.csv")] == ["True"] * 5
     appended = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=False, append=True)
     assert appended.rows == 5 and appended.accepted == 5  # a resumed driver counts the rows already there
+    assert appended.return_mean == 10.0  # and reports the run's return even before its own first record
+    appended.close()
+
+
+def test_superseded_rows_are_counted_and_taken_back(tmp_path):
+    log = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=False)
+    log.record(record(1))
+    log.record(record(1, accepted=False, reason="superseded", delay=1))
+    rows_at_checkpoint = log.rows
+    log.record(record(1, accepted=False, reason="superseded", delay=1))
+    assert log.superseded == 2 and log.accepted == 1
+    log.rollback(1, 100, keep_rows=rows_at_checkpoint)
+    assert log.superseded == 1
+    log.close()
+    appended = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=False, append=True)
+    assert appended.superseded == 1 and appended.accepted == 1 and appended.rows == 2
     appended.close()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.rules.a3c import A3CRule
 from afedpg_ray.rules.base import RuleState, StepInfo, UpdateRule
@@ -27,11 +29,15 @@ def make_rule(
     ``horizon`` is the number of updates the run expects to apply (``linear`` and ``alpha_end``
     anneal over it).
     ``staleness_power`` weighs stale arrivals (FedAsync) in afedpg, vanilla and a3c.
-    ``delay_lookahead`` extends AFedPG's lookahead over the arrival's delay (ignored by other rules;
-    the config refuses it for them).
+    ``delay_lookahead`` extends AFedPG's lookahead over the arrival's delay (a model-study knob, not a
+    CLI option: ``benchmarks/lookahead_bias.py --delay-compensation``); other rules refuse it.
     A3C's Adam step follows ``linear`` too; ``theory``'s rates are NIGT's, so A3C keeps ``lr`` there.
     """
     sched = Schedule(schedule, eta0, alpha0, horizon, alpha_end)
+    if not (math.isfinite(delay_lookahead) and delay_lookahead >= 0.0):
+        raise ValueError(f"delay_lookahead must be a finite number >= 0, got {delay_lookahead}")
+    if delay_lookahead and algo != "afedpg":
+        raise ValueError(f"delay_lookahead extends AFedPG's lookahead; {algo} has none to extend")
     if algo == "afedpg":
         return afedpg(sched, staleness_power, delay_lookahead)
     if algo == "vanilla":
