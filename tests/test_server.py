@@ -87,6 +87,9 @@ def test_rennala_collects_fresh_gradients_and_supersedes_stale_ones():
     assert (r3.accepted, r3.reason, r3.delay, r3.update) == (False, "superseded", 1, 1)
     assert s.rejected == {} and s.superseded == 1 and r3.samples_total == 40
     assert s.agent_stats[2].superseded == 1 and s.agent_stats[2].rejected == 0
+    # superseded work cost the agent an iteration: it is timed (the straggler table ranks by it)
+    assert s.agent_stats[2].timed == 1 and s.agent_stats[2].iteration_seconds_sum == pytest.approx(0.01)
+    assert s.agent_stats[2].updates == 0 and s.agent_stats[0].timed == 2
     assert np.allclose(s.state.theta, theta0 + 0.5 * mean / np.sqrt(14.0))
     # a half-full collection survives export and restore
     s.apply(meta(2, 1), g[0])
