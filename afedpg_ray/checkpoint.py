@@ -40,4 +40,9 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: corrupt checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "rule_state" not in state:
         raise CheckpointError(f"{path}: not an afedpg checkpoint (unknown format)")
+    rule_state, rows = state["rule_state"], state.get("progress_rows")
+    if not isinstance(rule_state, dict) or not isinstance(rule_state.get("version"), int):
+        raise CheckpointError(f"{path}: damaged checkpoint (no update version in its rule state)")
+    if not isinstance(state.get("samples_total", 0), int) or not (rows is None or isinstance(rows, int)):
+        raise CheckpointError(f"{path}: damaged checkpoint (sample or row counts are not integers)")
     return state

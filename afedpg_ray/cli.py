@@ -218,10 +218,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from afedpg_ray.runtime import RunError
     from afedpg_ray.train import train
 
-    if args.resume:
+    if args.resume is not None:
+        if not args.resume.strip():
+            fail("--resume: give the run directory to continue")
         config = resume_config(args, extra)
     else:
         config = config_from_args(args, extra)
+        held = [name for name in RUN_FILES if config.out and (Path(config.out) / name).exists()]
+        if held:
+            fail(
+                f"--out {config.out} already holds a run ({held[0]}); continue it with --resume {config.out} "
+                "or choose another --out"
+            )
     try:
         result = train(config, resume=bool(args.resume))
     except (CheckpointError, AddressError) as err:
@@ -235,6 +243,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         + f"); outputs in {result.out_dir}"
     )
     return 0
+
+
+RUN_FILES = ("checkpoint.pt", "progress.csv", "policy.pt", "summary.json")
+"""Files whose presence means a directory already holds a run (a fresh run would overwrite them)."""
 
 
 def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfig:
@@ -255,6 +267,10 @@ def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfi
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigError("--resume", f"{path}: corrupt config.json ({err.msg})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError("--resume", f"{path}: unreadable config.json ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("--resume", f"{path}: not a run's config (expected a JSON object)")
     raw.update(extra, out=str(run_dir))
     if args.samples is not None:
         raw["samples"] = args.samples
@@ -268,6 +284,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``afedpg eval RUN_DIR``."""
     if args.episodes < 1:
         fail(f"--episodes: must be a positive integer, got {args.episodes}")
+    if not 0 <= args.seed < 2**32:
+        fail(f"--seed: must be between 0 and 2**32 - 1, got {args.seed}")
     from afedpg_ray.rollout import evaluate
     from afedpg_ray.train import load_policy
 

@@ -183,6 +183,9 @@ class TrainConfig:
 MAX_STALENESS_POWER = 10.0
 """Largest --staleness-power: beyond it every stale gradient is weighted to nothing."""
 MAX_WAIT_S = 3600.0
+MAX_AGENTS = 4096
+"""Largest --agents: each agent is a Ray actor with its own process (about 180 MiB with torch)."""
+MAX_PLACEMENT_TIMEOUT_S = 86400.0
 """Longest modelled iteration or communication delay: an hour per iteration is a typo, not a profile."""
 
 
@@ -274,6 +277,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     if config.schedule not in SCHEDULES:
         raise ConfigError("--schedule", f"unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     _positive("--agents", config.agents, integer=True)
+    if config.agents > MAX_AGENTS:
+        raise ConfigError("--agents", f"must be at most {MAX_AGENTS} (one Ray actor process each), got {config.agents}")
     if config.algo == "pg" and config.agents != 1:
         raise ConfigError("--agents", f"pg is the single-agent rule and needs --agents 1, got {config.agents}")
     _positive("--samples", config.samples, integer=True)
@@ -298,6 +303,11 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError("--hidden", f"must be positive layer widths such as 64,64, got {config.hidden!r}")
     _positive("--checkpoint-every", config.checkpoint_every, integer=True)
     _positive("--placement-timeout", config.placement_timeout)
+    if config.placement_timeout > MAX_PLACEMENT_TIMEOUT_S:
+        raise ConfigError(
+            "--placement-timeout",
+            f"must be at most {MAX_PLACEMENT_TIMEOUT_S:g} seconds, got {config.placement_timeout!r}",
+        )
     _positive("--eta0", config.eta0)
     _positive("--lr", config.lr)
     _positive("--max-grad-norm", config.max_grad_norm)

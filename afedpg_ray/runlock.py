@@ -35,9 +35,12 @@ class RunLock:
 
 def acquire(run_dir: Path) -> RunLock:
     """Lock ``run_dir`` for this process; raise :class:`RunDirLockedError` if a live driver holds it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as exc:  # --out names a file, or a place this user cannot write
+        raise RunError(f"cannot use {run_dir} as a run directory ({exc.strerror}); choose another --out") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

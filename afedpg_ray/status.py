@@ -197,12 +197,15 @@ def print_tables(server: Any, name: str, watch: float | None, timeout: float) ->
         return 0
 
 
+MAX_SECONDS = 86400.0
+"""Longest --watch interval or --timeout (a day; larger values overflow the waits underneath)."""
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """``afedpg status``."""
-    if args.watch is not None and not (math.isfinite(args.watch) and args.watch > 0):
-        fail(f"--watch: must be a positive number of seconds, got {args.watch}")
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        fail(f"--timeout: must be a positive number of seconds, got {args.timeout}")
+    for flag, value in (("--watch", args.watch), ("--timeout", args.timeout)):
+        if value is not None and not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+            fail(f"{flag}: must be a positive number of seconds up to {MAX_SECONDS:g}, got {value}")
     if not args.prefix:
         fail("--prefix: must not be empty")
     try:

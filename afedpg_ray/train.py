@@ -13,10 +13,10 @@ import ray
 import torch
 
 from afedpg_ray import runlock
-from afedpg_ray.checkpoint import load_checkpoint
+from afedpg_ray.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from afedpg_ray.config import TrainConfig, load_config
 from afedpg_ray.normalizer import RunningStats
-from afedpg_ray.policy import Policy, build_policy, set_flat
+from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
 from afedpg_ray.runlog import RunLog, cut_progress
 from afedpg_ray.runtime import RayRunner, connect
 
@@ -74,9 +74,15 @@ def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = Non
 
 def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_record: Any, resume: bool) -> TrainResult:
     """:func:`train` once this process holds ``out_dir``'s lock."""
-    resume_state = prepare_resume(out_dir) if resume else None
-    config.save(out_dir / "config.json")
+    # Everything that can refuse the run happens before a file is written: the checkpoint is read and
+    # matched against the config, and the cluster reached, before progress.csv is cut or config.json saved.
+    resume_state = load_resumable(out_dir, config) if resume else None
     connect(config.address)
+    if resume_state is not None:
+        cut_to_checkpoint(out_dir, resume_state)
+        save_resumed_config(out_dir, config)
+    else:
+        config.save(out_dir / "config.json")
     initial_samples = int(resume_state["samples_total"]) if resume_state else 0
     log = RunLog(
         out_dir, config.samples, config.progress, config.tensorboard, append=resume, initial_samples=initial_samples
@@ -130,9 +136,48 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
 def prepare_resume(run_dir: Path) -> dict[str, Any]:
     """Load the run's checkpoint and cut progress.csv back to it (later rows died with the driver)."""
     state = load_checkpoint(run_dir)
-    # the same cut as a server restore: exact by row count (older checkpoints: by version)
-    cut_progress(run_dir / "progress.csv", int(state["rule_state"]["version"]), state.get("progress_rows"))
+    cut_to_checkpoint(run_dir, state)
     return state
+
+
+def cut_to_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    """Drop progress.csv's rows past the checkpoint: the same cut as a server restore, exact by row
+    count (older checkpoints: by version)."""
+    cut_progress(run_dir / "progress.csv", int(state["rule_state"]["version"]), state.get("progress_rows"))
+
+
+def load_resumable(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
+    """The checkpoint ``config`` can continue from, or :class:`CheckpointError` saying why not.
+
+    Checked before anything is written: the policy must have the checkpoint's number of parameters
+    (a checkpoint copied from another run, or a config.json edited by hand, is refused here rather than
+    inside the server), and the budget must exceed what the run has already spent.
+    """
+    state = load_checkpoint(run_dir)
+    path = run_dir / CHECKPOINT_FILE
+    saved = state.get("num_params")  # absent only in hand-made test checkpoints
+    if saved is not None:
+        policy, _ = build_policy(config.env, config.hidden, config.estimator.log_std_init)
+        if int(saved) != num_params(policy):
+            raise CheckpointError(
+                f"{path}: its policy has {int(saved)} parameters, but {config.env} with hidden sizes "
+                f"{list(config.hidden)} has {num_params(policy)}; it belongs to another run"
+            )
+    spent = int(state.get("samples_total", 0))
+    if config.samples <= spent:
+        raise CheckpointError(
+            f"{run_dir} has already trained {spent} samples of its budget; pass a larger --samples to continue it"
+        )
+    return state
+
+
+def save_resumed_config(run_dir: Path, config: TrainConfig) -> None:
+    """Record a resumed run's new budget in config.json, and nothing else: where this session runs
+    (--address, --placement-timeout) is not part of the run and must not bind later resumes."""
+    path = run_dir / "config.json"
+    raw = json.loads(path.read_text()) if path.is_file() else config.to_dict()
+    raw["samples"] = config.samples
+    path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
 
 
 def save_policy(path: Path, config: TrainConfig, snapshot: dict[str, Any]) -> None:
@@ -158,14 +203,14 @@ def load_policy(run_dir: Path) -> tuple[Policy, RunningStats | None, str]:
         payload = torch.load(path, weights_only=False)
         policy, _ = build_policy(payload["env"], tuple(payload["hidden"]), payload["log_std_init"])
         set_flat(policy, np.asarray(payload["theta"]))
+        stats = None
+        if payload.get("normalize_obs", True):
+            var = np.asarray(payload["obs_var"])
+            count = float(payload["obs_count"])
+            stats = RunningStats(count, np.asarray(payload["obs_mean"]), var * count)
     except Exception as err:  # noqa: BLE001 - any failure to read it means the file is unusable
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"{path}: corrupt or incompatible policy file ({first})") from None
-    stats = None
-    if payload.get("normalize_obs", True):
-        var = np.asarray(payload["obs_var"])
-        count = float(payload["obs_count"])
-        stats = RunningStats(count, np.asarray(payload["obs_mean"]), var * count)
     return policy, stats, payload["env"]
 
 

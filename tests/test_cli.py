@@ -75,6 +75,9 @@ from afedpg_ray.cli import main
         (["--critic-lr", "inf"], "--critic-lr"),
         (["--alpha-end", "nan"], "--alpha-end"),
         (["--algo", "a3c", "--alpha-end", "0.05"], "--alpha-end"),
+        (["--agents", "5000"], "--agents"),
+        (["--placement-timeout", "1e300"], "--placement-timeout"),
+        (["--resume", ""], "--resume"),
     ],
 )
 def test_bad_train_input_is_one_line_exit_2(argv, option, capsys, monkeypatch):
@@ -275,3 +278,68 @@ def test_ray_client_connect_retries_a_failed_server_start(monkeypatch):
     with pytest.raises(runtime.RunError):  # a plain address is not retried: ray.init waits there itself
         runtime.connect("head:6379")
     assert len(calls) == 1
+
+
+def finished_run(tmp_path, num_params: int | None = None):
+    """A run directory as a finished 5000-sample CartPole run leaves it (no training needed)."""
+    from afedpg_ray.checkpoint import save_checkpoint
+    from afedpg_ray.config import TrainConfig
+    from afedpg_ray.policy import build_policy
+    from afedpg_ray.policy import num_params as count
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = TrainConfig(out=str(run), samples=5000)
+    config.save(run / "config.json")
+    real = count(build_policy(config.env, config.hidden, config.estimator.log_std_init)[0])
+    state = {"rule_state": {"version": 5}, "samples_total": 5000, "progress_rows": 1}
+    save_checkpoint(run, {**state, "num_params": real if num_params is None else num_params})
+    (run / "progress.csv").write_text("update,accepted\n5,True\n")
+    return run
+
+
+def snapshot(run):
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.name != "driver.lock"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--out", "{run}"], "already holds a run"),  # a fresh run would overwrite it
+        (["--resume", "{run}", "--samples", "4000"], "already trained 5000 samples"),
+        (["--resume", "{run}"], "already trained 5000 samples"),  # finished: nothing left to do
+        (["--resume", "{run}", "--samples", "9000", "@foreign"], "belongs to another run"),
+        (["--resume", "{run}", "--samples", "9000", "@list-config"], "expected a JSON object"),
+    ],
+)
+def test_a_refused_train_leaves_the_run_directory_as_it_was(argv, message, tmp_path, capsys, monkeypatch):
+    def no_ray(*args, **kwargs):
+        raise AssertionError(f"{argv} passed its checks and would start Ray")
+
+    monkeypatch.setattr("afedpg_ray.train.connect", no_ray)
+    run = finished_run(tmp_path, num_params=5708 if "@foreign" in argv else None)
+    if "@list-config" in argv:
+        (run / "config.json").write_text("[]")
+    before = snapshot(run)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *[a.format(run=run) for a in argv if not a.startswith("@")], "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert snapshot(run) == before
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(target), "--no-progress"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot use" in err and "--out" in err, err
+
+
+def test_eval_refuses_a_negative_seed(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(tmp_path), "--seed", "-1"])
+    assert exit_info.value.code == 2 and "--seed" in capsys.readouterr().err
