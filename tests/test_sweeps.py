@@ -178,6 +178,10 @@ def test_mean_curve_t_interval():
         (["hyper", "--grid", "eta0=abc"], "--grid"),
         (["hyper", "--grid", "eta0=uniform:0.001:0.1"], "--grid"),
         (["hyper", "--grid", "alpha0=0.1,1.5"], "--alpha0"),
+        (["hyper", "--grid", "eta0=,"], "--grid"),
+        (["hyper", "--grid", "critic=uniform:false:true", "--random", "2"], "--grid"),
+        (["speedup", "--target", "nan"], "--target"),
+        (["speedup", "--address", "nonsense"], "--address"),
     ],
 )
 def test_bad_sweep_input_is_one_line_exit_2(argv, option, tmp_path, capsys):

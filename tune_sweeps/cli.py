@@ -151,10 +151,13 @@ def _launch(
     """
     configs = [trial_train_config(trial) for trial in trials]  # raises ConfigError before Ray starts
     sweep, out = _sweep_run(args, name)
+    from afedpg_ray.address import AddressError
     from afedpg_ray.runtime import RunError, connect
 
     try:
         connect(args.address)
+    except AddressError as err:
+        fail(str(err))
     except RunError as err:
         fail(str(err), code=1)
     base = trials[0]["train"]
@@ -226,6 +229,8 @@ def cmd_speedup(args: argparse.Namespace) -> int:
         fail(f"--algos: unknown algorithm {unknown[0]!r}; choose from {', '.join(ALGORITHMS)}")
     if args.algo is not None:
         fail("--algo: this sweep takes its rules from --algos")
+    if args.target is not None and not math.isfinite(args.target):
+        fail(f"--target: must be a finite return, got {args.target}")
     seeds = _seeds(args)
     variants = speedup.variants(args.algos, args.agents)
     base = _base(args, next(iter(variants.values())), seeds[0])

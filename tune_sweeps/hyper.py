@@ -78,10 +78,13 @@ def parse_axis(spec: str, parser: argparse.ArgumentParser) -> Axis:
         if len(parts) != 2:
             raise ConfigError("--grid", f"{dest}: a range looks like {kind}:LO:HI, got {text!r}")
         low, high = (_convert(parser, dest, part) for part in parts)
-        if not isinstance(low, (int, float)) or not low < high or (kind == "loguniform" and low <= 0):
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+        if not numbers or not low < high or (kind == "loguniform" and low <= 0):
             raise ConfigError("--grid", f"{dest}: need numbers with LO < HI (LO > 0 for loguniform), got {text!r}")
         return Axis(dest, (low, high), kind)
     parts = [p for p in text.split(";" if ";" in text else ",") if p.strip()]
+    if not parts:
+        raise ConfigError("--grid", f"{dest}: give at least one value, e.g. {dest}=V1,V2; got {text!r}")
     return Axis(dest, tuple(_convert(parser, dest, part) for part in parts))
 
 
