@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from afedpg_ray.cli import build_parser, config_from_args
+from afedpg_ray.config import ConfigError, TrainConfig
 from afedpg_ray.runlog import read_progress
+from afedpg_ray.runtime import RunError
 from afedpg_ray.seedstats import bootstrap_mean_ci, prob_improvement
 from afedpg_ray.train import train
 
@@ -34,28 +36,55 @@ EVAL_SEED = 10_000
 """Seed of the first evaluation episode (training used other seeds)."""
 
 
+OWNED_OPTIONS = ("--env", "--algo", "--agents", "--seed", "--samples", "--hetero", "--out", "--resume")
+"""Train options this script sets per run; --train-args may not set them (rows would be mislabelled)."""
+
+
+class GridError(ValueError):
+    """A grid or option this script cannot run, with the message to print."""
+
+
+def train_config(env: str, algo: str, seed: int, args: argparse.Namespace, out: Path) -> TrainConfig:
+    """The validated train config of one (env, algo, seed) run; raises :class:`GridError` if it is bad."""
+    agents = 1 if algo == "pg" else args.agents
+    argv = ["train", "--env", env, "--algo", algo, "--agents", str(agents), "--seed", str(seed)]
+    argv += ["--samples", str(args.samples), "--hetero", args.hetero if agents > 1 else "none"]
+    extra = args.train_args.split() if args.train_args else []
+    owned = [a for a in extra if a.split("=")[0] in OWNED_OPTIONS]
+    if owned:
+        raise GridError(f"--train-args: {owned[0]} is set by this script; use its own option instead")
+    try:
+        parsed, unknown = build_parser().parse_known_args(argv + extra)
+    except SystemExit:  # argparse has printed its complaint (a bad value) about the train options
+        raise GridError(f"--train-args: {args.train_args!r} is not a valid set of afedpg train options") from None
+    if unknown:
+        raise GridError(f"--train-args: {' '.join(unknown)!r} is not an afedpg train option (see afedpg train --help)")
+    wanted = {"env": env, "algo": algo, "agents": agents, "seed": seed, "samples": args.samples}
+    changed = [name for name, value in wanted.items() if getattr(parsed, name) != value]
+    if changed:  # an abbreviated option (argparse accepts --alg for --algo) slipped past the check above
+        raise GridError(f"--train-args: it sets --{changed[0]}, which this script sets; use its own option")
+    run_dir = out / "runs" / f"{env}-{algo}-n{agents}-s{seed}"
+    try:
+        return config_from_args(parsed, {"out": str(run_dir), "progress": False, "tensorboard": False})
+    except ConfigError as err:
+        raise GridError(str(err)) from None
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` as integers; empty entries or non-integers are a :class:`GridError`."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise GridError(f"--seeds: expected comma-separated integers like 0,1,2, got {text!r}") from None
+    if any(seed < 0 for seed in seeds):
+        raise GridError(f"--seeds: seeds must be non-negative, got {text!r}")
+    return seeds
+
+
 def run_one(env: str, algo: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     """Train one configuration; returns its result row."""
-    agents = 1 if algo == "pg" else args.agents
-    argv = [
-        "train",
-        "--env",
-        env,
-        "--algo",
-        algo,
-        "--agents",
-        str(agents),
-        "--seed",
-        str(seed),
-        "--samples",
-        str(args.samples),
-        "--hetero",
-        args.hetero if agents > 1 else "none",
-    ]
-    argv += args.train_args.split() if args.train_args else []
-    parsed = build_parser().parse_args(argv)
-    run_dir = out / "runs" / f"{env}-{algo}-n{agents}-s{seed}"
-    config = config_from_args(parsed, {"out": str(run_dir), "progress": False, "tensorboard": False})
+    config = train_config(env, algo, seed, args, out)
+    agents, run_dir = config.agents, Path(config.out)
     result = train(config)
     rows = read_progress(run_dir / "progress.csv")
     returns = [float(r["return_mean"]) for r in rows if r["accepted"] == "True"]
@@ -406,6 +435,16 @@ def main() -> None:
         "--eval-episodes", type=int, default=10, help="deterministic episodes per final policy for eval.csv (0: none)"
     )
     args = parser.parse_args()
+    try:
+        run_grid(args)
+    except (GridError, ConfigError, RunError) as err:
+        sys.exit(f"error: {err}")
+    except OSError as err:
+        sys.exit(f"error: {err.filename or args.out}: {err.strerror}")
+
+
+def run_grid(args: argparse.Namespace) -> None:
+    """Train the grid's missing runs, then write curves, evaluations, plots and the summary."""
     if args.quick:
         args.envs, args.algos, args.seeds, args.samples, args.agents = "CartPole-v1", "afedpg,a3c", "0", 4000, 2
         args.train_args = args.train_args or "--batch 500 --num-envs 2"
@@ -420,12 +459,19 @@ def main() -> None:
     elif budgets - {args.samples}:
         sys.exit(f"error: {out}/learning.csv holds runs of {sorted(budgets)} samples; one budget per --out directory")
     if args.report:  # every environment, algorithm and seed the grid already holds
+        if not results:
+            raise GridError(f"--report: {out}/learning.csv holds no runs yet; train some first")
         args.envs = ",".join(dict.fromkeys(r["env"] for r in results.values()))
         args.algos = ",".join(dict.fromkeys(r["algo"] for r in results.values()))
         args.seeds = ",".join(dict.fromkeys(str(r["seed"]) for r in results.values()))
+    seeds = parse_seeds(args.seeds)
+    if not args.report:  # the whole grid is checked before the first run trains
+        for env in args.envs.split(","):
+            for algo in args.algos.split(","):
+                train_config(env, algo, seeds[0], args, out)
     for env in args.envs.split(","):
         for algo in args.algos.split(","):
-            for seed in (int(s) for s in args.seeds.split(",")):
+            for seed in seeds:
                 if args.report or (env, algo, str(seed)) in results:  # long grids survive interruption
                     continue
                 row = run_one(env, algo, seed, args, out)

@@ -152,6 +152,26 @@ def test_learning_refuses_to_mix_budgets(tmp_path):
     assert last.endswith("holds runs of [300000] samples; one budget per --out directory")
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--seeds", "0,,1"], "--seeds: expected comma-separated integers"),
+        (["--envs", "CartPole-v1,Nope-v0"], "--env: unknown gymnasium environment 'Nope-v0'"),  # before run 1
+        (["--train-args", "--alg a3c"], "--train-args: it sets --algo"),  # the row would say afedpg
+        (["--train-args", "--agents 3"], "--train-args: --agents is set by this script"),
+        (["--train-args", "--bogus 1"], "'--bogus 1' is not an afedpg train option"),
+        (["--report"], "holds no runs yet"),
+    ],
+)
+def test_learning_checks_the_whole_grid_before_training(extra, message, tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--out", str(tmp_path), "--envs", "CartPole-v1"]
+    cmd += ["--algos", "afedpg", "--samples", "1000", "--agents", "2", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()  # nothing trained
+
+
 def write_fake_learning_dir(root: Path, finals: dict[str, list[float]], samples: int = 1000) -> Path:
     """A learning.py --out directory for Swimmer-v5: per algorithm, one run per final return (seeds 0..),
     each with a progress.csv whose return rises linearly to its final value."""
