@@ -327,3 +327,19 @@ def test_speedup_budget_time_ratio_by_hand():
     assert by_algo["afedpg"].budget_time_s == 60.0 and by_algo["fedpg"].budget_time_s == 150.0
     assert by_algo["afedpg"].budget_ratio_fedpg_over_afedpg == 2.5
     assert by_algo["fedpg"].time_to_target_s == 75.0 and by_algo["afedpg"].measured_ratio_fedpg_over_afedpg == 2.5
+
+
+@pytest.mark.parametrize(
+    ("setup", "extra", "message"),
+    [
+        ("update,wall\n1,2\n", [], "not one afedpg wrote"),  # progress.csv without afedpg's columns
+        (None, ["--out", "figure.xyz"], "--out: give a .png"),
+    ],
+)
+def test_bad_plot_input_is_one_line_exit_2(setup, extra, message, tmp_path, capsys):
+    (tmp_path / "progress.csv").write_text(setup or "update,wall_time,samples_total,return_mean,accepted\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", str(tmp_path), *extra])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err

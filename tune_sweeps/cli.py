@@ -268,6 +268,19 @@ def cmd_hyper(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """``afedpg plot RUN_OR_SWEEP_DIR...``: redraw figures from CSVs."""
+    if args.out and Path(args.out).suffix.lower() not in (".png", ".pdf", ".svg"):
+        fail(f"--out: give a .png, .pdf or .svg file, got {args.out!r}")
+    try:
+        return _plot(args)
+    except (KeyError, ValueError) as err:  # a CSV without the columns afedpg writes
+        first = str(err).splitlines()[0] if str(err) else ""
+        fail(f"RUN_OR_SWEEP_DIR: a CSV there is not one afedpg wrote ({type(err).__name__}: {first})")
+    except OSError as err:
+        fail(f"--out: cannot write {err.filename or args.out} ({err.strerror})")
+
+
+def _plot(args: argparse.Namespace) -> int:
+    """:func:`cmd_plot` once its arguments are checked."""
     runs: list[Path] = []
     for text in args.paths:
         path = Path(text)
