@@ -186,6 +186,9 @@ MAX_WAIT_S = 3600.0
 MAX_AGENTS = 4096
 """Largest --agents: each agent is a Ray actor with its own process (about 180 MiB with torch)."""
 MAX_PLACEMENT_TIMEOUT_S = 86400.0
+MAX_HIDDEN, MAX_LAYERS = 16384, 16
+"""Largest policy layer width and depth: beyond them the flat parameter vector stops fitting in memory."""
+MAX_AGENT_CPUS = 1024
 """Longest modelled iteration or communication delay: an hour per iteration is a typo, not a profile."""
 
 
@@ -301,7 +304,20 @@ def validate(config: TrainConfig) -> TrainConfig:
         )
     if not config.hidden or any(not _is_number(h) or int(h) != h or h < 1 for h in config.hidden):
         raise ConfigError("--hidden", f"must be positive layer widths such as 64,64, got {config.hidden!r}")
+    if max(config.hidden) > MAX_HIDDEN or len(config.hidden) > MAX_LAYERS:
+        raise ConfigError(
+            "--hidden",
+            f"at most {MAX_LAYERS} layers of at most {MAX_HIDDEN} units (the server and every agent hold the "
+            f"policy), got {config.hidden!r}",
+        )
     _positive("--checkpoint-every", config.checkpoint_every, integer=True)
+    if config.address:
+        from afedpg_ray.address import AddressError, parse_address  # local import: address imports nothing of ours
+
+        try:
+            parse_address(config.address)
+        except AddressError as err:
+            raise ConfigError("--address", str(err).removeprefix("--address: ")) from None
     _positive("--placement-timeout", config.placement_timeout)
     if config.placement_timeout > MAX_PLACEMENT_TIMEOUT_S:
         raise ConfigError(
@@ -336,6 +352,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         )
     if config.agent_cpus is not None:
         _positive("--agent-cpus", config.agent_cpus)
+        if config.agent_cpus > MAX_AGENT_CPUS:
+            raise ConfigError("--agent-cpus", f"must be at most {MAX_AGENT_CPUS}, got {config.agent_cpus!r}")
     _check_agent_resources(config.agent_resources, config.agents)
     seed = config.seed
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:

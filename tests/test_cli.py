@@ -76,6 +76,8 @@ from afedpg_ray.cli import main
         (["--alpha-end", "nan"], "--alpha-end"),
         (["--algo", "a3c", "--alpha-end", "0.05"], "--alpha-end"),
         (["--agents", "5000"], "--agents"),
+        (["--hidden", "1000000000"], "--hidden"),
+        (["--agent-cpus", "1e300"], "--agent-cpus"),
         (["--placement-timeout", "1e300"], "--placement-timeout"),
         (["--resume", ""], "--resume"),
     ],

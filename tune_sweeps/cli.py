@@ -150,8 +150,14 @@ def _launch(
     space once the shared base (``trials[0]["train"]``) has its agent CPUs.
     """
     configs = [trial_train_config(trial) for trial in trials]  # raises ConfigError before Ray starts
+    from afedpg_ray.address import AddressError, parse_address
+
+    if args.address:
+        try:
+            parse_address(args.address)  # the format, before anything is written or joined
+        except AddressError as err:
+            fail(str(err))
     sweep, out = _sweep_run(args, name)
-    from afedpg_ray.address import AddressError
     from afedpg_ray.runtime import RunError, connect
 
     try:
