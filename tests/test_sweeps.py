@@ -182,6 +182,7 @@ def test_mean_curve_t_interval():
         (["hyper", "--grid", "critic=uniform:false:true", "--random", "2"], "--grid"),
         (["speedup", "--target", "nan"], "--target"),
         (["speedup", "--address", "nonsense"], "--address"),
+        (["sample-efficiency", "--samples-per-agent", "100", "--storage", "bogus://x", "--resume"], "--storage"),
     ],
 )
 def test_bad_sweep_input_is_one_line_exit_2(argv, option, tmp_path, capsys):

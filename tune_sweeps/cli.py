@@ -118,7 +118,12 @@ def _sweep_run(args: argparse.Namespace, name: str) -> tuple[SweepRun, Path]:
     if args.resume:
         from ray import tune
 
-        if not tune.Tuner.can_restore(sweep.path):
+        try:
+            restorable = tune.Tuner.can_restore(sweep.path)
+        except Exception as err:  # noqa: BLE001 - pyarrow's filesystems raise their own types
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            fail(f"--storage: cannot read {storage!r} ({first})")
+        if not restorable:
             fail(f"--resume: no sweep to resume at {sweep.path}")
     return sweep, out
 
