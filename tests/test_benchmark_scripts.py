@@ -126,6 +126,12 @@ def test_delay_compensated_lookahead_shortens_the_lag_in_the_model(tmp_path):
     run_script("lookahead_bias.py", tmp_path, "--delay-compensation")
     table = (tmp_path / "delay_compensation.md").read_text()
     assert "| 0 | vanilla | - |" in table and "| 0 | afedpg | 1 |" in table
+    run_script("lookahead_bias.py", tmp_path, "--staleness")
+    table = (tmp_path / "staleness.md").read_text()
+    assert "| 0 | vanilla | 0.5 |" in table and "| 0 | afedpg | 0 |" in table
+    # the weight lengthens the momentum's memory: its lag grows
+    weighted = bias.simulate("vanilla", agents=4, alpha=0.2, noise=0.0, seed=0, staleness_power=0.5)
+    assert weighted["lag"] > bias.simulate("vanilla", agents=4, alpha=0.2, noise=0.0, seed=0)["lag"]
 
 
 def test_simulated_alpha_anneal_follows_the_schedule_and_reports_the_gap():
