@@ -133,16 +133,9 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
     return result
 
 
-def prepare_resume(run_dir: Path) -> dict[str, Any]:
-    """Load the run's checkpoint and cut progress.csv back to it (later rows died with the driver)."""
-    state = load_checkpoint(run_dir)
-    cut_to_checkpoint(run_dir, state)
-    return state
-
-
 def cut_to_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    """Drop progress.csv's rows past the checkpoint: the same cut as a server restore, exact by row
-    count (older checkpoints: by version)."""
+    """Drop progress.csv's rows past the checkpoint (they died with the driver): the same cut as a
+    server restore, exact by row count (older checkpoints: by version)."""
     cut_progress(run_dir / "progress.csv", int(state["rule_state"]["version"]), state.get("progress_rows"))
 
 

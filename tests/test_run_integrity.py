@@ -20,7 +20,7 @@ from afedpg_ray.config import TrainConfig
 from afedpg_ray.messages import UpdateRecord
 from afedpg_ray.runlog import RunLog, cut_progress, read_progress
 from afedpg_ray.runtime import REJECTED_STREAK_PER_AGENT, RayRunner, RunError, rejection_message
-from afedpg_ray.train import prepare_resume, train
+from afedpg_ray.train import cut_to_checkpoint, load_resumable, train
 
 
 def record(
@@ -63,8 +63,9 @@ def test_resume_cuts_progress_by_the_same_rule(tmp_path):
     log.record(record(8, accepted=False, reason="norm_too_large"))
     log.close()
     save_checkpoint(tmp_path, {"rule_state": {"version": 5}, "samples_total": 500})
-    assert load_checkpoint(tmp_path)["samples_total"] == 500
-    prepare_resume(tmp_path)
+    state = load_resumable(tmp_path, TrainConfig(samples=1000))
+    assert state["samples_total"] == 500
+    cut_to_checkpoint(tmp_path, state)
     assert [int(r["update"]) for r in read_progress(tmp_path / "progress.csv")] == [1, 2, 3, 4, 5]
     assert cut_progress(tmp_path / "progress.csv", 5) == []  # idempotent
     assert cut_progress(tmp_path / "missing.csv", 5) == []
