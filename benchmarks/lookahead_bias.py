@@ -193,60 +193,54 @@ DELAY_LOOKAHEADS = (0.0, 0.25, 0.5, 1.0)
 """Extra lookahead, in steps per update of the arrival's delay (0 is AFedPG as published)."""
 
 
-def delay_compensation_study(
-    seeds: int, agents: int = 8, alpha: float = 0.2, noises: tuple[float, ...] = (0.0, 1.0, 3.0)
+def variant_table(
+    column: str,
+    settings: list[tuple[str, str, dict]],
+    seeds: int,
+    noises: tuple[float, ...],
+    legend: str = "",
+    agents: int = 8,
 ) -> str:
-    """Markdown: AFedPG with its lookahead extended by ``c * delay`` steps, against vanilla.
-
-    The question: AFedPG's lookahead cancels the momentum's own lag but not staleness (lag = mean
-    delay). Sampling a further ``delay`` steps along the last step, where theta is expected to be when
-    the gradient lands (as DANA does for asynchronous SGD), should cancel that too - if the path is
-    straight enough for a linear extrapolation over ~7 updates.
-    """
+    """Markdown: lag, direction and end gap of each (rule, label, simulate options) at each noise level
+    (N = ``agents``, linear:4, alpha 0.2, eta 0.05 constant, 600 updates; seed means)."""
     lines = [
-        f"N = {agents}, linear:4, alpha {alpha:g}, eta 0.05 constant, 600 updates; means over {seeds} seeds. "
-        "c: extra lookahead in steps per update of delay (0 = AFedPG). lag: steps the momentum's effective "
-        "point trails theta; cos: direction quality; gap: objective left at the end (lower is better).",
+        f"N = {agents}, linear:4, alpha 0.2, eta 0.05 constant, 600 updates; means over {seeds} seeds. {legend}"
+        "lag: steps the momentum's effective point trails theta; cos: direction quality; gap: objective "
+        "left at the end (lower is better).",
         "",
-        "| noise | rule | c | lag | cos(d, true gradient) | gap |",
+        f"| noise | rule | {column} | lag | cos(d, true gradient) | gap |",
         "|---|---|---|---|---|---|",
     ]
     for noise in noises:
-        settings = [("vanilla", 0.0)] + [("afedpg", c) for c in DELAY_LOOKAHEADS]
-        for algo, c in settings:
-            runs = [simulate(algo, agents, alpha, noise, seed, delay_lookahead=c) for seed in range(seeds)]
+        for algo, label, options in settings:
+            runs = [simulate(algo, agents, 0.2, noise, seed, **options) for seed in range(seeds)]
             lag, cos, gap = (statistics.fmean(r[key] for r in runs) for key in ("lag", "cosine", "gap"))
-            lines.append(
-                f"| {noise:g} | {algo} | {c:g} | {lag:.1f} | {cos:.3f} | {gap:.4f} |"
-                if algo == "afedpg"
-                else f"| {noise:g} | {algo} | - | {lag:.1f} | {cos:.3f} | {gap:.4f} |"
-            )
+            lines.append(f"| {noise:g} | {algo} | {label} | {lag:.1f} | {cos:.3f} | {gap:.4f} |")
     return "\n".join(lines) + "\n"
 
 
-def staleness_study(
-    seeds: int, agents: int = 8, alpha: float = 0.2, noises: tuple[float, ...] = (0.0, 1.0, 3.0)
-) -> str:
-    """Markdown: both rules with and without FedAsync's weight ``(D + 1)^-0.5`` (``--staleness-power``).
+def delay_compensation_study(seeds: int, noises: tuple[float, ...] = (0.0, 1.0, 3.0)) -> str:
+    """AFedPG with its lookahead extended by ``c * delay`` steps (c = extra steps per update of delay),
+    against vanilla.
+
+    AFedPG's lookahead cancels the momentum's own lag but not staleness (lag = mean delay). Sampling a
+    further ``delay`` steps along the last step, where theta is expected to be when the gradient lands
+    (as DANA does for asynchronous SGD), should cancel that too - if the path is straight enough for a
+    linear extrapolation over ~7 updates.
+    """
+    settings = [("vanilla", "-", {})] + [("afedpg", f"{c:g}", {"delay_lookahead": c}) for c in DELAY_LOOKAHEADS]
+    legend = "c: extra lookahead in steps per update of delay (0 = AFedPG). "
+    return variant_table("c", settings, seeds, noises, legend)
+
+
+def staleness_study(seeds: int, noises: tuple[float, ...] = (0.0, 1.0, 3.0)) -> str:
+    """Both rules with and without FedAsync's weight ``(D + 1)^-0.5`` (``--staleness-power``).
 
     On MuJoCo the weight lifted vanilla to AFedPG's level on Walker2d and Hopper, and combined with
     the lookahead it cost AFedPG on Hopper; this asks whether the model shows either.
     """
-    lines = [
-        f"N = {agents}, linear:4, alpha {alpha:g}, eta 0.05 constant, 600 updates; means over {seeds} seeds. "
-        "lag: steps the momentum's effective point trails theta; cos: direction quality; gap: objective "
-        "left at the end (lower is better).",
-        "",
-        "| noise | rule | staleness power | lag | cos(d, true gradient) | gap |",
-        "|---|---|---|---|---|---|",
-    ]
-    for noise in noises:
-        for algo in ("vanilla", "afedpg"):
-            for power in (0.0, 0.5):
-                runs = [simulate(algo, agents, alpha, noise, seed, staleness_power=power) for seed in range(seeds)]
-                lag, cos, gap = (statistics.fmean(r[key] for r in runs) for key in ("lag", "cosine", "gap"))
-                lines.append(f"| {noise:g} | {algo} | {power:g} | {lag:.1f} | {cos:.3f} | {gap:.4f} |")
-    return "\n".join(lines) + "\n"
+    settings = [(a, f"{p:g}", {"staleness_power": p}) for a in ("vanilla", "afedpg") for p in (0.0, 0.5)]
+    return variant_table("staleness power", settings, seeds, noises)
 
 
 def run_grid(algos: list[str], agents: list[int], alphas: list[float], noises: list[float], seeds: int) -> list[dict]:
@@ -353,22 +347,21 @@ def main() -> None:
         help="instead: both rules with and without FedAsync weighting (staleness.md)",
     )
     args = parser.parse_args()
-    if args.staleness:
-        table = staleness_study(1 if args.quick else args.seeds, noises=(0.0,) if args.quick else (0.0, 1.0, 3.0))
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "staleness.md").write_text("# FedAsync staleness weighting in the lag model\n\n" + table)
-        print(table)
-        return
-    if args.delay_compensation:
-        table = delay_compensation_study(
-            1 if args.quick else args.seeds, noises=(0.0,) if args.quick else (0.0, 1.0, 3.0)
-        )
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "delay_compensation.md").write_text(
-            "# Extending AFedPG's lookahead over the delay (DANA-style), simulated\n\n" + table
-        )
-        print(table)
-        return
+    studies = {
+        "staleness": (staleness_study, "staleness.md", "FedAsync staleness weighting in the lag model"),
+        "delay_compensation": (
+            delay_compensation_study,
+            "delay_compensation.md",
+            "Extending AFedPG's lookahead over the delay (DANA-style), simulated",
+        ),
+    }
+    for flag, (study, filename, title) in studies.items():
+        if getattr(args, flag):
+            table = study(1 if args.quick else args.seeds, noises=(0.0,) if args.quick else (0.0, 1.0, 3.0))
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / filename).write_text(f"# {title}\n\n" + table)
+            print(table)
+            return
     if args.anneal:
         table = anneal_study(2 if args.quick else args.seeds * 2)
         args.out.mkdir(parents=True, exist_ok=True)
