@@ -24,13 +24,12 @@ from learning import (
     ORDERING_FRACTIONS,
     curve,
     improvement_cells,
+    improvement_text,
     ordering_along_run,
     read_rows,
     seed_band,
     seed_summary,
 )
-
-from afedpg_ray.seedstats import prob_improvement
 
 Variant = tuple[str, list[dict]]
 """A label and the rows of its ``learning.csv``."""
@@ -105,12 +104,12 @@ def compare(variants: list[Variant]) -> str:
             env_rows = [r for r in rows if r["env"] == env]
             algos = {r["algo"] for r in env_rows}
             if {"afedpg", "vanilla"} <= algos:
-                final = prob_improvement(
+                final = improvement_text(
                     [float(r["final_return"]) for r in runs_of(env_rows, env, "afedpg")],
                     [float(r["final_return"]) for r in runs_of(env_rows, env, "vanilla")],
                 )
                 along = ordering_along_run(env_rows, env, [("afedpg", "vanilla")], samples).removeprefix("- ")
-                lines.append(f"- {label}: P(afedpg > vanilla) at the end {final:.2f}; {along}")
+                lines.append(f"- {label}: P(afedpg > vanilla) at the end {final}; {along}")
         lines.append("")
     return "\n".join(lines)
 

@@ -29,7 +29,7 @@ from afedpg_ray.cli import build_parser, config_from_args
 from afedpg_ray.config import ConfigError, TrainConfig
 from afedpg_ray.runlog import read_progress
 from afedpg_ray.runtime import RunError
-from afedpg_ray.seedstats import bootstrap_mean_ci, prob_improvement
+from afedpg_ray.seedstats import bootstrap_mean_ci, prob_improvement, prob_improvement_ci
 from afedpg_ray.train import train
 
 EVAL_SEED = 10_000
@@ -263,11 +263,19 @@ def seed_summary(values: list[float]) -> str:
     return f"{np.mean(values):.1f} [{lo:.1f}, {hi:.1f}] | {np.median(values):.1f} | {per_seed}"
 
 
+def improvement_text(x: list[float], y: list[float]) -> str:
+    """``P(X > Y)`` with its 95% bootstrap interval, e.g. ``0.60 [0.41, 0.78]``: the ordering is resolved
+    only when the interval excludes 0.5."""
+    lo, hi = prob_improvement_ci(x, y)
+    return f"{prob_improvement(x, y):.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str], dict], samples: int) -> None:
     """A markdown table per environment: returns per algorithm over seeds, and the paper's ordering."""
     lines = [
         f"Returns after {samples:,} environment steps over seeds: mean [95% bootstrap CI of the mean], median",
-        "and each seed (in seed order). P(X > Y): chance that a random seed of X ends above one of Y.",
+        "and each seed (in seed order). P(X > Y): chance that a random seed of X ends above one of Y,",
+        "with its 95% bootstrap interval (the ordering is resolved only where the interval excludes 0.5).",
         "",
     ]
     for env in dict.fromkeys(r["env"] for r in rows):
@@ -299,7 +307,7 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
         if pairs:
             lines.append(
                 "- Ordering (training return): "
-                + "; ".join(f"P({a} > {b}) = {prob_improvement(finals[a], finals[b]):.2f}" for a, b in pairs)
+                + "; ".join(f"P({a} > {b}) = {improvement_text(finals[a], finals[b])}" for a, b in pairs)
             )
             lines.append(ordering_along_run(rows, env, pairs, samples))
             lines.append(ordering_by_run_average(rows, env, pairs, samples))
@@ -376,9 +384,7 @@ def ordering_by_run_average(rows: list[dict], env: str, pairs: list[tuple[str, s
     averages = {algo: run_averages(rows, env, algo, samples) for algo in {name for pair in pairs for name in pair}}
     means = ", ".join(f"{a} {np.mean(v):.1f}" for a, v in sorted(averages.items()) if v)
     cells = [
-        f"P({a} > {b}) = {prob_improvement(averages[a], averages[b]):.2f}"
-        for a, b in pairs
-        if averages[a] and averages[b]
+        f"P({a} > {b}) = {improvement_text(averages[a], averages[b])}" for a, b in pairs if averages[a] and averages[b]
     ]
     return f"- Return averaged over the whole run (area under the curve / budget): means {means}; " + "; ".join(cells)
 

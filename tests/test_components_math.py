@@ -11,7 +11,7 @@ from afedpg_ray.config import ConfigError
 from afedpg_ray.heterogeneity import padding_seconds, parse_profile, theoretical_speedup
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.rollout import gae
-from afedpg_ray.seedstats import bootstrap_mean_ci, prob_improvement
+from afedpg_ray.seedstats import bootstrap_mean_ci, prob_improvement, prob_improvement_ci
 
 
 def test_gae_by_hand():
@@ -139,3 +139,20 @@ def test_bootstrap_mean_ci():
     assert bootstrap_mean_ci([1.0, 2.0, 3.0, 40.0]) == (lo, hi)  # fixed seed: reproducible
     with pytest.raises(ValueError):
         bootstrap_mean_ci([])
+
+
+def test_prob_improvement_ci():
+    # every x above every y in any resample: P is 1 in all of them
+    assert prob_improvement_ci([5.0, 6.0], [1.0, 2.0, 3.0]) == (1.0, 1.0)
+    # x resamples {1,1}, {1,3}, {3,1}, {3,3} against y = 2 give P = 0, 0.5, 0.5, 1 (odds 1:2:1)
+    assert prob_improvement_ci([1.0, 3.0], [2.0]) == (0.0, 1.0)
+    x, y = np.arange(10) + 0.5, np.arange(10.0)
+    lo, hi = prob_improvement_ci(x, y)
+    assert prob_improvement(x, y) == pytest.approx(0.55)
+    assert 0.0 < lo < 0.55 < hi < 1.0
+    assert prob_improvement_ci(x, y) == (lo, hi)  # fixed seed: reproducible
+    # four times the seeds of each, same spread: the interval narrows (about by half)
+    lo4, hi4 = prob_improvement_ci(np.repeat(x, 4), np.repeat(y, 4))
+    assert hi4 - lo4 < 0.65 * (hi - lo)
+    with pytest.raises(ValueError):
+        prob_improvement_ci([1.0], [])
