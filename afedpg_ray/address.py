@@ -27,6 +27,12 @@ def parse_address(address: str) -> tuple[str, int] | None:
     if address in ("auto", "local"):
         return None
     rest = address[len("ray://") :] if address.startswith("ray://") else address
+    if "://" in rest:  # most often the dashboard's http://host:8265, which `ray job submit` takes
+        scheme = rest.split("://", 1)[0]
+        raise AddressError(
+            f"--address: {address!r} is a {scheme}:// URL (the dashboard's, for `ray job submit`?); give the "
+            "cluster's GCS address host:6379 or a Ray-client address ray://host:10001"
+        )
     host, sep, port = rest.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:

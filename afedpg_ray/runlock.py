@@ -4,7 +4,9 @@ Without it, ``afedpg train --resume RUN`` started while RUN is still training wo
 progress.csv back to the last checkpoint before anything else noticed the clash. The lock is the
 kernel's (``flock``): it is released when the driver's process ends in any way (crash, SIGKILL), so
 no stale lock ever has to be recognised or broken, and no reused process id can keep a run locked.
-The file itself stays; while locked it names the holder (host and pid) for the error message.
+The file stays after a run (emptied); while locked it names the holder (host and pid) for the error
+message. A run refused before it wrote anything leaves no trace: the lock file is removed, and the
+directory too if this driver created it.
 """
 
 from __future__ import annotations
@@ -31,39 +33,78 @@ class RunLock:
 
     path: Path
     fd: int
+    created_dir: bool = False
+    """Whether :func:`acquire` created the run directory (so that releasing an unused lock removes it)."""
 
 
 def acquire(run_dir: Path) -> RunLock:
     """Lock ``run_dir`` for this process; raise :class:`RunDirLockedError` if a live driver holds it."""
     path = run_dir / LOCK_FILE
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    except OSError as exc:  # --out names a file, or a place this user cannot write
-        raise RunError(f"cannot use {run_dir} as a run directory ({exc.strerror}); choose another --out") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _holder(fd)
-        os.close(fd)
-        raise RunDirLockedError(
-            f"{run_dir} is being trained by {holder}; wait for that run to end or stop it (or choose another --out)"
-        ) from None
-    except OSError as exc:  # a filesystem without locks: say so rather than run unprotected in silence
-        os.close(fd)
-        raise RunDirLockedError(f"cannot lock {path} ({exc}); put the run directory on a local filesystem") from None
+    created_dir = not run_dir.exists()
+    for _ in range(LOCK_ATTEMPTS):
+        fd = _open(run_dir, path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise RunDirLockedError(
+                f"{run_dir} is being trained by {holder}; wait for that run to end or stop it (or choose another --out)"
+            ) from None
+        except OSError as exc:  # a filesystem without locks: say so rather than run unprotected in silence
+            os.close(fd)
+            raise RunDirLockedError(
+                f"cannot lock {path} ({exc}); put the run directory on a local filesystem"
+            ) from None
+        if _is_current(fd, path):
+            break
+        os.close(fd)  # a refused run removed this file after we opened it: lock the file that is there now
+    else:
+        raise RunDirLockedError(f"cannot lock {path}: it keeps being replaced; is another driver starting there?")
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
-    return RunLock(path, fd)
+    return RunLock(path, fd, created_dir)
 
 
 def release(lock: RunLock) -> None:
-    """Give up a lock taken by :func:`acquire` (the file stays, emptied: unlinking it would let two later
-    drivers lock two different files of the same name)."""
+    """Give up a lock taken by :func:`acquire`.
+
+    The file stays, emptied, unless the directory holds nothing else (a run refused before it wrote
+    anything): then it is removed while still locked - a driver that opened it meanwhile sees that it
+    was replaced (:func:`acquire` checks) - and the directory with it if :func:`acquire` created it.
+    """
     try:
         os.ftruncate(lock.fd, 0)
+        unused = {entry.name for entry in os.scandir(lock.path.parent)} == {lock.path.name}
+        if unused:
+            lock.path.unlink()
+            if lock.created_dir:
+                lock.path.parent.rmdir()
+    except OSError:
+        pass  # tidying only: a file we cannot remove is left as it is
     finally:
         os.close(lock.fd)  # closing the last descriptor releases the flock
+
+
+LOCK_ATTEMPTS = 5
+"""How often :func:`acquire` retries when the lock file it opened was removed before it locked it."""
+
+
+def _open(run_dir: Path, path: Path) -> int:
+    """Create ``run_dir`` if needed and open (or create) its lock file; one-line error if impossible."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as exc:  # --out names a file, or a place this user cannot write
+        raise RunError(f"cannot use {run_dir} as a run directory ({exc.strerror}); choose another --out") from None
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (not one that was unlinked after we opened it)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _holder(fd: int) -> str:

@@ -162,6 +162,7 @@ def test_train_with_unreachable_address_fails_quickly():
             "train", "--address", "127.0.0.1:1", *TINY, "--out", str(tmp / "run"), env=ray_env(tmp), timeout=60
         )
         elapsed = time.monotonic() - start
+        assert not (tmp / "run").exists()  # refused before writing anything: no directory left behind
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--address" in lines[0] and "127.0.0.1:1" in lines[0]
@@ -177,6 +178,7 @@ def test_train_with_unreachable_address_fails_quickly():
         (["status"], "--address"),
         (["status", "--address", "nohost"], "--address: expected host:port"),
         (["status", "--address", "127.0.0.1:99999"], "--address: expected host:port"),
+        (["status", "--address", "http://127.0.0.1:8265"], "is a http:// URL (the dashboard's"),
         (["status", "--address", "127.0.0.1:1", "--watch", "0"], "--watch"),
         (["status", "--address", "127.0.0.1:1", "--timeout", "-1"], "--timeout"),
         (["status", "--address", "127.0.0.1:1", "--prefix", ""], "--prefix"),

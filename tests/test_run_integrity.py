@@ -141,11 +141,34 @@ def test_run_lock_is_free_once_its_holder_dies_whatever_the_file_says(tmp_path):
     assert json.loads(lock.path.read_text())["pid"] == os.getpid()
     with pytest.raises(runlock.RunDirLockedError, match=f"being trained by process {os.getpid()}"):
         runlock.acquire(tmp_path)  # a second driver, even in this process, is refused
+    (tmp_path / "progress.csv").write_text("update\n")  # a run's file: the lock file stays, emptied
     runlock.release(lock)
     assert lock.path.read_text() == ""
     # a leftover file naming a live, unrelated process (a reused pid) does not lock the run
     lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": 1}))
     runlock.release(runlock.acquire(tmp_path))
+
+
+def test_a_lock_that_guarded_nothing_leaves_no_trace(tmp_path):
+    run_dir = tmp_path / "new" / "run"
+    runlock.release(runlock.acquire(run_dir))  # a fresh run refused before writing anything
+    assert not run_dir.exists() and (tmp_path / "new").exists()  # only the directory acquire made goes
+    run_dir.mkdir()
+    runlock.release(runlock.acquire(run_dir))
+    assert run_dir.exists() and not any(run_dir.iterdir())  # a directory the user made stays
+
+
+def test_lock_on_a_removed_file_is_not_current(tmp_path):
+    lock = runlock.acquire(tmp_path)
+    stale = os.open(lock.path, os.O_RDWR)  # a driver that opened the file just before it was removed
+    runlock.release(lock)  # the directory held nothing else: the file is removed
+    try:
+        assert not runlock._is_current(stale, lock.path)
+        fresh = runlock.acquire(tmp_path)  # the next driver locks a new file, so the stale one cannot clash
+        assert runlock._is_current(fresh.fd, fresh.path) and not runlock._is_current(stale, fresh.path)
+        runlock.release(fresh)
+    finally:
+        os.close(stale)
 
 
 def test_rejection_message_names_the_main_reason_and_the_fix():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from afedpg_ray.cli import main
+from afedpg_ray.config import ConfigError
 from tune_sweeps.plots import mean_curve, t_critical
 from tune_sweeps.speedup import default_target, summarize, theoretical_ratio, time_ratio, time_to_target
 
@@ -222,6 +223,18 @@ def test_hyper_grid_parsing_and_ranking():
     assert parse_axis("hidden=64,64;32", parser) == Axis("hidden", ((64, 64), (32,)))
     assert parse_axis("critic=true,false", parser) == Axis("critic", (True, False))
     assert parse_axis("eta0=loguniform:0.001:0.1", parser) == Axis("eta0", (0.001, 0.1), "loguniform")
+    # JSON values hold commas: only ';' separates them, and each becomes the groups a trial config takes
+    axis = parse_axis('agent_resources={"0-1": {"num_cpus": 0.5}, "2": {"num_cpus": 1}};{"0-2": {}}', parser)
+    assert [[(g["first"], g["last"], g["num_cpus"]) for g in value] for value in axis.values] == [
+        [(0, 1, 0.5), (2, 2, 1)],
+        [(0, 2, None)],
+    ]
+    with pytest.raises(ConfigError, match="--grid: agent_resources=1,2: --agent-resources: not valid JSON"):
+        parse_axis("agent_resources=1,2", parser)
+    from tune_sweeps.trainable import trial_train_config
+
+    trial = trial_train_config({"train": {"agents": 3}, "agent_resources": axis.values[0], "seed": 0})
+    assert [(g.first, g.last, g.num_cpus) for g in trial.agent_resources] == [(0, 1, 0.5), (2, 2, 1)]
     rows = [
         {"trial_id": tid, "config": {"eta0": eta0, "seed": seed}, "return_mean": ret, "wall_time": 1.0}
         for tid, eta0, seed, ret in [

@@ -1,7 +1,8 @@
 """A generic hyperparameter sweep over any train option: grid search, or random search with ``--random N``.
 
 ``--grid 'eta0=0.003,0.01,0.03'`` sweeps one option over listed values (an option whose value is itself
-a list, like ``hidden``, separates values with ``;``: ``'hidden=64,64;32,32'``). With ``--random N``
+a list, like ``hidden``, separates values with ``;``: ``'hidden=64,64;32,32'``; JSON-valued
+``agent_resources`` always does, since its JSON holds commas). With ``--random N``
 listed values become ``tune.choice`` and ``NAME=uniform:LO:HI`` / ``NAME=loguniform:LO:HI`` sample a
 range. Values are parsed exactly as ``afedpg train`` parses the option.
 """
@@ -9,6 +10,7 @@ range. Values are parsed exactly as ``afedpg train`` parses the option.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import math
 from collections import defaultdict
@@ -28,6 +30,8 @@ RESULTS_CSV = "hyper.csv"
 NOT_SWEPT = {"address"}
 """Train options that make no sense per trial."""
 RANGES = ("uniform", "loguniform")
+JSON_VALUED = {"agent_resources"}
+"""Options whose one value is JSON (with commas inside): their grid values are separated by ``;`` only."""
 
 
 class _RaisingParser(argparse.ArgumentParser):
@@ -56,6 +60,13 @@ class Axis:
 
 
 def _convert(parser: argparse.ArgumentParser, name: str, text: str) -> Any:
+    if name == "agent_resources":  # the train parser keeps the JSON text; a trial needs the groups
+        from afedpg_ray.cli import parse_agent_resources
+
+        try:
+            return [dataclasses.asdict(group) for group in parse_agent_resources(text)]
+        except ConfigError as err:
+            raise ConfigError("--grid", f"{name}={text.strip()}: {err}") from None
     flag = "--" + name.replace("_", "-")
     value = getattr(parser.parse_args([f"{flag}={text.strip()}"]), name)
     if value is None:
@@ -82,7 +93,8 @@ def parse_axis(spec: str, parser: argparse.ArgumentParser) -> Axis:
         if not numbers or not low < high or (kind == "loguniform" and low <= 0):
             raise ConfigError("--grid", f"{dest}: need numbers with LO < HI (LO > 0 for loguniform), got {text!r}")
         return Axis(dest, (low, high), kind)
-    parts = [p for p in text.split(";" if ";" in text else ",") if p.strip()]
+    separator = ";" if ";" in text or dest in JSON_VALUED else ","
+    parts = [p for p in text.split(separator) if p.strip()]
     if not parts:
         raise ConfigError("--grid", f"{dest}: give at least one value, e.g. {dest}=V1,V2; got {text!r}")
     return Axis(dest, tuple(_convert(parser, dest, part) for part in parts))
