@@ -413,6 +413,9 @@ def _env_problem(env_id: str) -> str | None:
     """
     import gymnasium as gym
 
+    from afedpg_ray.mujoco_warnings import route_mujoco_warnings
+
+    route_mujoco_warnings()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation chatter would break the one-line error

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from afedpg_ray.mujoco_warnings import route_mujoco_warnings
+
 
 def mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
     """Tanh MLP with orthogonal initialisation (sqrt(2) hidden gain, ``out_gain`` on the last layer)."""
@@ -89,6 +91,7 @@ def num_params(module: nn.Module) -> int:
 
 def build_policy(env_id: str, hidden: tuple[int, ...], log_std_init: float) -> tuple[Policy, int]:
     """Make a policy for ``env_id``'s spaces; returns it and the observation dimension."""
+    route_mujoco_warnings()
     env = gym.make(env_id)
     try:
         obs_space = env.observation_space

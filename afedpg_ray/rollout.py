@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from afedpg_ray.config import EstimatorConfig
+from afedpg_ray.mujoco_warnings import route_mujoco_warnings
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, flat_grad, mlp, set_flat
 
@@ -214,6 +215,7 @@ class Critic:
 
 def make_vec_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
     """``num_envs`` copies of ``env_id`` stepped in this process, reset in the same step they end."""
+    route_mujoco_warnings()
     return gym.make_vec(
         env_id,
         num_envs=num_envs,
@@ -379,6 +381,7 @@ def evaluate(
     policy: Policy, obs_stats: RunningStats | None, env_id: str, episodes: int, seed: int, deterministic: bool = True
 ) -> list[float]:
     """Run ``episodes`` full episodes with ``policy`` and return their undiscounted returns."""
+    route_mujoco_warnings()
     env = gym.make(env_id)
     returns = []
     try:
