@@ -131,8 +131,10 @@ class ParameterServer:
         if horizon != self.horizon:
             self.horizon = horizon
             self.rule = self._make_rule()
-        if self.robust is not None and saved.get("robust") is not None:
-            self.robust.restore(saved["robust"])
+        if self.robust is not None:  # older checkpoints have no filter state: start it afresh, like the run did
+            self.robust = RobustFilter()
+            if saved.get("robust") is not None:
+                self.robust.restore(saved["robust"])
         count, mean, m2 = saved["obs_stats"]
         self.obs_stats = RunningStats(count, np.asarray(mean), np.asarray(m2))
         count, mean, m2 = saved["return_stats"]

@@ -86,8 +86,9 @@ def simulate(
     delay_lookahead: float = 0.0,
     staleness_power: float = 0.0,
 ) -> dict[str, float]:
-    """Run ``updates`` asynchronous arrivals of ``algo``; return the mean lag, cosine and delay, and
-    ``gap``: the objective still to gain at the end as a fraction of the start's, ``J(theta)/J(0)``.
+    """Run ``updates`` asynchronous arrivals of ``algo``; return the mean lag, cosine and delay,
+    ``gap``: the objective still to gain at the end as a fraction of the start's, ``J(theta)/J(0)``,
+    and ``last_alpha``: the momentum weight the rule gave the final arrival.
 
     ``noise`` is the norm of the gradient noise relative to the true gradient's norm at the point
     (isotropic), so one gradient's cosine with the truth is about ``1 / sqrt(1 + noise^2)``. With
@@ -147,6 +148,7 @@ def simulate(
         "cosine": statistics.fmean(cosines),
         "delay": statistics.fmean(delays),
         "measured": len(lags),
+        "last_alpha": info.alpha,
     }
 
 
@@ -379,7 +381,7 @@ def main() -> None:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "lookahead_bias.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")  # last_alpha: for tests
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})

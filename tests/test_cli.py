@@ -190,7 +190,8 @@ def test_eval_of_corrupt_policy_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", str(tmp_path)])
     assert exit_info.value.code == 2
-    assert "policy.pt" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "policy.pt" in err, err
 
 
 def test_console_script_fails_before_ray_starts():
@@ -247,7 +248,12 @@ def test_env_table_applies_unless_overridden():
     assert override.estimator.gamma == 0.95
     assert config_from_args(parser.parse_args(["train", "--algo", "pg"])).agents == 1
     assert config_from_args(parser.parse_args(["train"])).eta0 == 0.01  # CartPole-v1's table entry
-    assert config_from_args(parser.parse_args(["train", "--env", "Hopper-v5"])).eta0 == 0.03
+    hopper = config_from_args(parser.parse_args(["train", "--env", "Hopper-v5"]))
+    assert (hopper.schedule, hopper.eta0) == ("linear", 0.03)  # the table's schedule, the global eta0
+    cheetah = config_from_args(parser.parse_args(["train", "--env", "HalfCheetah-v5"]))
+    assert (cheetah.schedule, cheetah.eta0) == ("linear", 0.1)
+    constant = config_from_args(parser.parse_args(["train", "--env", "HalfCheetah-v5", "--schedule", "constant"]))
+    assert (constant.schedule, constant.eta0) == ("constant", 0.1)
 
 
 def test_ray_client_connect_retries_a_failed_server_start(monkeypatch):

@@ -58,7 +58,12 @@ def test_profiles():
     assert parse_profile("sqrt", 4) == pytest.approx([1.0, math.sqrt(2), math.sqrt(3), 2.0])
     assert parse_profile("straggler:10", 3) == [1.0, 1.0, 10.0]
     lognormal = parse_profile("lognormal:0.5", 5, seed=3)
-    assert lognormal == parse_profile("lognormal:0.5", 5, seed=3) and all(s >= 1 for s in lognormal)
+    assert lognormal == parse_profile("lognormal:0.5", 5, seed=3)  # seeded: reproducible
+    assert lognormal != parse_profile("lognormal:0.5", 5, seed=4)  # and the seed is used
+    assert parse_profile("lognormal:0", 3) == [1.0, 1.0, 1.0]  # exp(|N(0, 0)|)
+    # log-slowdowns are |N(0, 0.5^2)|: mean 0.5 * sqrt(2 / pi) = 0.399 (standard error here ~0.003)
+    many = np.log(parse_profile("lognormal:0.5", 10_000, seed=0))
+    assert np.mean(many) == pytest.approx(0.5 * math.sqrt(2 / math.pi), abs=0.015) and many.min() >= 0
     assert parse_profile("linear:4", 1) == [1.0]
     assert parse_profile("straggler:1000", 2) == [1.0, 1000.0]  # the cap itself is allowed
 
@@ -87,6 +92,8 @@ def test_theoretical_speedup():
     # t = 1, 2, 3, 4: (4 / 4) * (1 + 1/2 + 1/3 + 1/4) = 25/12
     assert theoretical_speedup([1.0, 2.0, 3.0, 4.0]) == pytest.approx(25 / 12)
     assert theoretical_speedup([2.0, 2.0]) == pytest.approx(1.0)
+    # one straggler 10x slower among 3: (10 / 3) * (1 + 1 + 1/10) = 7
+    assert theoretical_speedup([1.0, 1.0, 10.0]) == pytest.approx(7.0)
 
 
 def test_padding():

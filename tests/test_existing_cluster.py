@@ -102,7 +102,8 @@ def test_train_and_status_on_a_running_cluster(head):
     rows = agent_rows(watch_out)
     assert sorted(rows) == [0, 1, 2], watch_out
     assert len({node for node, _ in rows.values()}) == 1  # one node: the head
-    assert rows[0][1] >= rows[2][1]  # agent 2 is 3x slower than agent 0
+    # iterations padded to 0.5 s and 1.5 s: agent 0 delivers about 3x agent 2's updates (2x leaves margin)
+    assert rows[0][1] >= 2 * rows[2][1], watch_out
     assert "slowest: agent " in watch_out
 
 

@@ -1,4 +1,4 @@
-"""Proof of learning on real Ray: 4 heterogeneous agents solve most of CartPole within 50k samples."""
+"""Proof of learning on real Ray: 4 heterogeneous agents take CartPole from ~20 to 200+ within 50k samples."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import pytest
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.train import train
 
-RETURN_THRESHOLD = 150.0
-"""CartPole-v1 returns start near 20; 500 is the cap. Seeds 0-4 measured 343-425 at this budget (eta0 0.01)."""
+RETURN_THRESHOLD = 200.0
+"""CartPole-v1 returns start near 20 (a random policy); 500 is the cap. At this budget (eta0 0.01) seeds 0-4
+measured 274-425 over several sessions; the asynchronous arrival order makes a run vary, so the threshold
+keeps a margin below the lowest while still being 10x the random policy."""
 SAMPLE_BUDGET = 50_000
 
 

@@ -224,7 +224,7 @@ def test_a3c_first_step_is_lr_times_sign():
 
 def test_async_rules_refuse_several_gradients():
     for algo in ("afedpg", "vanilla", "a3c", "pg"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="applies one gradient at a time, got 2"):
             make_rule(algo).apply(RuleState.initial(np.zeros(2)), [np.ones(2), np.ones(2)], [0, 0])
 
 
@@ -246,7 +246,10 @@ def test_rule_contract(algo, schedule):
         assert state.version == k + 1
         assert point.shape == (3,) and np.all(np.isfinite(point)) and np.all(np.isfinite(state.theta))
         assert np.isfinite(info.alpha) and np.isfinite(info.eta)
-    assert -np.sum((state.theta - target) ** 2) > start + 4.0  # most of the way from -5.25 to 0
+    assert start == pytest.approx(-5.25)
+    # at the optimum, not just towards it: steps are at most 0.05 long (a3c's Adam: 0.05 per coordinate,
+    # 0.087 in norm) and end up oscillating within about one step of it: loss below 0.087^2 = 0.0075
+    assert -np.sum((state.theta - target) ** 2) > -0.01
 
 
 def _track_quadratic(algo: str, steps: int = 60, a: float = 0.3) -> float:

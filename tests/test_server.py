@@ -200,12 +200,24 @@ def test_resume_with_a_bigger_budget_keeps_the_schedule_horizon():
     assert (a.eta, a.alpha) == (b.eta, b.alpha) and np.array_equal(small.state.theta, big.state.theta)
 
 
-def test_checkpoint_without_a_schedule_horizon_still_loads():
+def test_checkpoint_without_a_schedule_horizon_or_robust_state_still_loads():
     saved = ParameterServer(annealed(1000)).export_state()
     del saved["schedule_horizon"], saved["robust"]  # as written before these fields existed
     big = ParameterServer(annealed(100_000))
     big.restore(saved)
     assert big.horizon == annealed(100_000).expected_updates
+    # with the robust filter on, an older checkpoint (no filter state) restores to a fresh filter
+    filtered = dataclasses.replace(annealed(1000), robust="filter")
+    source = ParameterServer(filtered)
+    source.dispatch(1)
+    source.apply(meta(1, source.agent_versions[1]), np.ones(source.num_params))
+    saved = source.export_state()
+    assert saved["robust"]["seen"] == {1: 1}
+    del saved["robust"]
+    restored = ParameterServer(filtered)
+    restored.robust.seen[3] = 7  # state that a restore must not keep
+    restored.restore(saved)
+    assert restored.robust is not None and restored.robust.seen == {}
 
 
 def test_robust_filter_state_survives_export_and_restore():

@@ -82,8 +82,10 @@ def test_sample_efficiency_sweep_end_to_end(tmp_path, capsys):
     assert by_n[1] and by_n[2], rows
     assert {r["algo"] for r in by_n[1]} == {"pg"} and {r["algo"] for r in by_n[2]} == {"afedpg"}
     for n, group in by_n.items():
-        assert max(float(r["samples_per_agent"]) for r in group) >= budget
-        assert all(float(r["samples_total"]) == pytest.approx(n * float(r["samples_per_agent"])) for r in group)
+        # each trial runs to its own budget (N times the per-agent one) and stops there: at most every
+        # agent's in-flight batch of 250 steps lands after the budget is reached
+        spent = max(float(r["samples_per_agent"]) for r in group)
+        assert budget <= spent <= budget + 250, (n, spent)
     assert all(math.isfinite(float(r["return_mean"])) and float(r["wall_time"]) >= 0 for r in rows)
     assert_png(out / "sample_efficiency.png")
     # Tune's experiment lives under the default storage (the output directory).
@@ -149,11 +151,20 @@ def test_summarize_reads_times_off_the_mean_curves():
     assert table[0].target == pytest.approx(80.0) and "80%" in how
 
 
+def test_t_critical_matches_the_textbook_table():
+    # two-sided 95% Student-t quantiles from a printed table; past 30 df the approximation is within 0.005
+    for df, quantile in [(1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (30, 2.042), (40, 2.021), (60, 2.000)]:
+        assert t_critical(df) == pytest.approx(quantile, abs=0.005), df
+    assert t_critical(120) == pytest.approx(1.980, abs=0.005)
+    with pytest.raises(ValueError):
+        t_critical(0)
+
+
 def test_mean_curve_t_interval():
     x = np.array([0.0, 1.0, 2.0])
     grid, mean, low, high = mean_curve([(x, np.array([0.0, 2.0, 4.0])), (x, np.array([2.0, 4.0, 6.0]))])
     assert np.allclose(grid, x) and np.allclose(mean, [1.0, 3.0, 5.0])
-    half = t_critical(1) * math.sqrt(2.0) / math.sqrt(2)  # sample std of {0, 2} is sqrt(2)
+    half = 12.706 * math.sqrt(2.0) / math.sqrt(2)  # t(0.975, 1 df) from the table; sample std of {0, 2} is sqrt(2)
     assert np.allclose(high - mean, half) and np.allclose(mean - low, half)
     grid, mean, low, high = mean_curve([(x, np.array([1.0, 1.0, 1.0]))])
     assert np.allclose(low, mean) and np.allclose(high, mean)
@@ -211,7 +222,8 @@ def test_resume_without_a_sweep_is_one_line_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", "speedup", "--out", str(tmp_path / "out"), "--resume"])
     assert exit_info.value.code == 2
-    assert "--resume" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--resume" in err, err
 
 
 def test_hyper_grid_parsing_and_ranking():
