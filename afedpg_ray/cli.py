@@ -245,8 +245,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-RUN_FILES = ("checkpoint.pt", "progress.csv", "policy.pt", "summary.json")
-"""Files whose presence means a directory already holds a run (a fresh run would overwrite them)."""
+RUN_FILES = ("checkpoint.pt", "policy.pt", "summary.json")
+"""Files whose presence means a directory already holds a run (a fresh run would overwrite them). A
+directory with only config.json, progress.csv and events.csv holds a run that stopped before its first
+checkpoint (e.g. its agents could not be placed): there is nothing to resume, so a fresh run may reuse it."""
 
 
 def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfig:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from afedpg_ray.address import NAMESPACE, init_with_retry, probe_address
 from afedpg_ray.agent import RolloutAgent
@@ -41,6 +41,9 @@ REJECTED_STREAK_PER_AGENT = 20
 counts accepted samples only, so a run whose every gradient is rejected (a too small --max-grad-norm, NaN
 observations) would otherwise redispatch forever; a Byzantine minority never gets this far, as every honest
 arrival resets the count."""
+SERVER_PROBE_S = 30.0
+"""How long the driver waits for the server to answer when an agent's task failed: no answer means the
+failure was the server's (its reply, the agent's input, is lost), not the agent's."""
 NAME_RELEASE_S = 5.0
 """How long a run waits for its actor names to be released: a run that just finished in this process, or
 whose driver crashed (``--resume``), holds them until Ray has reclaimed its actors."""
@@ -99,6 +102,10 @@ class AgentSlot:
     restarts: int = 0
     alive: bool = True
     retry_at: float | None = None
+    placing: Any = None
+    """A restarted actor's ``node_id`` reference until it has been placed on a node."""
+    place_by: float | None = None
+    """When a restarted actor that is still not placed counts as failed (``--placement-timeout``)."""
 
 
 @dataclass
@@ -153,18 +160,23 @@ class RayRunner:
         self._rejected: list[UpdateRecord] = []
         """Records rejected since the last accepted update (see REJECTED_STREAK_PER_AGENT)."""
         self._check_names_free()
-        self.server = self._make_server()
-        cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        self.slots = [AgentSlot(i, None, agent_options(config, i, cluster_cpus)) for i in range(config.agents)]
-        for slot in self.slots:
-            slot.actor = self._make_agent(slot)
+        self.server: Any = None
+        self.slots: list[AgentSlot] = []
         try:
+            self.server = self._make_server()
+            cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+            self.slots = [AgentSlot(i, None, agent_options(config, i, cluster_cpus)) for i in range(config.agents)]
+            for slot in self.slots:
+                slot.actor = self._make_agent(slot)
             self._check_placement()
-        except RunError:
+            if resume_state is None:
+                self._checkpoint()
+        except ServerLostError as lost:  # before the loop runs, nothing restores it
+            self.shutdown()
+            raise RunError(f"the parameter server died while starting: {lost}") from None
+        except BaseException:  # a refusal, Ctrl-C while waiting for placement, ...
             self.shutdown()  # free the names and resources for the next run in this process
             raise
-        if resume_state is None:
-            self._checkpoint()
 
     # -- actors -----------------------------------------------------------------------------------
 
@@ -188,19 +200,17 @@ class RayRunner:
             time.sleep(0.1)
 
     def _make_server(self) -> Any:
-        """Create the server actor, restored from ``self.last_state`` if there is one."""
+        """Create the server actor, restored from ``self.last_state`` if there is one (``self.server`` is
+        the new actor even if that restore fails, so that it is the one killed next)."""
         options = {"num_cpus": 0, "max_restarts": 0}
         try:
             server = ray.remote(ParameterServer).options(name=f"{self.prefix}-server", **options).remote(self.config)
         except ValueError:  # the dead server's name may not be released yet
             name = f"{self.prefix}-server-r{self.stats.server_restores}"
             server = ray.remote(ParameterServer).options(name=name, **options).remote(self.config)
+        self.server = server
         if self.last_state is not None:
-            try:
-                self._server_call(server.restore.remote(self.last_state))
-            except RunError:
-                ray.kill(server, no_restart=True)
-                raise
+            self._server_call(server.restore.remote(self.last_state))
         return server
 
     def _make_agent(self, slot: AgentSlot) -> Any:
@@ -225,7 +235,7 @@ class RayRunner:
                 f"(--placement-timeout): "
                 f"requested {asked}; {problem}"
             ) from None
-        except (RayActorError, RayTaskError) as err:
+        except RayError as err:
             raise RunError(f"an agent failed to start: {_first_line(err)}") from None
 
     def _elapsed(self) -> float:
@@ -237,13 +247,32 @@ class RayRunner:
     # -- checkpoints and server faults ------------------------------------------------------------
 
     def _server_call(self, ref: Any) -> Any:
-        """``ray.get`` a server result: its death becomes :class:`ServerLostError`, its failure :class:`RunError`."""
+        """``ray.get`` a server result: an exception raised by the server's code becomes :class:`RunError`
+        (it would recur after a restore); any other Ray failure - the actor died, was killed for memory,
+        or lost an input object - becomes :class:`ServerLostError`, and the loop restores the server."""
         try:
             return ray.get(ref)
-        except RayActorError as err:
-            raise ServerLostError(_first_line(err)) from None
         except RayTaskError as err:
             raise RunError(f"the parameter server failed: {_task_error_line(err)}") from None
+        except RayError as err:
+            raise ServerLostError(_first_line(err)) from None
+
+    def _server_alive(self) -> bool:
+        """Whether the server answers within ``SERVER_PROBE_S`` (asked when an agent's task failed)."""
+        try:
+            ray.get(self.server.pid.remote(), timeout=SERVER_PROBE_S)
+        except RayError:  # GetTimeoutError is one too
+            return False
+        return True
+
+    def _classify_agent_failure(self, slot: AgentSlot, err: RayError) -> None:
+        """An agent's task failed: the server's loss (restore), the server's error (stop), or the agent's
+        own (restart it). Ray's error types do not say whose it was (a memory kill is a plain RayError,
+        and an agent whose input was the dead server's reply fails too), so the server is asked."""
+        if _server_died(err) or not self._server_alive():
+            raise ServerLostError(_first_line(err))
+        _raise_if_server_failed(err)
+        self._agent_failed(slot, err)
 
     def _checkpoint(self) -> None:
         """Take the server's state now; write it to disk on the writer thread (fsync is slow)."""
@@ -259,12 +288,18 @@ class RayRunner:
             self._saving = None
 
     def _restore_server(self, reason: str) -> None:
-        """Recreate the server from the last checkpoint (bounded retries, then give up)."""
-        self.stats.server_restores += 1
-        if self.stats.server_restores > MAX_SERVER_RESTORES:
-            raise RunError(f"the parameter server died {self.stats.server_restores} times; last: {reason}")
-        ray.kill(self.server, no_restart=True)
-        self.server = self._make_server()
+        """Recreate the server from the last checkpoint (bounded retries, then give up); a new server that
+        dies during its own restore counts as one more death and is retried the same way."""
+        while True:
+            self.stats.server_restores += 1
+            if self.stats.server_restores > MAX_SERVER_RESTORES:
+                raise RunError(f"the parameter server died {self.stats.server_restores} times; last: {reason}")
+            ray.kill(self.server, no_restart=True)
+            try:
+                self.server = self._make_server()
+                break
+            except ServerLostError as lost:
+                reason = str(lost)
         assert self.last_state is not None
         version = int(self.last_state["rule_state"]["version"])
         self.samples_total = int(self.last_state["samples_total"])
@@ -310,12 +345,54 @@ class RayRunner:
             if slot.alive and slot.retry_at is not None and slot.retry_at <= now:
                 slot.retry_at = None
                 slot.actor = self._make_agent(slot)
+                slot.placing = slot.actor.node_id.remote()
+                slot.place_by = now + self.config.placement_timeout
                 restarted.append(slot)
                 self.log.event("agent_rejoined", slot.agent_id, "restarted at the current point", self._elapsed())
         return restarted
 
+    def _unplaced_restarts(self) -> list[AgentSlot]:
+        """Restarted agents whose placement deadline has passed without a node (their node died, or the
+        resources they ask for are gone); agents placed in time stop being watched."""
+        watched = [s for s in self.slots if s.alive and s.placing is not None]
+        if not watched:
+            return []
+        ready, _ = ray.wait([s.placing for s in watched], num_returns=len(watched), timeout=0)
+        placed = set(ready)
+        now = time.monotonic()
+        late = []
+        for slot in watched:
+            if slot.placing in placed:
+                slot.placing = slot.place_by = None
+            elif slot.place_by is not None and now >= slot.place_by:
+                slot.placing = slot.place_by = None
+                late.append(slot)
+        return late
+
+    def _placement_failed(self, slot: AgentSlot) -> None:
+        """A restarted agent found no node in time: one more failure of that agent (restart or drop)."""
+        asked, problem = placement_problem(slot.options, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+        timeout = self.config.placement_timeout
+        self._agent_failed(slot, RunError(f"not placed within {timeout:g}s (--placement-timeout): {asked}; {problem}"))
+
+    def _await_restarted_placement(self) -> None:
+        """Synchronous rounds: wait until each restarted agent is placed, or count it as failed at its
+        deadline (a round that included it would otherwise wait for it forever)."""
+        for slot in self.slots:
+            if not (slot.alive and slot.placing is not None and slot.place_by is not None):
+                continue
+            ref, deadline = slot.placing, slot.place_by
+            slot.placing = slot.place_by = None
+            try:
+                ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+            except GetTimeoutError:
+                self._placement_failed(slot)
+            except RayError:
+                pass  # it died while starting: its first step fails and is handled as that agent's fault
+
     def _wait_timeout(self) -> float | None:
         due = [s.retry_at for s in self.slots if s.alive and s.retry_at is not None]
+        due += [s.place_by for s in self.slots if s.alive and s.place_by is not None]
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     # -- the loops --------------------------------------------------------------------------------
@@ -337,9 +414,7 @@ class RayRunner:
             raise
         finally:
             self._writer.shutdown(wait=True)  # no idle writer thread per run (Tune runs many in one process)
-        for slot in self.slots:
-            if slot.alive:
-                ray.kill(slot.actor, no_restart=True)
+        self._kill_actors()  # the final checkpoint holds everything the caller needs
         return self.stats
 
     def shutdown(self) -> None:
@@ -352,7 +427,8 @@ class RayRunner:
         for slot in self.slots:
             if slot.actor is not None:
                 ray.kill(slot.actor, no_restart=True)
-        ray.kill(self.server, no_restart=True)
+        if self.server is not None:
+            ray.kill(self.server, no_restart=True)
 
     def _after_update(self, record: UpdateRecord) -> bool:
         """Log one update record; returns whether a checkpoint is due after it."""
@@ -409,6 +485,10 @@ class RayRunner:
             for slot in self._restart_due():
                 meta_ref, grad_ref = self._submit(slot, self.server.dispatch.remote(slot.agent_id))
                 pending[meta_ref] = (slot, grad_ref)
+            for slot in self._unplaced_restarts():
+                for ref in [ref for ref, (owner, _) in pending.items() if owner is slot]:
+                    del pending[ref]  # its step can never run
+                self._placement_failed(slot)
             if not pending:
                 time.sleep(self._wait_timeout() or 0.05)
                 continue
@@ -422,11 +502,8 @@ class RayRunner:
                 slot, grad_ref = pending.pop(meta_ref)
                 try:
                     meta = ray.get(meta_ref)
-                except (RayActorError, RayTaskError) as err:
-                    if _server_died(err):
-                        raise ServerLostError(_first_line(err)) from None
-                    _raise_if_server_failed(err)
-                    self._agent_failed(slot, err)
+                except RayError as err:
+                    self._classify_agent_failure(slot, err)
                     continue
                 dispatch_ref, record_ref = self.server.apply.options(num_returns=2).remote(meta, grad_ref)
                 next_meta_ref, next_grad_ref = self._submit(slot, dispatch_ref)
@@ -451,6 +528,7 @@ class RayRunner:
         while self.samples_total < self.config.samples:
             if self._restart_due():
                 dispatch_ref = None  # restarted agents are registered at the next round's point
+            self._await_restarted_placement()  # a round waits for every member: no member may be unplaceable
             live = [s for s in self.slots if s.alive and s.retry_at is None]
             if not live:
                 time.sleep(self._wait_timeout() or 0.05)
@@ -463,11 +541,8 @@ class RayRunner:
                 try:
                     metas.append(ray.get(meta_ref))
                     grads.append(grad_ref)
-                except (RayActorError, RayTaskError) as err:
-                    if _server_died(err):
-                        raise ServerLostError(_first_line(err)) from None
-                    _raise_if_server_failed(err)
-                    self._agent_failed(slot, err)
+                except RayError as err:
+                    self._classify_agent_failure(slot, err)
             if not metas:
                 dispatch_ref = None
                 continue

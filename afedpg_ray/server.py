@@ -307,13 +307,7 @@ class ParameterServer:
 
     def policy_snapshot(self) -> dict:
         """The global parameters and normaliser, for saving the final policy."""
-        return {
-            "theta": self.state.theta.copy(),
-            "obs_mean": self.obs_stats.mean.copy(),
-            "obs_var": self.obs_stats.var.copy(),
-            "obs_count": self.obs_stats.count,
-            "version": self.state.version,
-        }
+        return policy_snapshot_of(self.export_state())
 
     def status(self) -> dict:
         """Live view for ``afedpg status``: version, rates, and per-agent straggler statistics."""
@@ -355,3 +349,17 @@ def _mergeable(delta: RunningStats | None, into: RunningStats) -> bool:
         and float(delta.count) >= 0.0
         and bool(np.all(np.asarray(delta.m2) >= 0.0))
     )
+
+
+def policy_snapshot_of(saved: dict[str, Any]) -> dict[str, Any]:
+    """The global parameters and normaliser in :meth:`ParameterServer.export_state`'s output (a checkpoint),
+    for saving the final policy without another call to the server."""
+    count, mean, m2 = saved["obs_stats"]
+    stats = RunningStats(count, np.asarray(mean), np.asarray(m2))
+    return {
+        "theta": np.asarray(saved["rule_state"]["theta"]).copy(),
+        "obs_mean": stats.mean.copy(),
+        "obs_var": stats.var.copy(),
+        "obs_count": stats.count,
+        "version": int(saved["rule_state"]["version"]),
+    }

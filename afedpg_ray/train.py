@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 import torch
 
 from afedpg_ray import runlock
@@ -19,6 +18,7 @@ from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
 from afedpg_ray.runlog import RunLog, cut_progress
 from afedpg_ray.runtime import RayRunner, connect
+from afedpg_ray.server import policy_snapshot_of
 
 POLICY_FILE = "policy.pt"
 
@@ -103,12 +103,13 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
     start = time.time()
     try:
         runner = RayRunner(config, log, out_dir, name_prefix, resume_state)
-        stats = runner.run()
-        snapshot = ray.get(runner.server.policy_snapshot.remote())
-        rejected = ray.get(runner.server.rejected_counts.remote())
-        ray.kill(runner.server, no_restart=True)
+        stats = runner.run()  # ends with a final checkpoint taken and every actor killed
     finally:
         log.close()
+    final_state = runner.last_state  # the final checkpoint: no server call can fail after the run
+    assert final_state is not None
+    snapshot = policy_snapshot_of(final_state)
+    rejected = dict(final_state.get("rejected", {}))
     session_wall = time.time() - start
     wall = prior_wall + session_wall
     save_policy(out_dir / POLICY_FILE, config, snapshot)

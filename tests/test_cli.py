@@ -337,6 +337,20 @@ def test_a_refused_train_leaves_the_run_directory_as_it_was(argv, message, tmp_p
     assert snapshot(run) == before
 
 
+def test_a_run_that_stopped_before_its_first_checkpoint_can_be_trained_again(tmp_path, monkeypatch):
+    # e.g. its agents could not be placed: config.json, progress.csv and events.csv, nothing to resume
+    def ray_started(*args, **kwargs):
+        raise RuntimeError("passed the checks")
+
+    monkeypatch.setattr("afedpg_ray.train.connect", ray_started)
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, text in [("config.json", "{}"), ("progress.csv", "update\n"), ("events.csv", "kind\n")]:
+        (run / name).write_text(text)
+    with pytest.raises(RuntimeError, match="passed the checks"):
+        main(["train", "--out", str(run), "--no-progress"])
+
+
 def test_out_that_is_a_file_is_one_line(tmp_path, capsys):
     target = tmp_path / "a-file"
     target.write_text("x")

@@ -1,0 +1,132 @@
+"""Whose fault a failed Ray call was, and the retries around it (the driver loop's decisions, in isolation).
+
+Ray's error types do not say who failed: an agent killed for memory fails its task with a plain
+``RayError`` (not ``RayActorError``), and a server that dies takes its agents' next inputs with it. These
+tests drive those decisions of :class:`~afedpg_ray.runtime.RayRunner` directly, with the rest stubbed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+from ray.exceptions import ObjectLostError, OutOfMemoryError
+
+from afedpg_ray import runtime
+from afedpg_ray.config import TrainConfig
+from afedpg_ray.runtime import AgentSlot, LoopStats, RayRunner, RunError, ServerLostError
+
+
+def bare_runner(**attributes) -> RayRunner:
+    """A RayRunner without actors: only the attributes a decision reads."""
+    runner = object.__new__(RayRunner)
+    for name, value in attributes.items():
+        setattr(runner, name, value)
+    return runner
+
+
+@pytest.mark.parametrize("error", [OutOfMemoryError("the agent's worker was killed for memory"), ObjectLostError])
+def test_a_plain_ray_error_is_the_agents_fault_while_the_server_answers(error):
+    if error is ObjectLostError:
+        error = ObjectLostError("ab" * 14, "owner", "call site")  # 28-hex object id
+    restarted = []
+    runner = bare_runner(_server_alive=lambda: True, _agent_failed=lambda slot, err: restarted.append((slot, err)))
+    slot = AgentSlot(2, None, {})
+    runner._classify_agent_failure(slot, error)
+    assert restarted == [(slot, error)]
+
+
+def test_a_plain_ray_error_is_the_servers_loss_when_it_does_not_answer():
+    runner = bare_runner(_server_alive=lambda: False, _agent_failed=lambda slot, err: pytest.fail("not the agent's"))
+    with pytest.raises(ServerLostError):
+        runner._classify_agent_failure(AgentSlot(0, None, {}), OutOfMemoryError("killed for memory"))
+
+
+class FakeLog:
+    """Records what the restore writes to events.csv and progress.csv."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def event(self, kind: str, agent: int | None, message: str, elapsed: float) -> None:
+        self.events.append(kind)
+
+    def rollback(self, version: int, samples: int, rows: int | None) -> int:
+        return 0
+
+
+def restoring_runner(monkeypatch, deaths: int) -> RayRunner:
+    """A runner whose new servers die ``deaths`` times during their own restore."""
+    monkeypatch.setattr(runtime.ray, "kill", lambda actor, no_restart=True: None)
+    made = []
+
+    def make_server() -> str:
+        made.append(len(made))
+        if len(made) <= deaths:
+            raise ServerLostError(f"new server {len(made)} died while restoring")
+        return "server"
+
+    runner = bare_runner(
+        stats=LoopStats(),
+        server="dead server",
+        last_state={"rule_state": {"version": 7}, "samples_total": 700, "progress_rows": 7},
+        log=FakeLog(),
+        start=time.time(),
+        _rejected=[],
+        _make_server=make_server,
+        _fault=lambda kind, agent, message: None,
+    )
+    return runner
+
+
+def test_a_server_that_dies_during_its_restore_is_restored_again(monkeypatch):
+    runner = restoring_runner(monkeypatch, deaths=2)
+    runner._restore_server("killed")
+    assert runner.server == "server" and runner.stats.server_restores == 3
+    assert (runner.samples_total, runner._last_update) == (700, 7)
+
+
+def test_restores_are_bounded_even_when_each_new_server_dies(monkeypatch):
+    runner = restoring_runner(monkeypatch, deaths=100)
+    with pytest.raises(RunError, match=f"died {runtime.MAX_SERVER_RESTORES + 1} times; last: new server"):
+        runner._restore_server("killed")
+
+
+def pinned_actor(**options):
+    """A tiny actor standing in for an agent (defined here so that Ray ships it by value, not by module)."""
+
+    class Pinned:
+        def node_id(self) -> str:
+            return ray.get_runtime_context().get_node_id()
+
+    return ray.remote(Pinned).options(**options).remote()
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_restarted_agent_that_finds_no_node_counts_as_failed_at_its_deadline():
+    options = {"num_cpus": 0, "resources": {"gone_node_type": 1}}  # say its node type was scaled away
+    unplaceable = pinned_actor(**options)
+    placeable = pinned_actor(num_cpus=0)
+    failed = []
+    runner = bare_runner(config=TrainConfig(placement_timeout=1.0), _agent_failed=lambda s, err: failed.append(err))
+    now = time.monotonic()
+    stuck = AgentSlot(0, unplaceable, options, restarts=1, placing=unplaceable.node_id.remote(), place_by=now + 1.0)
+    fine = AgentSlot(1, placeable, {"num_cpus": 0}, restarts=1, placing=placeable.node_id.remote(), place_by=now + 1.0)
+    runner.slots = [stuck, fine]
+    try:
+        ray.get(fine.placing, timeout=30)
+        assert runner._unplaced_restarts() == []  # before its deadline nothing is decided
+        assert fine.placing is None and stuck.placing is not None  # the placed one is no longer watched
+        assert runner._wait_timeout() <= 1.0  # the loop wakes up for the deadline
+        time.sleep(1.1)
+        late = runner._unplaced_restarts()
+        assert late == [stuck] and stuck.placing is None
+        runner._placement_failed(stuck)
+        assert len(failed) == 1
+        assert str(failed[0]) == (
+            "not placed within 1s (--placement-timeout): gone_node_type=1; no node has 'gone_node_type'"
+        )
+    finally:
+        ray.kill(unplaceable)
+        ray.kill(placeable)
