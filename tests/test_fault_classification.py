@@ -110,16 +110,16 @@ def test_a_restarted_agent_that_finds_no_node_counts_as_failed_at_its_deadline()
     placeable = pinned_actor(num_cpus=0)
     failed = []
     runner = bare_runner(config=TrainConfig(placement_timeout=1.0), _agent_failed=lambda s, err: failed.append(err))
-    now = time.monotonic()
-    stuck = AgentSlot(0, unplaceable, options, restarts=1, placing=unplaceable.node_id.remote(), place_by=now + 1.0)
-    fine = AgentSlot(1, placeable, {"num_cpus": 0}, restarts=1, placing=placeable.node_id.remote(), place_by=now + 1.0)
+    stuck = AgentSlot(0, unplaceable, options, restarts=1, placing=unplaceable.node_id.remote())
+    fine = AgentSlot(1, placeable, {"num_cpus": 0}, restarts=1, placing=placeable.node_id.remote())
     runner.slots = [stuck, fine]
     try:
-        ray.get(fine.placing, timeout=30)
+        ray.get(fine.placing, timeout=60)  # a loaded machine may take seconds to start a worker
+        stuck.place_by = fine.place_by = time.monotonic() + 2.0
         assert runner._unplaced_restarts() == []  # before its deadline nothing is decided
         assert fine.placing is None and stuck.placing is not None  # the placed one is no longer watched
-        assert runner._wait_timeout() <= 1.0  # the loop wakes up for the deadline
-        time.sleep(1.1)
+        assert runner._wait_timeout() <= 2.0  # the loop wakes up for the deadline
+        time.sleep(2.1)
         late = runner._unplaced_restarts()
         assert late == [stuck] and stuck.placing is None
         runner._placement_failed(stuck)
