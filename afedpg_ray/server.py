@@ -323,10 +323,6 @@ class ParameterServer:
             "agents": {i: asdict(stats) for i, stats in sorted(self.agent_stats.items())},
         }
 
-    def rejected_counts(self) -> dict[str, int]:
-        """Rejected gradients so far, by reason."""
-        return dict(self.rejected)
-
     def memory_rss(self) -> int:
         """Resident memory of the server's process in bytes (VmRSS of /proc/self/status; 0 if unavailable)."""
         try:
