@@ -60,7 +60,7 @@ class Axis:
 
 
 def _convert(parser: argparse.ArgumentParser, name: str, text: str) -> Any:
-    if name == "agent_resources":  # the train parser keeps the JSON text; a trial needs the groups
+    if name in JSON_VALUED:  # the train parser keeps agent_resources' JSON text; a trial needs the groups
         from afedpg_ray.cli import parse_agent_resources
 
         try:
