@@ -51,12 +51,12 @@ class ServerMetrics:
         )
         self.faults = Counter(
             "afedpg_faults",
-            description="Agent restarts, dropped agents and server restores.",
+            description="Agent restarts, dropped agents, server restores and lost gradients.",
             tag_keys=("kind", "agent"),
         )
 
     def observe_fault(self, kind: str, agent: int | None) -> None:
-        """Count one fault event (``agent_restart``, ``agent_dropped``, ``server_restored``)."""
+        """Count one fault event (``agent_restart``, ``agent_dropped``, ``server_restored``, ``gradient_lost``)."""
         if self.enabled:
             self.faults.inc(1, tags={"kind": kind, "agent": "" if agent is None else str(agent)})
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError, RayTaskError
 
 from afedpg_ray.address import NAMESPACE, init_with_retry, probe_address
 from afedpg_ray.agent import RolloutAgent
@@ -121,6 +121,13 @@ class ServerLostError(RuntimeError):
     """The server actor died; the loop restores it from the last checkpoint."""
 
 
+class GradientLostError(RuntimeError):
+    """An update never ran: its gradient was lost before the server could read it (the node holding it died).
+
+    The server's state is untouched, so the loop drops that one update instead of restoring the server.
+    """
+
+
 class RayRunner:
     """Creates the server and agent actors and drives them until the sample budget is spent.
 
@@ -150,8 +157,8 @@ class RayRunner:
         self.last_state = resume_state
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._saving: Future | None = None
-        self._records: deque[tuple[Any, int]] = deque()
-        """Update records not yet logged, with the samples each update carries, oldest first."""
+        self._records: deque[tuple[Any, int, int]] = deque()
+        """Update records not yet logged, with the samples each update carries and its sender, oldest first."""
         self._last_drain = time.monotonic()
         self.incarnation = int(resume_state["rule_state"]["version"]) if resume_state else 0
         self.samples_total = int(resume_state["samples_total"]) if resume_state else 0
@@ -249,10 +256,13 @@ class RayRunner:
     def _server_call(self, ref: Any) -> Any:
         """``ray.get`` a server result: an exception raised by the server's code becomes :class:`RunError`
         (it would recur after a restore); any other Ray failure - the actor died, was killed for memory,
-        or lost an input object - becomes :class:`ServerLostError`, and the loop restores the server."""
+        or lost its own reply - becomes :class:`ServerLostError`, and the loop restores the server. A task
+        that never ran because its input, an agent's gradient, was lost raises :class:`GradientLostError`."""
         try:
             return ray.get(ref)
         except RayTaskError as err:
+            if _input_lost(err):
+                raise GradientLostError(_task_error_line(err)) from None
             raise RunError(f"the parameter server failed: {_task_error_line(err)}") from None
         except RayError as err:
             raise ServerLostError(_first_line(err)) from None
@@ -265,14 +275,18 @@ class RayRunner:
             return False
         return True
 
-    def _classify_agent_failure(self, slot: AgentSlot, err: RayError) -> None:
-        """An agent's task failed: the server's loss (restore), the server's error (stop), or the agent's
-        own (restart it). Ray's error types do not say whose it was (a memory kill is a plain RayError,
-        and an agent whose input was the dead server's reply fails too), so the server is asked."""
+    def _classify_agent_failure(self, slot: AgentSlot, err: RayError) -> bool:
+        """An agent's task failed: the server's loss (restore), the server's error (stop), a lost gradient
+        (returns True: dispatch the agent afresh), or the agent's own failure (restart it). Ray's error
+        types do not say whose it was (a memory kill is a plain RayError, and an agent whose input was
+        the dead server's reply fails too), so the server is asked."""
         if _server_died(err) or not self._server_alive():
             raise ServerLostError(_first_line(err))
+        if _input_lost(err):  # its last gradient never reached the server, so it has no next point
+            return True
         _raise_if_server_failed(err)
         self._agent_failed(slot, err)
+        return False
 
     def _checkpoint(self) -> None:
         """Take the server's state now; write it to disk on the writer thread (fsync is slow)."""
@@ -456,17 +470,20 @@ class RayRunner:
         if block:
             count = len(self._records)
         else:
-            refs = [ref for ref, _ in self._records]
+            refs = [ref for ref, _, _ in self._records]
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=True)
             done = set(ready)
             count = next((i for i, ref in enumerate(refs) if ref not in done), len(refs))
         due = False
         while count > 0 or (due and self._records):  # a due checkpoint first logs every submitted update
-            ref, _samples = self._records[0]
-            record = self._server_call(ref)
-            self._records.popleft()
-            due = self._after_update(record) or due
+            ref, _samples, agent_id = self._records.popleft()
             count -= 1
+            try:
+                record = self._server_call(ref)
+            except GradientLostError as lost:
+                self._fault("gradient_lost", agent_id, f"update dropped, its gradient was lost on the way: {lost}")
+                continue
+            due = self._after_update(record) or due
         if due:
             self._checkpoint()
 
@@ -503,19 +520,21 @@ class RayRunner:
                 try:
                     meta = ray.get(meta_ref)
                 except RayError as err:
-                    self._classify_agent_failure(slot, err)
+                    if self._classify_agent_failure(slot, err):
+                        meta_ref, grad_ref = self._submit(slot, self.server.dispatch.remote(slot.agent_id))
+                        pending[meta_ref] = (slot, grad_ref)
                     continue
                 dispatch_ref, record_ref = self.server.apply.options(num_returns=2).remote(meta, grad_ref)
                 next_meta_ref, next_grad_ref = self._submit(slot, dispatch_ref)
                 pending[next_meta_ref] = (slot, next_grad_ref)
-                self._records.append((record_ref, meta.samples))
+                self._records.append((record_ref, meta.samples, slot.agent_id))
 
     def _budget_spent(self, block: bool = True) -> bool:
         """Whether the sample budget is spent; with ``block``, decided on applied updates only.
 
         Without ``block`` it only says whether the updates already submitted may spend it.
         """
-        in_flight = sum(samples for _, samples in self._records)
+        in_flight = sum(samples for _, samples, _ in self._records)
         if self.samples_total + in_flight < self.config.samples:
             return False
         if not block:
@@ -547,7 +566,13 @@ class RayRunner:
                 dispatch_ref = None
                 continue
             dispatch_ref, records_ref = self.server.apply_round.options(num_returns=2).remote(metas, *grads)
-            due = [self._after_update(record) for record in self._server_call(records_ref)]
+            try:
+                records = self._server_call(records_ref)
+            except GradientLostError as lost:  # the round never ran; the next one starts from a fresh dispatch
+                self._fault("gradient_lost", None, f"round dropped, a gradient was lost on the way: {lost}")
+                dispatch_ref = None
+                continue
+            due = [self._after_update(record) for record in records]
             if any(due):
                 self._checkpoint()
 
@@ -595,6 +620,12 @@ def _raise_if_server_failed(err: BaseException) -> None:
     text = str(err)
     if isinstance(err, RayTaskError) and "could not be computed" in text and "ray::ParameterServer." in text:
         raise RunError(f"the parameter server failed: {_task_error_line(err)}") from None
+
+
+def _input_lost(err: BaseException) -> bool:
+    """Whether a task never ran because an input object was lost (Ray raises it as a task error whose
+    cause is the :class:`ObjectLostError`, e.g. an ``OwnerDiedError`` when the node holding it died)."""
+    return isinstance(err, RayTaskError) and isinstance(err, ObjectLostError)
 
 
 def _task_error_line(err: RayTaskError) -> str:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import ray
-from ray.exceptions import ObjectLostError, OutOfMemoryError
+from ray.exceptions import ObjectLostError, OutOfMemoryError, OwnerDiedError, RayTaskError
 
 from afedpg_ray import runtime
 from afedpg_ray.config import TrainConfig
@@ -35,6 +35,19 @@ def test_a_plain_ray_error_is_the_agents_fault_while_the_server_answers(error):
     slot = AgentSlot(2, None, {})
     runner._classify_agent_failure(slot, error)
     assert restarted == [(slot, error)]
+
+
+def test_an_agent_whose_input_was_a_lost_gradient_is_dispatched_afresh_not_restarted():
+    # the server's apply never ran (the sender's gradient was lost), so the agent's next step, whose input
+    # is that apply's reply, fails with the same OwnerDiedError wrapped as a task error
+    cause = OwnerDiedError("cd" * 14, "owner", "call site")
+    error = RayTaskError("ParameterServer.apply", "traceback", cause).as_instanceof_cause()
+    runner = bare_runner(_server_alive=lambda: True, _agent_failed=lambda slot, err: pytest.fail("not a failure"))
+    assert runner._classify_agent_failure(AgentSlot(1, None, {}), error) is True
+    restarted = []
+    runner = bare_runner(_server_alive=lambda: True, _agent_failed=lambda slot, err: restarted.append(slot))
+    assert runner._classify_agent_failure(AgentSlot(1, None, {}), OutOfMemoryError("killed")) is False
+    assert len(restarted) == 1
 
 
 def test_a_plain_ray_error_is_the_servers_loss_when_it_does_not_answer():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import ray
 
+from afedpg_ray import runtime
 from afedpg_ray.cli import main
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.train import train
@@ -188,3 +189,51 @@ def test_bad_gradients_from_a_real_agent_are_rejected_and_counted(tmp_path, byza
     assert len(logged) == 1 and reason in logged[0]["message"]  # logged once, counted every time
     theta = torch.load(Path(result.out_dir) / "policy.pt", weights_only=False)["theta"]
     assert theta.size > 0 and np.isfinite(theta).all()
+
+
+def lose_gradient(monkeypatch, agent_id: int, submission: int) -> list[int]:
+    """Make ``agent_id``'s gradient of its ``submission``-th step unreadable, as when the node holding it dies.
+
+    The reference handed to the server is replaced by one whose owner (a throwaway actor) is dead, so the
+    server's task fails with Ray's ``OwnerDiedError``, the same error class as for an object lost with its
+    node; a single machine has no node to lose. Returns the list the wrapper counts submissions in.
+    """
+
+    @ray.remote(num_cpus=0)
+    class Owner:
+        def make(self) -> list:
+            return [ray.put(np.zeros(4, dtype=np.float32))]
+
+    owner = Owner.remote()
+    [orphan] = ray.get(owner.make.remote())
+    ray.kill(owner)
+    submitted = [0]
+    real_submit = runtime.RayRunner._submit
+
+    def submit(self, slot, dispatch_ref):
+        meta_ref, grad_ref = real_submit(self, slot, dispatch_ref)
+        if slot.agent_id == agent_id:
+            submitted[0] += 1
+            if submitted[0] == submission:
+                return meta_ref, orphan
+        return meta_ref, grad_ref
+
+    monkeypatch.setattr(runtime.RayRunner, "_submit", submit)
+    return submitted
+
+
+@pytest.mark.parametrize("algo", ["afedpg", "fedpg"])
+def test_a_lost_gradient_drops_one_update_and_the_server_keeps_its_state(tmp_path, monkeypatch, algo):
+    submitted = lose_gradient(monkeypatch, agent_id=1, submission=3)
+    result = train(config(tmp_path, algo=algo, samples=3000))
+    run_dir = Path(result.out_dir)
+    lost = [e for e in events(run_dir) if e["kind"] == "gradient_lost"]
+    assert len(lost) == 1 and "OwnerDiedError" in lost[0]["message"]
+    assert lost[0]["agent"] == ("1" if algo == "afedpg" else "")  # a round has no single sender
+    kinds = {e["kind"] for e in events(run_dir)}
+    assert not kinds & {"server_restored", "agent_restart"}  # nothing died: no restore, no restart
+    assert result.server_restores == 0 and result.restarts == {} and result.samples_total >= 3000
+    assert submitted[0] > 4  # agent 1 was dispatched afresh and kept delivering
+    rows = progress(run_dir)
+    updates = sorted({int(r["update"]) for r in rows})
+    assert updates == list(range(1, updates[-1] + 1)) and updates[-1] == result.updates
