@@ -275,12 +275,18 @@ class RayRunner:
             return False
         return True
 
+    def _server_unreachable(self, err: RayError) -> bool:
+        """Whether the agent's input, the server's reply, failed because the server actor died or could not
+        be reached (``ActorUnavailableError``: the update may or may not have run, so only a restore from
+        the checkpoint is consistent). Ray names the failed actor in the error, also when it was upstream."""
+        return isinstance(err, RayActorError) and err.actor_id == self.server._actor_id.hex()
+
     def _classify_agent_failure(self, slot: AgentSlot, err: RayError) -> bool:
         """An agent's task failed: the server's loss (restore), the server's error (stop), a lost gradient
         (returns True: dispatch the agent afresh), or the agent's own failure (restart it). Ray's error
         types do not say whose it was (a memory kill is a plain RayError, and an agent whose input was
         the dead server's reply fails too), so the server is asked."""
-        if _server_died(err) or not self._server_alive():
+        if self._server_unreachable(err) or not self._server_alive():
             raise ServerLostError(_first_line(err))
         if _input_lost(err):  # its last gradient never reached the server, so it has no next point
             return True
@@ -635,12 +641,6 @@ def _task_error_line(err: RayTaskError) -> str:
         lines = str(cause).strip().splitlines()
         return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
     return _first_line(err)
-
-
-def _server_died(err: BaseException) -> bool:
-    """Whether an agent task failed only because its dispatch (the server's reply) was lost."""
-    text = str(err)
-    return "ParameterServer" in text and ("actor died" in text.lower() or "ActorDiedError" in text)
 
 
 def _first_line(err: BaseException, limit: int = 160) -> str:

@@ -11,16 +11,32 @@ import time
 
 import pytest
 import ray
-from ray.exceptions import ObjectLostError, OutOfMemoryError, OwnerDiedError, RayTaskError
+from ray import ActorID
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    ObjectLostError,
+    OutOfMemoryError,
+    OwnerDiedError,
+    RayTaskError,
+)
 
 from afedpg_ray import runtime
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.runtime import AgentSlot, LoopStats, RayRunner, RunError, ServerLostError
 
 
+class FakeActor:
+    """Stands in for an actor handle: only its id, which Ray's actor errors name."""
+
+    def __init__(self) -> None:
+        self._actor_id = ActorID.from_random()
+
+
 def bare_runner(**attributes) -> RayRunner:
     """A RayRunner without actors: only the attributes a decision reads."""
     runner = object.__new__(RayRunner)
+    runner.server = FakeActor()
     for name, value in attributes.items():
         setattr(runner, name, value)
     return runner
@@ -48,6 +64,29 @@ def test_an_agent_whose_input_was_a_lost_gradient_is_dispatched_afresh_not_resta
     runner = bare_runner(_server_alive=lambda: True, _agent_failed=lambda slot, err: restarted.append(slot))
     assert runner._classify_agent_failure(AgentSlot(1, None, {}), OutOfMemoryError("killed")) is False
     assert len(restarted) == 1
+
+
+@pytest.mark.parametrize("upstream", [True, False])
+def test_an_unreachable_server_named_in_the_agents_error_is_restored_even_if_it_answers_again(upstream):
+    # a blip: the server's reply failed as unavailable (the update may or may not have run), then it answers
+    # the probe; only a restore from the checkpoint is consistent, and the agent must not use up a restart
+    runner = bare_runner(_server_alive=lambda: True, _agent_failed=lambda slot, err: pytest.fail("not the agent's"))
+    error = ActorUnavailableError("RPC to the server failed", runner.server._actor_id.binary())
+    if upstream:  # how the agent's step fails when its input was that reply
+        error = RayTaskError("RolloutAgent.step", "traceback", error).as_instanceof_cause()
+    with pytest.raises(ServerLostError):
+        runner._classify_agent_failure(AgentSlot(0, None, {}), error)
+
+
+def test_an_agents_own_actor_error_restarts_the_agent():
+    restarted = []
+    runner = bare_runner(_server_alive=lambda: True, _agent_failed=lambda slot, err: restarted.append(slot))
+    agent = FakeActor()
+    runner._classify_agent_failure(
+        AgentSlot(0, agent, {}), ActorUnavailableError("RPC failed", agent._actor_id.binary())
+    )
+    runner._classify_agent_failure(AgentSlot(1, None, {}), ActorDiedError())
+    assert [slot.agent_id for slot in restarted] == [0, 1]
 
 
 def test_a_plain_ray_error_is_the_servers_loss_when_it_does_not_answer():
