@@ -18,6 +18,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from afedpg_ray.address import NAMESPACE, init_with_retry, probe_address
 from afedpg_ray.agent import RolloutAgent
@@ -209,7 +210,11 @@ class RayRunner:
     def _make_server(self) -> Any:
         """Create the server actor, restored from ``self.last_state`` if there is one (``self.server`` is
         the new actor even if that restore fails, so that it is the one killed next)."""
-        options = {"num_cpus": 0, "max_restarts": 0}
+        # On the driver's node: the run already depends on that node, so the server adds no failure domain
+        # there, while elsewhere it could share a spot worker's fate with agents. It asks for no CPU, so any
+        # node can host it (a soft affinity would pass over a head node started with no CPUs).
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        options = {"num_cpus": 0, "max_restarts": 0, "scheduling_strategy": here}
         try:
             server = ray.remote(ParameterServer).options(name=f"{self.prefix}-server", **options).remote(self.config)
         except ValueError:  # the dead server's name may not be released yet

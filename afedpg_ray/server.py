@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 
 from afedpg_ray.byzantine import RobustFilter
@@ -321,6 +322,7 @@ class ParameterServer:
             "rejected": dict(self.rejected),
             "superseded": self.superseded,
             "agents": {i: asdict(stats) for i, stats in sorted(self.agent_stats.items())},
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
         }
 
     def memory_rss(self) -> int:

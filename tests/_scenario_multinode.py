@@ -14,15 +14,17 @@ second cluster start on a 2-core machine.
 3. Background threads scrape every node's ``/metrics`` during and after 1-2.
 4. ``afedpg train`` (``cli.main``, in this process, with a short ``--placement-timeout``)
    against the same cluster, with agent 0 requesting ``gpu_node``, which no node has.
+5. ``train()`` again with agents 2-3 on ``slow_node``, which is removed (raylet killed) at update 20.
 
 The last stdout line is JSON: node ids by resource, the agents' node ids, the run's summary, every
-``ray_afedpg_*`` series (``name{tags}`` -> latest value) per node, and the unplaceable run's exit code,
-stderr and duration.
+``ray_afedpg_*`` series (``name{tags}`` -> latest value) per node, the unplaceable run's exit code,
+stderr and duration, and the node-death run's summary, progress rows and events.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import sys
@@ -210,6 +212,58 @@ def unplaceable_run(address: str, out_dir: str, timeout: float) -> dict[str, Any
     return {"code": code, "stderr": stderr.getvalue(), "seconds": time.time() - start}
 
 
+def node_death_run(cluster: Cluster, node_id: str, out_dir: str) -> dict[str, Any]:
+    """Train with agents 2-3 on the node ``node_id`` and remove that node (its raylet killed, as when a spot
+    instance is reclaimed) at update 20; what the run reported. Their restarts ask for a resource that is
+    gone, so each fails its placement deadline until the agent is dropped."""
+    doomed = next(node for node in cluster.worker_nodes if node.node_id == node_id)
+    deadline = time.time() + 60  # the earlier runs' actors release their node resources asynchronously
+    while time.time() < deadline and any(ray.available_resources().get(r, 0) < 4 for r in ("fast_node", "slow_node")):
+        time.sleep(0.2)
+    killed_at: list[float] = []
+    server_node: list[str] = []
+
+    def on_record(record: UpdateRecord) -> None:
+        if not killed_at and record.update >= 20:
+            killed_at.append(record.wall_time)  # the run's clock, as in progress.csv
+            server_node.append(ray.get(ray.get_actor("node-death-server").status.remote())["node_id"])
+            cluster.remove_node(doomed, allow_graceful=False)
+
+    config = TrainConfig(
+        env="CartPole-v1",
+        agents=AGENTS,
+        hetero="none",
+        batch=64,
+        num_envs=2,
+        samples=64 * 2000,  # at most 40 updates/s: the run outlasts the restarts' 30 s placement deadline
+        iteration_time=0.05,
+        placement_timeout=30.0,  # restarts wait this long too; a loaded machine needs it to start
+        agent_resources=(
+            AgentResources(0, 1, num_cpus=0.25, resources={"fast_node": 1}),
+            AgentResources(2, 3, num_cpus=0.25, resources={"slow_node": 1}),
+        ),
+        progress=False,
+        tensorboard=False,
+        out=out_dir,
+    )
+    result = train(config, name_prefix="node-death", on_record=on_record)
+    with open(f"{out_dir}/progress.csv") as handle:
+        rows = [(int(row["update"]), int(row["agent"]), float(row["wall_time"])) for row in csv.DictReader(handle)]
+    with open(f"{out_dir}/events.csv") as handle:
+        events = [(row["kind"], row["agent"], row["message"]) for row in csv.DictReader(handle)]
+    return {
+        "killed_at": killed_at[0] if killed_at else None,
+        "server_node": server_node[0] if server_node else None,
+        "driver_node": ray.get_runtime_context().get_node_id(),
+        "samples_total": result.samples_total,
+        "restarts": {str(k): v for k, v in result.restarts.items()},
+        "dropped": result.dropped_agents,
+        "server_restores": result.server_restores,
+        "rows": rows,
+        "events": events,
+    }
+
+
 def main() -> None:
     """Run every part and print the JSON summary."""
     out_dir, timeout = sys.argv[1], float(sys.argv[2])
@@ -232,6 +286,7 @@ def main() -> None:
             scraper.stop.set()
             scraper.join()
         unplaceable = unplaceable_run(cluster.address, f"{out_dir}/unplaceable", timeout)
+        node_death = node_death_run(cluster, nodes["slow_node"], f"{out_dir}/node-death")  # last: the node is gone
         print(
             json.dumps(
                 {
@@ -242,6 +297,7 @@ def main() -> None:
                     "metrics": {node: scraper.series for node, scraper in scrapers.items()},
                     "scrape_errors": {node: scraper.errors for node, scraper in scrapers.items()},
                     "unplaceable": unplaceable,
+                    "node_death": node_death,
                     "seconds": time.time() - started,
                 }
             )
