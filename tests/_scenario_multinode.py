@@ -134,6 +134,16 @@ def nodes_by_resource() -> dict[str, str]:
     return found
 
 
+def pinned_config(out_dir: str, **overrides: Any) -> TrainConfig:
+    """CartPole with agents 0-1 asking for ``fast_node`` and 2-3 for ``slow_node``."""
+    agent_resources = (
+        AgentResources(0, 1, num_cpus=0.25, resources={"fast_node": 1}),
+        AgentResources(2, 3, num_cpus=0.25, resources={"slow_node": 1}),
+    )
+    base = dict(env="CartPole-v1", agents=AGENTS, hetero="none", batch=64, num_envs=2, agent_resources=agent_resources)
+    return TrainConfig(**base, progress=False, tensorboard=False, out=out_dir, **overrides)
+
+
 def placed_run(out_dir: str) -> dict[str, Any]:
     """Train with pinned agents; return the node each agent reported and the run summary."""
     agent_nodes: dict[int, str] = {}
@@ -149,22 +159,7 @@ def placed_run(out_dir: str) -> dict[str, Any]:
             if stats["node_id"]:
                 agent_nodes[int(agent)] = stats["node_id"]
 
-    config = TrainConfig(
-        env="CartPole-v1",
-        agents=AGENTS,
-        hetero="none",
-        batch=64,
-        num_envs=2,
-        samples=64 * 32,
-        iteration_time=0.15,
-        agent_resources=(
-            AgentResources(0, 1, num_cpus=0.25, resources={"fast_node": 1}),
-            AgentResources(2, 3, num_cpus=0.25, resources={"slow_node": 1}),
-        ),
-        progress=False,
-        tensorboard=False,
-        out=out_dir,
-    )
+    config = pinned_config(out_dir, samples=64 * 32, iteration_time=0.15)
     result = train(config, name_prefix=PREFIX, on_record=on_record)
     return {
         "agent_nodes": {str(k): v for k, v in sorted(agent_nodes.items())},
@@ -229,23 +224,8 @@ def node_death_run(cluster: Cluster, node_id: str, out_dir: str) -> dict[str, An
             server_node.append(ray.get(ray.get_actor("node-death-server").status.remote())["node_id"])
             cluster.remove_node(doomed, allow_graceful=False)
 
-    config = TrainConfig(
-        env="CartPole-v1",
-        agents=AGENTS,
-        hetero="none",
-        batch=64,
-        num_envs=2,
-        samples=64 * 2000,  # at most 40 updates/s: the run outlasts the restarts' 30 s placement deadline
-        iteration_time=0.05,
-        placement_timeout=30.0,  # restarts wait this long too; a loaded machine needs it to start
-        agent_resources=(
-            AgentResources(0, 1, num_cpus=0.25, resources={"fast_node": 1}),
-            AgentResources(2, 3, num_cpus=0.25, resources={"slow_node": 1}),
-        ),
-        progress=False,
-        tensorboard=False,
-        out=out_dir,
-    )
+    # at most 40 updates/s: the run outlasts the restarts' placement deadline, which a loaded machine needs
+    config = pinned_config(out_dir, samples=64 * 2000, iteration_time=0.05, placement_timeout=30.0)
     result = train(config, name_prefix="node-death", on_record=on_record)
     with open(f"{out_dir}/progress.csv") as handle:
         rows = [(int(row["update"]), int(row["agent"]), float(row["wall_time"])) for row in csv.DictReader(handle)]
