@@ -120,8 +120,9 @@ def format_status(status: dict[str, Any], name: str, now: float | None = None) -
     now = time.time() if now is None else now
     rejected = status.get("rejected") or {}
     rejected_text = ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) or "0"
+    where = f" (node {status['node_id'][:8]})" if status.get("node_id") else ""  # older servers do not say
     lines = [
-        f"{name}: version {status['version']}, {status['updates_per_second']:.2f} updates/s, "
+        f"{name}{where}: version {status['version']}, {status['updates_per_second']:.2f} updates/s, "
         f"{status['samples_total']} samples, return {_fmt(status['return_mean'], 1)}, "
         f"rejected {rejected_text}, "
         + (f"superseded {status['superseded']}, " if status.get("superseded") else "")

@@ -217,10 +217,11 @@ for _i, _node in ((0, "5d6265e8def9bc3cbb75"), (3, "977124adcadf4d6a4b86")):
 
 
 def test_format_status_is_a_straggler_table():
-    text = status_mod.format_status(SNAPSHOT, "afedpg-server", now=1000.0)
+    text = status_mod.format_status({**SNAPSHOT, "node_id": "4dd783483a1f1227"}, "afedpg-server", now=1000.0)
     lines = text.splitlines()
     assert lines[0] == (
-        "afedpg-server: version 42, 4.20 updates/s, 2688 samples, return 31.2, rejected non_finite=1, up 10s"
+        "afedpg-server (node 4dd78348): version 42, 4.20 updates/s, 2688 samples, return 31.2, "
+        "rejected non_finite=1, up 10s"
     )
     assert lines[1].split() == [
         "agent",
@@ -256,6 +257,7 @@ def test_format_status_shows_rennalas_superseded_work_and_its_straggler():
 def test_format_status_before_any_update():
     empty = {**SNAPSHOT, "version": 0, "return_mean": float("nan"), "rejected": {}, "agents": {}}
     text = status_mod.format_status(empty, "x-server", now=0.0)
+    assert text.startswith("x-server: version 0,")  # a snapshot without the server's node (older servers)
     assert "return -" in text and "rejected 0" in text
     assert text.splitlines()[-1] == "no agent has delivered a gradient yet"
 
