@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -55,6 +56,33 @@ def int_list(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _bounded(text: str, kind: type, allow_zero: bool) -> Any:
+    """``text`` as an ``int`` or a finite ``float`` above 0 (or at least 0), else an ``ArgumentTypeError``."""
+    what = ("a non-negative " if allow_zero else "a positive ") + ("integer" if kind is int else "number")
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):  # NaN fails isfinite
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1, e.g. a repetition count (an argparse type for the benchmark scripts)."""
+    return _bounded(text, int, allow_zero=False)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0, e.g. ``--eval-episodes`` where 0 means none (an argparse type)."""
+    return _bounded(text, int, allow_zero=True)
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0, e.g. seconds (an argparse type: NaN and inf are refused)."""
+    return _bounded(text, float, allow_zero=False)
 
 
 def _bool(text: str) -> bool:

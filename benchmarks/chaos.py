@@ -25,6 +25,11 @@ from pathlib import Path
 import ray
 
 from afedpg_ray.address import NAMESPACE
+from afedpg_ray.cli import OneLineParser, positive_float, positive_int
+from afedpg_ray.config import ConfigError, config_from_dict
+
+KILLS = 10
+"""The run's updates are cut into this many slices; the kills land at the end of slices 1 to 5."""
 
 
 def rows(run_dir: Path) -> int:
@@ -87,7 +92,9 @@ def train_cmd(args: argparse.Namespace, out: Path, address: str) -> list[str]:
         "--batch",
         str(args.batch),
         "--seed",
-        "0",
+        str(args.seed),
+        "--iteration-time",
+        str(args.iteration_time),
         "--checkpoint-every",
         "10",
         "--no-progress",
@@ -107,21 +114,37 @@ def final_return(run_dir: Path) -> float:
     return sum(tail) / len(tail)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Exit with one line unless both runs' config is valid and long enough to kill into (before Ray starts)."""
+    options = {"env": args.env, "agents": args.agents, "hetero": "linear:4", "samples": args.samples}
+    options |= {"batch": args.batch, "seed": args.seed, "iteration_time": args.iteration_time}
+    try:
+        config_from_dict({**options, "checkpoint_every": 10})
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+    if args.agents < 3:
+        sys.exit(f"error: --agents: the script kills agents 0, 1 and 2, so it needs at least 3, got {args.agents}")
+    if args.samples // args.batch < KILLS:
+        sys.exit(f"error: --samples: need at least {KILLS} x --batch ({KILLS * args.batch}) to kill mid-run")
+
+
 def main() -> None:
     """Run the undisturbed twin, then the chaos run, and compare them."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="CartPole-v1")
-    parser.add_argument("--agents", type=int, default=4)
-    parser.add_argument("--samples", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results/chaos")
-    parser.add_argument("--iteration-time", type=float, default=0.2, help="paces the runs so kills land mid-run")
-    parser.add_argument("--quick", action="store_true", help="tiny budget, kills early")
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--env", default="CartPole-v1", help="gymnasium id both runs train on (default CartPole-v1)")
+    add("--agents", type=positive_int, default=4, help="agents per run, at least 3: agents 0-2 are killed")
+    add("--samples", type=positive_int, default=200_000, help="environment steps per run, over all agents")
+    add("--batch", type=positive_int, default=500, help="environment steps per gradient")
+    add("--seed", type=int, default=0, help="seed of both runs (default 0)")
+    add("--out", default="benchmarks/results/chaos", help="directory for chaos.json and both run directories")
+    add("--iteration-time", type=positive_float, default=0.2, help="paces the runs so kills land mid-run")
+    add("--quick", action="store_true", help="tiny budget, kills early")
     args = parser.parse_args()
     if args.quick:
         args.samples, args.batch = 60_000, 200
-    scale = args.samples // args.batch // 10  # kills at 10%..50% of the run's updates: half of it remains
+    check_args(args)
+    scale = args.samples // args.batch // KILLS  # kills at 10%..50% of the run's updates: half of it remains
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ray.init(namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)

@@ -15,13 +15,13 @@ Writes ``compare.md`` and ``compare_<env>.png`` to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 from learning import (
     ORDERING_FRACTIONS,
+    check_run_dirs,
     curve,
     improvement_cells,
     improvement_text,
@@ -30,6 +30,8 @@ from learning import (
     seed_band,
     seed_summary,
 )
+
+from afedpg_ray.cli import OneLineParser
 
 Variant = tuple[str, list[dict]]
 """A label and the rows of its ``learning.csv``."""
@@ -51,7 +53,11 @@ def load_variants(specs: list[str]) -> list[Variant]:
     variants = []
     for spec in specs:
         label, path = parse_variant(spec)
-        variants.append((label, list(read_rows(path / "learning.csv").values())))
+        if label in (seen for seen, _ in variants):  # the report would show two rows of one name
+            raise ValueError(f"--variant {label}: each label may be used once")
+        rows = list(read_rows(path / "learning.csv").values())
+        check_run_dirs(path / "learning.csv", rows)  # every curve is read: a lost run must not fail half-way
+        variants.append((label, rows))
     budgets = {int(r["samples"]) for _, rows in variants for r in rows}
     if len(budgets) != 1:
         raise ValueError(f"the variants ran different budgets {sorted(budgets)}; compare runs of one budget")
@@ -143,7 +149,7 @@ def plot(variants: list[Variant], env: str, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the variants, write ``compare.md`` and one plot per environment."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", default=[], help="LABEL=DIR of a learning.py --out (2+)")
     parser.add_argument("--out", required=True, help="directory for compare.md and compare_<env>.png")
     args = parser.parse_args(argv)
@@ -156,11 +162,16 @@ def main(argv: list[str] | None = None) -> None:
     envs = common(variants, "env")
     if not envs:
         sys.exit("error: the variants have no environment in common")
+    if not args.out.strip():  # Path("") is the working directory
+        sys.exit("error: --out: give a directory for compare.md and the plots")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.md").write_text(compare(variants))
-    for env in envs:
-        plot(variants, env, out / f"compare_{env}.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(compare(variants))
+        for env in envs:
+            plot(variants, env, out / f"compare_{env}.png")
+    except OSError as err:
+        sys.exit(f"error: --out: cannot write {err.filename or out} ({err.strerror})")
     print(f"wrote {out / 'compare.md'} and {len(envs)} plot(s)")
 
 

@@ -19,7 +19,6 @@ is not checkpointed: ``--warmup`` batches at the point fit a fresh one first.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 from pathlib import Path
@@ -28,7 +27,8 @@ import numpy as np
 import torch
 
 from afedpg_ray.checkpoint import CheckpointError, load_checkpoint
-from afedpg_ray.config import TrainConfig, config_from_dict, load_config
+from afedpg_ray.cli import OneLineParser, non_negative_int, positive_int
+from afedpg_ray.config import ConfigError, TrainConfig, check_env_id, config_from_dict, load_config
 from afedpg_ray.envs import env_defaults
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import get_flat
@@ -106,8 +106,10 @@ def saved_stats(saved: tuple) -> RunningStats:
 
 def main() -> None:
     """Measure every environment at its initial and trained policy; write noise.csv and summary.md."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--envs", default="Swimmer-v5,Hopper-v5,Walker2d-v5,HalfCheetah-v5")
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--envs", default="Swimmer-v5,Hopper-v5,Walker2d-v5,HalfCheetah-v5", help="comma-separated gymnasium ids"
+    )
     parser.add_argument(
         "--trained",
         action="append",
@@ -115,10 +117,15 @@ def main() -> None:
         help="a finished run to measure at, {env} filled in; repeatable "
         "(default: after 1M=benchmarks/results/learning-1m/runs/{env}-afedpg-n8-s0)",
     )
-    parser.add_argument("--gradients", type=int, default=16)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=123)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gradient-noise")
+    parser.add_argument("--gradients", type=positive_int, default=16, help="batch gradients per point (at least 2)")
+    parser.add_argument("--warmup", type=non_negative_int, default=10, help="batches sampled before measuring")
+    parser.add_argument("--seed", type=non_negative_int, default=123, help="seed of the sampled batches")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "benchmarks" / "results" / "gradient-noise",
+        help="directory for noise.csv and summary.md",
+    )
     parser.add_argument("--quick", action="store_true", help="CartPole, initial policy, 4 gradients")
     args = parser.parse_args()
     if args.quick:
@@ -128,6 +135,11 @@ def main() -> None:
     trained = args.trained or [f"after 1M={REPO}/benchmarks/results/learning-1m/runs/{{env}}-afedpg-n8-s0"]
     if any("=" not in spec for spec in trained):
         parser.error("--trained takes LABEL=RUN_DIR")
+    for env in args.envs.split(","):  # every environment before the first one's minutes of sampling
+        try:
+            check_env_id(env)
+        except ConfigError as err:
+            parser.error(f"argument --envs: {str(err).removeprefix('--env: ')}")
 
     rows = []
     for env in args.envs.split(","):

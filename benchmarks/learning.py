@@ -16,16 +16,20 @@ tables for benchmarks/RESULTS.md). A rerun with the same
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
+import shlex
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
-from afedpg_ray.cli import build_parser, config_from_args
+from afedpg_ray.cli import OneLineParser, build_parser, config_from_args, non_negative_int, positive_int
 from afedpg_ray.config import ConfigError, TrainConfig
 from afedpg_ray.runlog import read_progress
 from afedpg_ray.runtime import RunError
@@ -49,14 +53,20 @@ def train_config(env: str, algo: str, seed: int, args: argparse.Namespace, out: 
     agents = 1 if algo == "pg" else args.agents
     argv = ["train", "--env", env, "--algo", algo, "--agents", str(agents), "--seed", str(seed)]
     argv += ["--samples", str(args.samples), "--hetero", args.hetero if agents > 1 else "none"]
-    extra = args.train_args.split() if args.train_args else []
+    try:
+        extra = shlex.split(args.train_args)  # quoted values (JSON of --agent-resources) stay one argument
+    except ValueError as err:
+        raise GridError(f"--train-args: cannot split {args.train_args!r} into options ({err})") from None
     owned = [a for a in extra if a.split("=")[0] in OWNED_OPTIONS]
     if owned:
         raise GridError(f"--train-args: {owned[0]} is set by this script; use its own option instead")
+    complaint = io.StringIO()
     try:
-        parsed, unknown = build_parser().parse_known_args(argv + extra)
-    except SystemExit:  # argparse has printed its complaint (a bad value) about the train options
-        raise GridError(f"--train-args: {args.train_args!r} is not a valid set of afedpg train options") from None
+        with contextlib.redirect_stderr(complaint):  # the train parser prints its error; ours is one line
+            parsed, unknown = build_parser().parse_known_args(argv + extra)
+    except SystemExit:
+        why = complaint.getvalue().strip().rpartition("error: ")[2] or "not valid afedpg train options"
+        raise GridError(f"--train-args: {why}") from None
     if unknown:
         raise GridError(f"--train-args: {' '.join(unknown)!r} is not an afedpg train option (see afedpg train --help)")
     wanted = {"env": env, "algo": algo, "agents": agents, "seed": seed, "samples": args.samples}
@@ -71,14 +81,29 @@ def train_config(env: str, algo: str, seed: int, args: argparse.Namespace, out: 
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``--seeds 0,1,2`` as integers; empty entries or non-integers are a :class:`GridError`."""
+    """``--seeds 0,1,2`` as integers; empty entries, non-integers or repeats are a :class:`GridError`."""
     try:
         seeds = [int(part) for part in text.split(",")]
     except ValueError:
         raise GridError(f"--seeds: expected comma-separated integers like 0,1,2, got {text!r}") from None
     if any(seed < 0 for seed in seeds):
         raise GridError(f"--seeds: seeds must be non-negative, got {text!r}")
+    if len(set(seeds)) != len(seeds):  # a repeat would run once and be counted as fewer seeds than asked
+        raise GridError(f"--seeds: each seed may be listed once, got {text!r}")
     return seeds
+
+
+def parse_names(option: str, text: str) -> list[str]:
+    """``--envs`` / ``--algos`` as a list; empty entries or repeats are a :class:`GridError`."""
+    names = [part.strip() for part in text.split(",")]
+    if not all(names):
+        raise GridError(f"{option}: expected comma-separated names like {EXAMPLES[option]}, got {text!r}")
+    if len(set(names)) != len(names):
+        raise GridError(f"{option}: each name may be listed once, got {text!r}")
+    return names
+
+
+EXAMPLES = {"--envs": "Hopper-v5,Swimmer-v5", "--algos": "afedpg,vanilla"}
 
 
 def run_one(env: str, algo: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
@@ -111,13 +136,40 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+LEARNING_COLUMNS = ("env", "algo", "agents", "seed", "samples", "final_return", "run_dir")
+"""Columns of ``learning.csv`` that the summary, the plots and compare_variants.py read."""
+
+
 def read_rows(path: Path) -> dict[tuple[str, str, str], dict]:
-    """Rows of an earlier ``learning.csv`` keyed by (env, algo, seed); empty if there is none."""
+    """Rows of an earlier ``learning.csv`` keyed by (env, algo, seed); empty if there is none.
+
+    A file this script did not write (a missing column, a non-number) is a :class:`GridError`.
+    """
     rows = read_csv(path)
-    for row in rows:
-        row["final_return"] = float(row["final_return"])
-        row["agents"] = int(row["agents"])
+    missing = [c for c in LEARNING_COLUMNS if rows and c not in rows[0]]
+    if missing:
+        raise GridError(f"{path}: no {missing[0]!r} column; is it a learning.csv written by benchmarks/learning.py?")
+    for line, row in enumerate(rows, start=2):
+        try:
+            row["final_return"] = float(row["final_return"])
+            row["agents"] = int(row["agents"])
+            int(row["samples"]), int(row["seed"])
+        except (TypeError, ValueError):  # TypeError: a short row's missing cells are None
+            raise GridError(f"{path}, line {line}: agents, seed, samples or final_return is not a number") from None
     return {(r["env"], r["algo"], r["seed"]): r for r in rows}
+
+
+def check_run_dirs(path: Path, rows: list[dict]) -> None:
+    """Every row's run directory must still hold its ``progress.csv``: the curves, plots and summary read it.
+
+    Checked before anything trains or is written, so a moved run cannot fail a long grid at its end.
+    """
+    for row in rows:
+        if not (Path(row["run_dir"]) / "progress.csv").is_file():
+            raise GridError(
+                f"{path}: run {row['env']} {row['algo']} seed {row['seed']} has no {row['run_dir']}/progress.csv "
+                "(moved or deleted?); restore its run directory or delete its row"
+            )
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -422,23 +474,35 @@ def plot(rows: list[dict], env: str, samples: int, path: Path) -> None:
     plt.close(fig)
 
 
+class Parser(OneLineParser):
+    """One-line errors; a ``--train-args`` value starting with ``-`` gets a hint on how to pass it."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``learning.py: error: ...`` and exit 2."""
+        if message.startswith("argument --train-args: expected one argument"):
+            message += "; join options that start with '-' with '=', e.g. --train-args='--no-tensorboard'"
+        super().error(message)
+
+
 def main() -> None:
     """Run the benchmark grid and write the CSVs and plots."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--envs", default="Swimmer-v5,Hopper-v5,Walker2d-v5,HalfCheetah-v5")
-    parser.add_argument("--algos", default="afedpg,vanilla,a3c")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--samples", type=int, default=1_000_000)
-    parser.add_argument("--agents", type=int, default=8)
-    parser.add_argument("--hetero", default="linear:4")
-    parser.add_argument("--train-args", default="", help="extra afedpg train options, e.g. '--batch 2000'")
-    parser.add_argument("--out", default="benchmarks/results/learning")
-    parser.add_argument("--quick", action="store_true", help="CartPole, 2 algorithms, 1 seed, tiny budget")
-    parser.add_argument(
-        "--report", action="store_true", help="train nothing: rebuild curves, plots, eval and summary from learning.csv"
-    )
-    parser.add_argument(
-        "--eval-episodes", type=int, default=10, help="deterministic episodes per final policy for eval.csv (0: none)"
+    parser = Parser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--envs", default="Swimmer-v5,Hopper-v5,Walker2d-v5,HalfCheetah-v5", help="comma-separated gymnasium ids")
+    add("--algos", default="afedpg,vanilla,a3c", help="comma-separated update rules (pg runs with one agent)")
+    add("--seeds", default="0,1,2", help="comma-separated seeds; one run per env, algo and seed")
+    add("--samples", type=positive_int, default=1_000_000, help="environment steps per run, over all agents")
+    add("--agents", type=positive_int, default=8, help="agents per run (pg always uses 1)")
+    add("--hetero", default="linear:4", help="agents' slowdown profile, as afedpg train --hetero")
+    add("--train-args", default="", help="extra afedpg train options, e.g. --train-args='--batch 2000'")
+    add("--out", default="benchmarks/results/learning", help="directory for learning.csv, runs/, plots, summary.md")
+    add("--quick", action="store_true", help="CartPole, 2 algorithms, 1 seed, tiny budget")
+    add("--report", action="store_true", help="train nothing: rebuild curves, plots, eval, summary from learning.csv")
+    add(
+        "--eval-episodes",
+        type=non_negative_int,
+        default=10,
+        help="deterministic episodes per final policy for eval.csv (0: none)",
     )
     args = parser.parse_args()
     try:
@@ -455,7 +519,12 @@ def run_grid(args: argparse.Namespace) -> None:
         args.envs, args.algos, args.seeds, args.samples, args.agents = "CartPole-v1", "afedpg,a3c", "0", 4000, 2
         args.train_args = args.train_args or "--batch 500 --num-envs 2"
         args.eval_episodes = min(args.eval_episodes, 2)
+    if not args.out.strip():  # Path("") is the working directory
+        raise GridError("--out: give a directory for learning.csv and the runs")
     out = Path(args.out)
+    if args.report and not (out / "learning.csv").is_file():  # before mkdir: a mistyped --out stays uncreated
+        raise GridError(f"--report: no learning.csv in {out}; give the --out of an earlier learning.py run")
+    envs, algos = parse_names("--envs", args.envs), parse_names("--algos", args.algos)
     out.mkdir(parents=True, exist_ok=True)
     results = read_rows(out / "learning.csv")  # earlier invocations' runs are kept and skipped
     start = time.time()
@@ -464,19 +533,20 @@ def run_grid(args: argparse.Namespace) -> None:
         args.samples = budgets.pop()  # summary, curves and the ordering fractions refer to the runs' budget
     elif budgets - {args.samples}:
         sys.exit(f"error: {out}/learning.csv holds runs of {sorted(budgets)} samples; one budget per --out directory")
+    check_run_dirs(out / "learning.csv", list(results.values()))
     if args.report:  # every environment, algorithm and seed the grid already holds
         if not results:
             raise GridError(f"--report: {out}/learning.csv holds no runs yet; train some first")
-        args.envs = ",".join(dict.fromkeys(r["env"] for r in results.values()))
-        args.algos = ",".join(dict.fromkeys(r["algo"] for r in results.values()))
+        envs = list(dict.fromkeys(r["env"] for r in results.values()))
+        algos = list(dict.fromkeys(r["algo"] for r in results.values()))
         args.seeds = ",".join(dict.fromkeys(str(r["seed"]) for r in results.values()))
     seeds = parse_seeds(args.seeds)
     if not args.report:  # the whole grid is checked before the first run trains
-        for env in args.envs.split(","):
-            for algo in args.algos.split(","):
+        for env in envs:
+            for algo in algos:
                 train_config(env, algo, seeds[0], args, out)
-    for env in args.envs.split(","):
-        for algo in args.algos.split(","):
+    for env in envs:
+        for algo in algos:
             for seed in seeds:
                 if args.report or (env, algo, str(seed)) in results:  # long grids survive interruption
                     continue
@@ -492,8 +562,8 @@ def run_grid(args: argparse.Namespace) -> None:
     evals = {(r["env"], r["algo"], str(r["seed"])): r for r in read_csv(out / "eval.csv")}
     write_summary(out / "summary.md", rows, evals, args.samples)
     print(f"wrote {out}/learning.csv and plots in {time.time() - start:.0f}s")
-    for env in args.envs.split(","):
-        for algo in args.algos.split(","):
+    for env in envs:
+        for algo in algos:
             finals = [r["final_return"] for r in rows if r["env"] == env and r["algo"] == algo]
             if not finals:
                 continue

@@ -26,7 +26,6 @@ per gradient under a heterogeneity profile, with log-normal jitter), and measure
 
 from __future__ import annotations
 
-import argparse
 import csv
 import heapq
 import statistics
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from afedpg_ray.cli import OneLineParser, positive_int
 from afedpg_ray.heterogeneity import parse_profile
 from afedpg_ray.rules import RuleState, make_rule
 
@@ -328,12 +328,17 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     """Parse arguments, run the grid, write lookahead_bias.csv, summary.md and lookahead_bias.png."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--agents", default="1,2,4,8")
-    parser.add_argument("--alphas", default="0.05,0.1,0.2,0.5")
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", default="1,2,4,8", help="comma-separated agent counts N")
+    parser.add_argument("--alphas", default="0.05,0.1,0.2,0.5", help="comma-separated momentum weights in (0, 1]")
     parser.add_argument("--noises", default="0,1,3", help="gradient noise norm / true gradient norm")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "lookahead-bias")
+    parser.add_argument("--seeds", type=positive_int, default=5, help="seeds per grid point")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "benchmarks" / "results" / "lookahead-bias",
+        help="directory for the CSV, tables and plot",
+    )
     parser.add_argument("--quick", action="store_true", help="N 1,4 x alpha 0.2, noise 0, 1 seed")
     parser.add_argument(
         "--anneal", action="store_true", help="instead: fixed vs annealed alpha under growing noise (anneal.md)"
@@ -372,13 +377,15 @@ def main() -> None:
         return
     if args.quick:
         args.agents, args.alphas, args.noises, args.seeds = "1,4", "0.2", "0", 1
-    rows = run_grid(
-        ["afedpg", "vanilla"],
-        [int(x) for x in args.agents.split(",")],
-        [float(x) for x in args.alphas.split(",")],
-        [float(x) for x in args.noises.split(",")],
-        args.seeds,
-    )
+    try:
+        agents = [int(x) for x in args.agents.split(",")]
+        alphas = [float(x) for x in args.alphas.split(",")]
+        noises = [float(x) for x in args.noises.split(",")]
+    except ValueError as err:
+        parser.error(f"--agents, --alphas and --noises take comma-separated numbers ({err})")
+    if min(agents) < 1 or not all(0 < a <= 1 for a in alphas) or not all(0 <= x < float("inf") for x in noises):
+        parser.error("need --agents >= 1, --alphas in (0, 1] and --noises >= 0 (finite)")
+    rows = run_grid(["afedpg", "vanilla"], agents, alphas, noises, args.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "lookahead_bias.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")  # last_alpha: for tests

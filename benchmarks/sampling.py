@@ -34,7 +34,8 @@ import common
 import numpy as np
 import torch
 
-from afedpg_ray.config import EstimatorConfig, TrainConfig
+from afedpg_ray.cli import OneLineParser, int_list, positive_float, positive_int
+from afedpg_ray.config import ConfigError, EstimatorConfig, TrainConfig, config_from_dict
 from afedpg_ray.rollout import Sampler, make_vec_env
 
 NAME = "sampling"
@@ -173,23 +174,30 @@ def whole_system(args: argparse.Namespace, out: Path, rep: int) -> dict:
 
 def parse_args() -> argparse.Namespace:
     """Command-line options (``--quick`` shrinks every budget)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="Hopper-v5")
-    parser.add_argument("--num-envs", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--hidden", type=lambda s: tuple(int(x) for x in s.split(",")), default=(64, 64))
-    parser.add_argument("--gradients", type=int, default=8, help="gradients per repetition of part 1")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--agents", type=int, default=2, help="agents in part 2")
-    parser.add_argument("--system-samples", type=int, default=60_000, help="sample budget of each part-2 run")
-    parser.add_argument("--raw-seconds", type=float, default=10.0, help="duration of the parallel raw reference")
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="Hopper-v5", help="gymnasium id to sample (default Hopper-v5)")
+    parser.add_argument("--num-envs", type=positive_int, default=4, help="environments stepped at once")
+    parser.add_argument("--batch", type=positive_int, default=1000, help="environment steps per gradient")
+    parser.add_argument("--hidden", type=int_list, default=(64, 64), help="policy hidden layer widths, e.g. 64,64")
+    parser.add_argument("--gradients", type=positive_int, default=8, help="gradients per repetition of part 1")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="repetitions; the medians are reported")
+    parser.add_argument("--agents", type=positive_int, default=2, help="agents in part 2")
+    parser.add_argument("--system-samples", type=positive_int, default=60_000, help="sample budget of each part-2 run")
+    parser.add_argument(
+        "--raw-seconds", type=positive_float, default=10.0, help="duration of the parallel raw reference"
+    )
     parser.add_argument("--skip-system", action="store_true", help="only part 1 (no Ray)")
     parser.add_argument("--compare-with", type=Path, help="another rollout.py whose Sampler part 1 also times")
-    parser.add_argument("--out", type=Path, default=common.default_out(NAME))
+    parser.add_argument("--out", type=Path, default=common.default_out(NAME), help="directory for result.json")
     parser.add_argument("--quick", action="store_true", help="a few gradients, one tiny train() run")
     args = parser.parse_args()
     if args.quick:
         args.gradients, args.repeats, args.system_samples, args.raw_seconds = 2, 1, 4000, 1.0
+    options = {"env": args.env, "num_envs": args.num_envs, "batch": args.batch, "hidden": args.hidden}
+    try:  # the options part 2's train() takes, checked before part 1 spends minutes
+        config_from_dict({**options, "agents": args.agents, "samples": args.system_samples, "hetero": "none"})
+    except ConfigError as err:
+        parser.error(str(err))
     return args
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import common
 import numpy as np
 
+from afedpg_ray.cli import OneLineParser, int_list, positive_float, positive_int
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.messages import UpdateRecord
 
@@ -157,23 +158,26 @@ def fits_in_memory(agents: int, margin_gib: float, patience_s: float = 120.0) ->
 
 def parse_args() -> argparse.Namespace:
     """Command-line options (``--quick`` shrinks every budget)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agents", default="8,32,64", help="comma-separated N")
-    parser.add_argument("--agent-cpus", type=float, default=0.025)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--num-envs", type=int, default=2)
-    parser.add_argument("--iteration-time", type=float, default=2.0, help="T: every iteration lasts T seconds")
-    parser.add_argument("--startup-per-agent", type=float, default=3.0, help="start-up seconds budgeted per agent")
-    parser.add_argument("--steady-seconds", type=float, default=30.0, help="steady-state seconds budgeted")
-    parser.add_argument("--placement-timeout", type=float, default=600.0, help="seconds for all agents to start")
-    parser.add_argument("--margin-gib", type=float, default=3.0, help="memory left free for other jobs")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=common.default_out(NAME))
-    parser.add_argument("--quick", action="store_true", help="N = 2, 4; one short run each")
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--agents", type=int_list, default=(8, 32, 64), help="comma-separated N (default 8,32,64)")
+    add("--agent-cpus", type=positive_float, default=0.025, help="CPUs each agent requests from Ray")
+    add("--batch", type=positive_int, default=64, help="environment steps per gradient")
+    add("--num-envs", type=positive_int, default=2, help="environments each agent steps at once")
+    add("--iteration-time", type=positive_float, default=2.0, help="T: every iteration lasts T seconds")
+    add("--startup-per-agent", type=positive_float, default=3.0, help="start-up seconds budgeted per agent")
+    add("--steady-seconds", type=positive_float, default=30.0, help="steady-state seconds budgeted")
+    add("--placement-timeout", type=positive_float, default=600.0, help="seconds for all agents to start")
+    add("--margin-gib", type=positive_float, default=3.0, help="memory left free for other jobs")
+    add("--repeats", type=positive_int, default=3, help="runs per N; the medians are reported")
+    add("--out", type=Path, default=common.default_out(NAME), help="directory for result.json")
+    add("--quick", action="store_true", help="N = 2, 4; one short run each")
     args = parser.parse_args()
     if args.quick:
-        args.agents, args.repeats, args.iteration_time = "2,4", 1, 0.5
+        args.agents, args.repeats, args.iteration_time = (2, 4), 1, 0.5
         args.startup_per_agent, args.steady_seconds = 1.0, 2.0
+    if not args.agents or min(args.agents) < 1:
+        parser.error(f"argument --agents: give agent counts of at least 1, e.g. 8,32,64; got {args.agents}")
     return args
 
 
@@ -183,7 +187,7 @@ def main() -> None:
     common.STARTUP_TIMEOUT_S = args.placement_timeout
     common.init_ray()
     sizes: dict[str, Any] = {}
-    for agents in (int(n) for n in args.agents.split(",")):
+    for agents in args.agents:
         fits, available = fits_in_memory(agents, args.margin_gib)
         if not fits:
             reason = f"skipped: {agents} agents x ~{AGENT_MEMORY_GUESS_GIB} GiB + {args.margin_gib} GiB margin"

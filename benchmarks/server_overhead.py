@@ -31,6 +31,7 @@ from typing import Any
 import common
 import numpy as np
 
+from afedpg_ray.cli import OneLineParser, positive_int
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.messages import Dispatch, GradientMeta
 from afedpg_ray.normalizer import RunningStats
@@ -215,12 +216,12 @@ def real_loop(agents: int, updates: int, out: Path, prefix: str) -> float:
 
 def parse_args() -> argparse.Namespace:
     """Command-line options (``--quick`` shrinks every budget)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--updates", type=int, default=300, help="apply calls timed per server")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--loop-agents", type=int, default=4, help="agents in the driver-loop runs")
-    parser.add_argument("--loop-updates", type=int, default=4000, help="updates per driver-loop run")
-    parser.add_argument("--out", type=Path, default=common.default_out(NAME))
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--updates", type=positive_int, default=300, help="apply calls timed per server")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="repetitions; the medians are reported")
+    parser.add_argument("--loop-agents", type=positive_int, default=4, help="agents in the driver-loop runs")
+    parser.add_argument("--loop-updates", type=positive_int, default=4000, help="updates per driver-loop run")
+    parser.add_argument("--out", type=Path, default=common.default_out(NAME), help="directory for result.json")
     parser.add_argument("--quick", action="store_true", help="few updates, one repetition")
     parser.add_argument(
         "--compare-with", type=Path, help="another runtime.py whose loop is timed too, interleaved with the current one"

@@ -22,7 +22,8 @@ from typing import Any
 
 import common
 
-from afedpg_ray.config import TrainConfig
+from afedpg_ray.cli import OneLineParser, positive_float, positive_int
+from afedpg_ray.config import ConfigError, TrainConfig
 from afedpg_ray.heterogeneity import parse_profile, theoretical_speedup
 
 NAME = "update_rate"
@@ -105,22 +106,28 @@ def measure_profile(args: argparse.Namespace, profile: str, rep: int) -> dict[st
 
 def parse_args() -> argparse.Namespace:
     """Command-line options (``--quick`` shrinks every budget)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profiles", default="linear:4,sqrt,straggler:10")
-    parser.add_argument("--agents", type=int, default=8)
-    parser.add_argument("--iteration-time", type=float, default=0.5, help="T: agent i's iteration lasts s_i * T")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--num-envs", type=int, default=2)
-    parser.add_argument("--agent-cpus", type=float, default=0.2)
-    parser.add_argument("--seconds", type=float, default=25.0, help="steady-state length of each run")
-    parser.add_argument("--min-periods", type=int, default=5, help="...and at least this many slowest periods")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=common.default_out(NAME))
-    parser.add_argument("--quick", action="store_true", help="N=2, linear:4 only, one short run")
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--profiles", default="linear:4,sqrt,straggler:10", help="comma-separated --hetero profiles to measure")
+    add("--agents", type=positive_int, default=8, help="agents per run")
+    add("--iteration-time", type=positive_float, default=0.5, help="T: agent i's iteration lasts s_i * T")
+    add("--batch", type=positive_int, default=64, help="environment steps per gradient")
+    add("--num-envs", type=positive_int, default=2, help="environments each agent steps at once")
+    add("--agent-cpus", type=positive_float, default=0.2, help="CPUs each agent requests from Ray")
+    add("--seconds", type=positive_float, default=25.0, help="steady-state length of each run")
+    add("--min-periods", type=positive_int, default=5, help="...and at least this many slowest periods")
+    add("--repeats", type=positive_int, default=3, help="runs per profile; the medians are reported")
+    add("--out", type=Path, default=common.default_out(NAME), help="directory for result.json")
+    add("--quick", action="store_true", help="N=2, linear:4 only, one short run")
     args = parser.parse_args()
     if args.quick:
         args.profiles, args.agents, args.repeats = "linear:4", 2, 1
         args.iteration_time, args.seconds, args.min_periods = 0.2, 2.0, 3
+    for profile in args.profiles.split(","):  # before Ray starts, not at the second profile
+        try:
+            parse_profile(profile, args.agents, 0)
+        except ConfigError as err:
+            parser.error(f"argument --profiles: {str(err).removeprefix('--hetero: ')}")
     return args
 
 

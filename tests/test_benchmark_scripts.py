@@ -170,7 +170,11 @@ def test_learning_refuses_to_mix_budgets(tmp_path):
         (["--train-args", "--alg a3c"], "--train-args: it sets --algo"),  # the row would say afedpg
         (["--train-args", "--agents 3"], "--train-args: --agents is set by this script"),
         (["--train-args", "--bogus 1"], "'--bogus 1' is not an afedpg train option"),
-        (["--report"], "holds no runs yet"),
+        (["--train-args", "--batch x"], "--train-args: argument --batch: invalid int value: 'x'"),  # one line
+        (["--train-args", "--eta0 '0.1"], "--train-args: cannot split"),
+        (["--seeds", "0,0"], "--seeds: each seed may be listed once"),  # would run one seed, not two
+        (["--algos", "afedpg,afedpg"], "--algos: each name may be listed once"),
+        (["--report"], "--report: no learning.csv in"),
     ],
 )
 def test_learning_checks_the_whole_grid_before_training(extra, message, tmp_path):
@@ -178,8 +182,108 @@ def test_learning_checks_the_whole_grid_before_training(extra, message, tmp_path
     cmd += ["--algos", "afedpg", "--samples", "1000", "--agents", "2", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr[-2000:]
     assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+@pytest.mark.parametrize(
+    ("script", "extra", "message"),
+    [
+        ("learning.py", ["--eval-episodes", "-1"], "argument --eval-episodes: must be a non-negative integer"),
+        ("learning.py", ["--samples", "0"], "argument --samples: must be a positive integer, got '0'"),
+        ("learning.py", ["--agents", "nan"], "argument --agents: must be a positive integer, got 'nan'"),
+        ("learning.py", ["--train-args", "--no-tensorboard"], "join options that start with '-' with '='"),
+        ("compare_variants.py", ["--variant", "a=x", "--bogus"], "unrecognized arguments: --bogus"),  # no usage
+        ("chaos.py", ["--iteration-time", "nan"], "argument --iteration-time: must be a positive number"),
+        ("chaos.py", ["--agents", "2"], "--agents: the script kills agents 0, 1 and 2"),
+        ("chaos.py", ["--samples", "1000"], "--samples: need at least 10 x --batch"),  # no slice to kill in
+        ("chaos.py", ["--env", "Nope-v0"], "--env: unknown gymnasium environment 'Nope-v0'"),
+        ("scale.py", ["--agents", "0,8"], "argument --agents: give agent counts of at least 1"),
+        ("update_rate.py", ["--profiles", "linear:4,bogus"], "argument --profiles: unknown profile 'bogus'"),
+        ("server_overhead.py", ["--repeats", "0"], "argument --repeats: must be a positive integer"),
+        ("sampling.py", ["--batch", "2", "--num-envs", "4"], "--batch: must be at least --num-envs"),
+        ("gradient_noise.py", ["--envs", "CartPole-v1,Nope-v0"], "unknown gymnasium environment 'Nope-v0'"),
+        ("lookahead_bias.py", ["--alphas", "0,0.2"], "--alphas in (0, 1]"),
+    ],
+)
+def test_benchmark_scripts_refuse_bad_numbers_in_one_line(script, extra, message, tmp_path):
+    """Checked before Ray starts or anything runs: one line on stderr, a non-zero exit."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), *extra, "--out", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_options_all_have_help():
+    for script in ("learning", "compare_variants", "chaos", "scale", "update_rate", "sampling", "server_overhead"):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert not options_without_help(proc.stdout), script
+
+
+def options_without_help(text: str) -> list[str]:
+    """Options of an argparse ``--help`` text that have no help string: a line holding only the option (and
+    its metavar) that no indented help line continues."""
+    lines = text.split("options:")[1].splitlines()
+    bare = []
+    for i, line in enumerate(lines):
+        words = line.split()
+        only_option = line.startswith("  -") and (len(words) == 1 or (len(words) == 2 and words[1].isupper()))
+        continued = i + 1 < len(lines) and lines[i + 1].startswith(" " * 8)
+        if only_option and not continued:
+            bare.append(words[0])
+    return bare
+
+
+def test_chaos_passes_its_seed_and_pacing_to_both_runs(tmp_path):
+    import argparse
+
+    chaos = load_script("chaos")
+    args = argparse.Namespace(env="CartPole-v1", agents=4, samples=200_000, batch=500, seed=1, iteration_time=0.2)
+    cmd = chaos.train_cmd(args, tmp_path, "127.0.0.1:6379")
+    assert cmd[cmd.index("--seed") + 1] == "1"  # it used to run seed 0 whatever --seed said
+    assert cmd[cmd.index("--iteration-time") + 1] == "0.2"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("garbage\nfoo\n", "no 'env' column"),
+        ("env,algo,agents,seed,samples,final_return,run_dir\nCartPole-v1,afedpg,2,0,abc,1.0,x\n", "line 2: agents"),
+        ("env,algo,agents,seed,samples,final_return,run_dir\nCartPole-v1,afedpg,2,0,1,1.0,/nowhere\n", "no /nowhere"),
+    ],
+)
+def test_bad_learning_csv_is_one_line_for_report_and_compare(content, message, tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "learning.csv").write_text(content)
+    good = write_fake_learning_dir(tmp_path / "good", {"afedpg": [1.0]})
+    commands = [
+        [str(ROOT / "benchmarks" / "learning.py"), "--report", "--out", str(tmp_path / "bad")],
+        [str(ROOT / "benchmarks" / "compare_variants.py"), "--variant", f"a={good}", "--variant"]
+        + [f"b={tmp_path / 'bad'}", "--out", str(tmp_path / "out")],
+    ]
+    for cmd in commands:
+        proc = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr[-2000:]
+
+
+def test_compare_variants_refuses_a_repeated_label(tmp_path):
+    good = write_fake_learning_dir(tmp_path / "good", {"afedpg": [1.0]})
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare_variants.py"), "--variant", f"a={good}"]
+    cmd += ["--variant", f"a={good}", "--out", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1 and proc.stderr.strip() == "error: --variant a: each label may be used once"
 
 
 def write_fake_learning_dir(root: Path, finals: dict[str, list[float]], samples: int = 1000) -> Path:

@@ -365,3 +365,16 @@ def test_eval_refuses_a_negative_seed(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", str(tmp_path), "--seed", "-1"])
     assert exit_info.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
+def test_benchmark_number_types_refuse_zero_negative_and_nan():
+    import argparse
+
+    from afedpg_ray.cli import non_negative_int, positive_float, positive_int
+
+    assert positive_int("3") == 3 and non_negative_int("0") == 0 and positive_float("0.5") == 0.5
+    for parse, text in [(positive_int, "0"), (positive_int, "x"), (non_negative_int, "-1"), (positive_float, "nan")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"got '{text}'"):
+            parse(text)
+    with pytest.raises(argparse.ArgumentTypeError, match="positive number"):
+        positive_float("inf")

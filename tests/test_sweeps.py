@@ -195,6 +195,9 @@ def test_mean_curve_t_interval():
         (["speedup", "--target", "nan"], "--target"),
         (["speedup", "--address", "nonsense"], "--address"),
         (["sample-efficiency", "--samples-per-agent", "100", "--storage", "bogus://x", "--resume"], "--storage"),
+        (["hyper", "--grid", "eta0=0.01,0.01"], "--grid: eta0: each value may be listed once"),
+        (["hyper", "--grid", "eta0=0.01", "--storage", ""], "--storage: give a path or URI"),
+        (["hyper", "--grid", "eta0=0.01", "--seed", "4294967295", "--seeds", "2"], "--seeds: --seed 4294967295"),
     ],
 )
 def test_bad_sweep_input_is_one_line_exit_2(argv, option, tmp_path, capsys):
@@ -233,6 +236,7 @@ def test_hyper_grid_parsing_and_ranking():
     assert parse_axis("eta0=0.003,0.01", parser) == Axis("eta0", (0.003, 0.01))
     assert parse_axis("--num-envs=2,4", parser) == Axis("num_envs", (2, 4))
     assert parse_axis("hidden=64,64;32", parser) == Axis("hidden", ((64, 64), (32,)))
+    assert parse_axis("hidden=64,64", parser) == Axis("hidden", ((64, 64),))  # one two-layer value, as documented
     assert parse_axis("critic=true,false", parser) == Axis("critic", (True, False))
     assert parse_axis("eta0=loguniform:0.001:0.1", parser) == Axis("eta0", (0.001, 0.1), "loguniform")
     # JSON values hold commas: only ';' separates them, and each becomes the groups a trial config takes

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from afedpg_ray.cli import OneLineParser, add_train_options, config_from_args, fail, int_list
-from afedpg_ray.config import ALGORITHMS
+from afedpg_ray.config import ALGORITHMS, SEED_LIMIT
 from tune_sweeps import hyper, sample_efficiency, speedup
 from tune_sweeps.plots import plot_learning_curves
 from tune_sweeps.trainable import (
@@ -105,11 +105,16 @@ def _seeds(args: argparse.Namespace) -> list[int]:
     if args.max_concurrent < 0:
         fail(f"--max-concurrent: must be 0 (no limit) or a positive integer, got {args.max_concurrent}")
     first = args.seed if args.seed is not None else 0
+    if 0 <= first < SEED_LIMIT <= first + args.seeds - 1:  # else validate() names the seed the user gave
+        fail(f"--seeds: --seed {first} plus {args.seeds} seeds passes the largest seed 2**32 - 1")
     return [first + i for i in range(args.seeds)]
 
 
 def _sweep_run(args: argparse.Namespace, name: str) -> tuple[SweepRun, Path]:
     """Check (and create) the output directory and storage, and the sweep to resume; returns both."""
+    for option, value in (("--out", args.out), ("--storage", args.storage)):
+        if value is not None and not value.strip():  # Path("") is the working directory
+            fail(f"{option}: give a {'directory' if option == '--out' else 'path or URI'}, got an empty string")
     out = _writable_dir("--out", Path(args.out))
     storage = args.storage or str(out)
     if "://" not in storage or storage.startswith("file://"):

@@ -32,6 +32,9 @@ NOT_SWEPT = {"address"}
 RANGES = ("uniform", "loguniform")
 JSON_VALUED = {"agent_resources"}
 """Options whose one value is JSON (with commas inside): their grid values are separated by ``;`` only."""
+LIST_VALUED = {"hidden", "comm_delay"}
+"""Options whose one value is a comma-separated list: their grid values are separated by ``;`` only, so
+``hidden=64,64`` is one two-layer value (not two one-layer values)."""
 
 
 class _RaisingParser(argparse.ArgumentParser):
@@ -93,11 +96,14 @@ def parse_axis(spec: str, parser: argparse.ArgumentParser) -> Axis:
         if not numbers or not low < high or (kind == "loguniform" and low <= 0):
             raise ConfigError("--grid", f"{dest}: need numbers with LO < HI (LO > 0 for loguniform), got {text!r}")
         return Axis(dest, (low, high), kind)
-    separator = ";" if ";" in text or dest in JSON_VALUED else ","
+    separator = ";" if ";" in text or dest in JSON_VALUED | LIST_VALUED else ","
     parts = [p for p in text.split(separator) if p.strip()]
     if not parts:
         raise ConfigError("--grid", f"{dest}: give at least one value, e.g. {dest}=V1,V2; got {text!r}")
-    return Axis(dest, tuple(_convert(parser, dest, part) for part in parts))
+    values = tuple(_convert(parser, dest, part) for part in parts)
+    if len({repr(v) for v in values}) != len(values):  # a repeat would be ranked as extra seeds of one config
+        raise ConfigError("--grid", f"{dest}: each value may be listed once, got {text!r}")
+    return Axis(dest, values)
 
 
 def check_axes(axes: Sequence[Axis], random: int | None, seeds: int) -> None:
