@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import io
 import json
 import shlex
@@ -160,16 +161,39 @@ def read_rows(path: Path) -> dict[tuple[str, str, str], dict]:
 
 
 def check_run_dirs(path: Path, rows: list[dict]) -> None:
-    """Every row's run directory must still hold its ``progress.csv``: the curves, plots and summary read it.
+    """Every row needs its curve: its run directory's ``progress.csv``, or (a run directory that is not on
+    this machine: they are not committed) its curve in the ``curves.csv`` beside that directory's ``runs/``.
 
     Checked before anything trains or is written, so a moved run cannot fail a long grid at its end.
     """
     for row in rows:
-        if not (Path(row["run_dir"]) / "progress.csv").is_file():
+        run_dir = Path(row["run_dir"])
+        if not (run_dir / "progress.csv").is_file() and saved_curve(run_dir) is None:
             raise GridError(
-                f"{path}: run {row['env']} {row['algo']} seed {row['seed']} has no {row['run_dir']}/progress.csv "
-                "(moved or deleted?); restore its run directory or delete its row"
+                f"{path}: run {row['env']} {row['algo']} seed {row['seed']} has no {run_dir}/progress.csv "
+                f"and no curve in {run_dir.parent.parent}/curves.csv; restore its run directory or delete its row"
             )
+
+
+def saved_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A run's return against samples as the ``curves.csv`` of its results directory saved it, or None.
+
+    Run directories stay on the machine that trained them (``runs/`` is not committed), so in a fresh
+    checkout ``--report`` and the comparisons read the curves instead. They are on a grid of 1% of the
+    budget, which holds the ordering fractions and the plots' points; samples-to-target read from them
+    are rounded up to that grid.
+    """
+    return _saved_curves(run_dir.parent.parent / "curves.csv").get(run_dir.name)
+
+
+@functools.cache
+def _saved_curves(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every curve in one ``curves.csv``, by run directory name (``{env}-{algo}-n{agents}-s{seed}``)."""
+    points: dict[str, list[tuple[float, float]]] = {}
+    for row in read_csv(path):
+        name = f"{row['env']}-{row['algo']}-n{row['agents']}-s{row['seed']}"
+        points.setdefault(name, []).append((float(row["samples"]), float(row["return_mean"])))
+    return {name: (np.array([x for x, _ in xy]), np.array([y for _, y in xy])) for name, xy in points.items()}
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -183,10 +207,19 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def curve(run_dir: Path, grid: np.ndarray) -> np.ndarray:
-    """Return-vs-samples of one run interpolated onto ``grid``."""
-    rows = [r for r in read_progress(run_dir / "progress.csv") if r["accepted"] == "True" and r["return_mean"] != "nan"]
-    x = np.array([float(r["samples_total"]) for r in rows])
-    y = np.array([float(r["return_mean"]) for r in rows])
+    """Return-vs-samples of one run interpolated onto ``grid`` (from :func:`saved_curve` if its run
+    directory is not on this machine)."""
+    if (run_dir / "progress.csv").is_file():
+        progress = read_progress(run_dir / "progress.csv")
+        rows = [r for r in progress if r["accepted"] == "True" and r["return_mean"] != "nan"]
+        x = np.array([float(r["samples_total"]) for r in rows])
+        y = np.array([float(r["return_mean"]) for r in rows])
+    else:
+        saved = saved_curve(run_dir)
+        if saved is None:
+            raise GridError(f"{run_dir}: no progress.csv and no saved curve beside it")
+        x, y = saved
+        x, y = x[np.isfinite(y)], y[np.isfinite(y)]  # the points before the first finished episode
     return np.interp(grid, x, y, left=np.nan) if len(x) else np.full(len(grid), np.nan)
 
 
@@ -195,8 +228,6 @@ def write_curves(path: Path, rows: list[dict], samples: int, points: int = 100) 
     grid = np.linspace(0, samples, points + 1)[1:]
     table = []
     for row in rows:
-        if not (Path(row["run_dir"]) / "progress.csv").exists():
-            continue  # a run directory from another machine: its row stays, its curve cannot be rebuilt
         values = curve(Path(row["run_dir"]), grid)
         table += [
             {

@@ -7,6 +7,7 @@ death (seconds), which is too long for CI; the fault tests in test_faults.py cov
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,34 @@ def test_learning_quick(tmp_path):
     assert (tmp_path / "summary.md").read_text() == summary
     assert (tmp_path / "learning_CartPole-v1.png").exists()
     assert (tmp_path / "learning.csv").read_text().splitlines() == lines
+
+
+def test_report_in_a_fresh_checkout_reads_the_saved_curves(tmp_path):
+    # run directories are not committed: without them --report must rebuild the same tables from curves.csv
+    out = tmp_path / "grid"
+    rows = ["env,algo,agents,seed,samples,final_return,wall_time,updates,mean_delay,run_dir"]
+    for algo, finals in {"afedpg": [40.0, 60.0, 80.0], "vanilla": [10.0, 20.0, 90.0]}.items():
+        for seed, final in enumerate(finals):
+            run = out / "runs" / f"Swimmer-v5-{algo}-n8-s{seed}"
+            run.mkdir(parents=True)
+            lines = ["update,samples_total,return_mean,accepted"]
+            lines += [f"{k},{k * 5000},{final * k / 200 + (k % 7) * seed},True" for k in range(1, 201)]
+            (run / "progress.csv").write_text("\n".join(lines) + "\n")
+            rows.append(f"Swimmer-v5,{algo},8,{seed},1000000,{final},1.0,200,7.0,{run}")
+    (out / "learning.csv").write_text("\n".join(rows) + "\n")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--report", "--out", str(out), "--eval-episodes"]
+    assert subprocess.run([*cmd, "0"], capture_output=True, text=True, timeout=120, cwd=ROOT).returncode == 0
+    with_runs = (out / "summary.md").read_text()
+    curves = (out / "curves.csv").read_text()
+    shutil.rmtree(out / "runs")
+    proc = subprocess.run([*cmd, "0"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    without_runs = (out / "summary.md").read_text()
+    orderings = [line for line in with_runs.splitlines() if line.startswith("- ")]
+    assert len(orderings) >= 3 and "Ordering along the run" in "".join(orderings)
+    assert orderings == [line for line in without_runs.splitlines() if line.startswith("- ")]
+    assert (out / "curves.csv").read_text() == curves  # rebuilt from itself, unchanged
+    assert (out / "learning_Swimmer-v5.png").exists()
 
 
 def load_script(name: str):
