@@ -318,6 +318,8 @@ def validate(config: TrainConfig) -> TrainConfig:
             parse_address(config.address)
         except AddressError as err:
             raise ConfigError("--address", str(err).removeprefix("--address: ")) from None
+    if config.out is not None and not config.out.strip():  # it would quietly become the default runs/ directory
+        raise ConfigError("--out", "give a directory for the run, got an empty string")
     _positive("--placement-timeout", config.placement_timeout)
     if config.placement_timeout > MAX_PLACEMENT_TIMEOUT_S:
         raise ConfigError(

@@ -80,6 +80,8 @@ from afedpg_ray.cli import main
         (["--agent-cpus", "1e300"], "--agent-cpus"),
         (["--placement-timeout", "1e300"], "--placement-timeout"),
         (["--resume", ""], "--resume"),
+        (["--out", ""], "--out"),
+        (["--out", "  "], "--out"),
     ],
 )
 def test_bad_train_input_is_one_line_exit_2(argv, option, capsys, monkeypatch):
