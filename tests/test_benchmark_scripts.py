@@ -59,17 +59,9 @@ def test_learning_quick(tmp_path):
 
 def test_report_in_a_fresh_checkout_reads_the_saved_curves(tmp_path):
     # run directories are not committed: without them --report must rebuild the same tables from curves.csv
-    out = tmp_path / "grid"
-    rows = ["env,algo,agents,seed,samples,final_return,wall_time,updates,mean_delay,run_dir"]
-    for algo, finals in {"afedpg": [40.0, 60.0, 80.0], "vanilla": [10.0, 20.0, 90.0]}.items():
-        for seed, final in enumerate(finals):
-            run = out / "runs" / f"Swimmer-v5-{algo}-n8-s{seed}"
-            run.mkdir(parents=True)
-            lines = ["update,samples_total,return_mean,accepted"]
-            lines += [f"{k},{k * 5000},{final * k / 200 + (k % 7) * seed},True" for k in range(1, 201)]
-            (run / "progress.csv").write_text("\n".join(lines) + "\n")
-            rows.append(f"Swimmer-v5,{algo},8,{seed},1000000,{final},1.0,200,7.0,{run}")
-    (out / "learning.csv").write_text("\n".join(rows) + "\n")
+    finals = {"afedpg": [40.0, 60.0, 80.0], "vanilla": [10.0, 20.0, 90.0]}
+    name = "Swimmer-v5-{algo}-n8-s{seed}"  # learning.py's own run directory names
+    out = write_fake_learning_dir(tmp_path / "grid", finals, 1_000_000, points=200, run_name=name, wiggle=1.0)
     cmd = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--report", "--out", str(out), "--eval-episodes"]
     assert subprocess.run([*cmd, "0"], capture_output=True, text=True, timeout=120, cwd=ROOT).returncode == 0
     with_runs = (out / "summary.md").read_text()
@@ -315,18 +307,27 @@ def test_compare_variants_refuses_a_repeated_label(tmp_path):
     assert proc.returncode == 1 and proc.stderr.strip() == "error: --variant a: each label may be used once"
 
 
-def write_fake_learning_dir(root: Path, finals: dict[str, list[float]], samples: int = 1000) -> Path:
+def write_fake_learning_dir(
+    root: Path,
+    finals: dict[str, list[float]],
+    samples: int = 1000,
+    points: int = 20,
+    run_name: str = "{algo}-s{seed}",
+    wiggle: float = 0.0,
+) -> Path:
     """A learning.py --out directory for Swimmer-v5: per algorithm, one run per final return (seeds 0..),
-    each with a progress.csv whose return rises linearly to its final value."""
+    each with a progress.csv of ``points`` rows whose return rises linearly to its final value (plus a
+    seed-dependent ``wiggle``, so that seeds cross)."""
     rows = ["env,algo,agents,seed,samples,final_return,wall_time,updates,mean_delay,run_dir"]
     for algo, values in finals.items():
         for seed, final in enumerate(values):
-            run = root / "runs" / f"{algo}-s{seed}"
+            run = root / "runs" / run_name.format(algo=algo, seed=seed)
             run.mkdir(parents=True)
             lines = ["update,samples_total,return_mean,accepted"]
-            lines += [f"{k},{k * samples // 20},{final * k / 20},True" for k in range(1, 21)]
+            rises = [final * k / points + (k % 7) * seed * wiggle for k in range(1, points + 1)]
+            lines += [f"{k},{k * samples // points},{value},True" for k, value in enumerate(rises, start=1)]
             (run / "progress.csv").write_text("\n".join(lines) + "\n")
-            rows.append(f"Swimmer-v5,{algo},8,{seed},{samples},{final},1.0,20,7.0,{run}")
+            rows.append(f"Swimmer-v5,{algo},8,{seed},{samples},{final},1.0,{points},7.0,{run}")
     (root / "learning.csv").write_text("\n".join(rows) + "\n")
     return root
 
