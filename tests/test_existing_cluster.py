@@ -97,11 +97,12 @@ def test_train_and_status_on_a_running_cluster(head):
     assert watch.returncode == 0, watch_err[-3000:]
     tables = watch_out.split("--- ")[1:]
     assert len(tables) >= 2, watch_out
-    assert "afedpg-server: version " in watch_out and "updates/s" in watch_out
+    headers = re.findall(r"afedpg-server \(node (\w{8})\): version \d+, [\d.]+ updates/s", watch_out)
+    assert headers, watch_out
     assert "afedpg-server: the training server has exited" in tables[-1]
     rows = agent_rows(watch_out)
     assert sorted(rows) == [0, 1, 2], watch_out
-    assert len({node for node, _ in rows.values()}) == 1  # one node: the head
+    assert len({node for node, _ in rows.values()} | set(headers)) == 1  # one node, the head: agents and server
     # iterations padded to 0.5 s and 1.5 s: agent 0 delivers about 3x agent 2's updates (2x leaves margin)
     assert rows[0][1] >= 2 * rows[2][1], watch_out
     assert "slowest: agent " in watch_out
