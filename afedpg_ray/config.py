@@ -342,6 +342,13 @@ def validate(config: TrainConfig) -> TrainConfig:
         _positive("--collect", config.collect, integer=True)
         if config.algo != "rennala":  # the option would silently do nothing
             raise ConfigError("--collect", f"only rennala collects gradients per step; drop it for {config.algo}")
+    one_update = config.batch * config.gradients_per_update
+    if config.samples < one_update:  # the run would still take one update, overshooting the budget
+        raise ConfigError(
+            "--samples",
+            f"must cover at least one update ({config.gradients_per_update} x --batch {config.batch} = "
+            f"{one_update} steps), got {config.samples}; raise --samples or lower --batch",
+        )
     _non_negative("--staleness-power", config.staleness_power)
     if config.staleness_power > MAX_STALENESS_POWER:
         raise ConfigError(

@@ -45,6 +45,10 @@ OWNED_OPTIONS = ("--env", "--algo", "--agents", "--seed", "--samples", "--hetero
 """Train options this script sets per run; --train-args may not set them (rows would be mislabelled)."""
 
 
+GRID_OPTIONS = {"--env": "--envs", "--algo": "--algos", "--seed": "--seeds"}
+"""Train options whose values this script takes from a list option of its own."""
+
+
 class GridError(ValueError):
     """A grid or option this script cannot run, with the message to print."""
 
@@ -77,8 +81,9 @@ def train_config(env: str, algo: str, seed: int, args: argparse.Namespace, out: 
     run_dir = out / "runs" / f"{env}-{algo}-n{agents}-s{seed}"
     try:
         return config_from_args(parsed, {"out": str(run_dir), "progress": False, "tensorboard": False})
-    except ConfigError as err:
-        raise GridError(str(err)) from None
+    except ConfigError as err:  # name this script's option, not the train option it sets
+        message = str(err).removeprefix(f"{err.option}: ")
+        raise GridError(f"{GRID_OPTIONS.get(err.option, err.option)}: {message}") from None
 
 
 def parse_seeds(text: str) -> list[int]:

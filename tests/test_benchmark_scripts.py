@@ -187,7 +187,8 @@ def test_learning_refuses_to_mix_budgets(tmp_path):
     ("extra", "message"),
     [
         (["--seeds", "0,,1"], "--seeds: expected comma-separated integers"),
-        (["--envs", "CartPole-v1,Nope-v0"], "--env: unknown gymnasium environment 'Nope-v0'"),  # before run 1
+        (["--envs", "CartPole-v1,Nope-v0"], "--envs: unknown gymnasium environment 'Nope-v0'"),  # before run 1
+        (["--algos", "afedpg,ppo"], "--algos: unknown algorithm 'ppo'"),  # this script's option, not train's
         (["--train-args", "--alg a3c"], "--train-args: it sets --algo"),  # the row would say afedpg
         (["--train-args", "--agents 3"], "--train-args: --agents is set by this script"),
         (["--train-args", "--bogus 1"], "'--bogus 1' is not an afedpg train option"),

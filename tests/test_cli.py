@@ -18,6 +18,8 @@ from afedpg_ray.cli import main
         (["--agents", "0"], "--agents"),
         (["--samples", "0"], "--samples"),
         (["--batch", "-5"], "--batch"),
+        (["--samples", "500", "--batch", "1000"], "--samples"),  # one update would overshoot the budget
+        (["--algo", "fedpg", "--agents", "4", "--samples", "3000", "--batch", "1000"], "--samples"),
         (["--iteration-time", "0"], "--iteration-time"),
         (["--iteration-time", "-1"], "--iteration-time"),
         (["--algo", "ppo"], "--algo"),

@@ -178,11 +178,13 @@ def test_mean_curve_t_interval():
     [
         (["sample-efficiency", "--agents", "", "--samples-per-agent", "100"], "--agents"),
         (["sample-efficiency", "--agents", "0,2", "--samples-per-agent", "100"], "--agents"),
+        (["sample-efficiency", "--agents", "2,2", "--samples-per-agent", "100"], "--agents"),  # ran once
         (["sample-efficiency", "--seeds", "0", "--samples-per-agent", "100"], "--seeds"),
         (["sample-efficiency", "--algo", "ppo", "--samples-per-agent", "100"], "--algo"),
         (["sample-efficiency", "--samples-per-agent", "0"], "--samples-per-agent"),
+        (["sample-efficiency", "--samples-per-agent", "500", "--batch", "1000"], "--samples-per-agent"),
         (["sample-efficiency", "--agents", "1,x", "--samples-per-agent", "100"], "--agents"),
-        (["sample-efficiency", "--env", "Nope-v0", "--samples-per-agent", "100"], "--env"),
+        (["sample-efficiency", "--env", "Nope-v0", "--samples-per-agent", "1000"], "--env"),
         (["speedup", "--algos", "afedpg,ppo"], "--algos"),
         (["speedup", "--agents", ""], "--agents"),
         (["speedup", "--max-concurrent", "-1"], "--max-concurrent"),
@@ -194,7 +196,7 @@ def test_mean_curve_t_interval():
         (["hyper", "--grid", "critic=uniform:false:true", "--random", "2"], "--grid"),
         (["speedup", "--target", "nan"], "--target"),
         (["speedup", "--address", "nonsense"], "--address"),
-        (["sample-efficiency", "--samples-per-agent", "100", "--storage", "bogus://x", "--resume"], "--storage"),
+        (["sample-efficiency", "--samples-per-agent", "1000", "--storage", "bogus://x", "--resume"], "--storage"),
         (["hyper", "--grid", "eta0=0.01,0.01"], "--grid: eta0: each value may be listed once"),
         (["hyper", "--grid", "eta0=0.01", "--storage", ""], "--storage: give a path or URI"),
         (["hyper", "--grid", "eta0=0.01", "--seed", "4294967295", "--seeds", "2"], "--seeds: --seed 4294967295"),
@@ -213,7 +215,7 @@ def test_unwritable_storage_is_one_line_exit_2(tmp_path, capsys):
     blocker.write_text("not a directory")
     with pytest.raises(SystemExit) as exit_info:
         main(
-            ["sweep", "sample-efficiency", "--samples-per-agent", "100", "--out", str(tmp_path / "out")]
+            ["sweep", "sample-efficiency", "--samples-per-agent", "1000", "--out", str(tmp_path / "out")]
             + ["--storage", str(blocker / "tune")]
         )
     assert exit_info.value.code == 2

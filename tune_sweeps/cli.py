@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from afedpg_ray.cli import OneLineParser, add_train_options, config_from_args, fail, int_list
-from afedpg_ray.config import ALGORITHMS, SEED_LIMIT
+from afedpg_ray.config import ALGORITHMS, SEED_LIMIT, ConfigError
 from tune_sweeps import hyper, sample_efficiency, speedup
 from tune_sweeps.plots import plot_learning_curves
 from tune_sweeps.trainable import (
@@ -139,6 +139,8 @@ def _check_counts(counts: tuple[int, ...]) -> None:
     bad = [n for n in counts if n < 1]
     if bad:
         fail(f"--agents: agent counts must be at least 1, got {bad[0]}")
+    if len(set(counts)) != len(counts):  # a repeat would run once and be reported as asked
+        fail(f"--agents: each agent count may be listed once, got {','.join(map(str, counts))}")
 
 
 def _base(args: argparse.Namespace, first_trial: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -227,7 +229,15 @@ def cmd_sample_efficiency(args: argparse.Namespace) -> int:
         fail(f"--samples-per-agent: must be a positive integer, got {args.samples_per_agent}")
     seeds = _seeds(args)
     variants = sample_efficiency.variants(args.agents, args.samples_per_agent, args.algo)
-    base = _base(args, next(iter(variants.values())), seeds[0])
+    too_small = f"--samples-per-agent: must be at least --batch (one gradient), got {args.samples_per_agent}"
+    try:
+        base = _base(args, next(iter(variants.values())), seeds[0])
+    except ConfigError as err:  # a trial's --samples is N x --samples-per-agent: name the option the user gave
+        if err.option == "--samples":
+            fail(too_small)
+        raise
+    if args.samples_per_agent < base["batch"]:  # smaller N-trials would overshoot their budget
+        fail(too_small)
     trials = grid_trials(base, variants, seeds)
     rows, results, out = _launch(args, sample_efficiency.NAME, trials, lambda: grid_space(base, variants, seeds))
     csv_path, png = sample_efficiency.write_outputs(rows, out)
