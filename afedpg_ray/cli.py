@@ -244,7 +244,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from afedpg_ray.address import AddressError
     from afedpg_ray.checkpoint import CheckpointError
     from afedpg_ray.runtime import RunError
-    from afedpg_ray.train import train
+    from afedpg_ray.train import TrainingInterrupted, train
 
     if args.resume is not None:
         if not args.resume.strip():
@@ -264,6 +264,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         fail(str(err))
     except RunError as err:
         fail(str(err), code=1)
+    except TrainingInterrupted as stop:
+        fail(stop.advice(), code=130)
     print(
         f"done: return {result.return_mean:.1f} after {result.samples_total} samples, {result.updates} updates "
         f"in {result.wall_time:.0f}s ({result.updates_per_second:.1f} upd/s, mean delay {result.mean_delay:.2f}"

@@ -144,7 +144,8 @@ class RunLog:
         )
         self._events_file.flush()
         if self._bar is not None:
-            self._bar.write(f"[{kind}] agent {agent}: {message}")
+            who = "" if agent is None else f" agent {agent}:"
+            self._bar.write(f"[{kind}]{who} {message}")
 
     def flush(self) -> None:
         """Flush files to disk."""

@@ -72,8 +72,14 @@ def connect(address: str | None) -> None:
         probe_address(address)  # raises AddressError within seconds instead of ray.init's long retries
     try:  # address None: start a local instance
         init_with_retry(lambda: ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING"), address)
-    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
-        raise RunError(f"--address: cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # a local start that times out raises a bare Exception from deep in Ray
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if address:
+            raise RunError(f"--address: cannot connect to Ray at {address!r}: {why}") from None
+        raise RunError(
+            f"could not start a local Ray instance: {why} (a loaded machine slows Ray's start-up: retry, or "
+            "start one with `ray start --head` and pass --address)"
+        ) from None
 
 
 def agent_options(config: TrainConfig, agent_id: int, cluster_cpus: float) -> dict[str, Any]:

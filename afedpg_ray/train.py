@@ -57,6 +57,20 @@ def default_out_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.env}-{config.algo}-n{config.agents}-s{config.seed}-{stamp}"
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`, naming the run directory so the user can be told how to continue."""
+
+    def __init__(self, out_dir: Path) -> None:
+        super().__init__(str(out_dir))
+        self.out_dir = out_dir
+
+    def advice(self) -> str:
+        """One line: how to continue the run, or that it stopped before its first checkpoint."""
+        if (self.out_dir / CHECKPOINT_FILE).is_file():
+            return f"interrupted; continue the run with: afedpg train --resume {self.out_dir}"
+        return f"interrupted before the first checkpoint; nothing to resume in {self.out_dir}"
+
+
 def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = None, resume: bool = False) -> TrainResult:
     """Train ``config`` on Ray (local or ``config.address``) and write the run directory.
 
@@ -68,6 +82,8 @@ def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = Non
     lock = runlock.acquire(out_dir)  # before the resume cuts progress.csv: a live run's rows stay
     try:
         return _train_locked(config, out_dir, name_prefix, on_record, resume)
+    except KeyboardInterrupt:  # still a KeyboardInterrupt for callers that only know that
+        raise TrainingInterrupted(out_dir) from None
     finally:
         runlock.release(lock)
 

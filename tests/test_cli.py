@@ -382,3 +382,41 @@ def test_benchmark_number_types_refuse_zero_negative_and_nan():
             parse(text)
     with pytest.raises(argparse.ArgumentTypeError, match="positive number"):
         positive_float("inf")
+
+
+def test_local_ray_start_failure_is_one_line(monkeypatch):
+    from afedpg_ray import runtime
+
+    def times_out(**kwargs):  # what ray.init raises when the local node's agents start too slowly
+        raise Exception("The current node timed out during startup. This could happen because some of the ...\n")
+
+    monkeypatch.setattr(runtime.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(runtime.ray, "init", times_out)
+    with pytest.raises(runtime.RunError) as info:
+        runtime.connect(None)
+    message = str(info.value)
+    assert message.startswith("could not start a local Ray instance: The current node timed out during startup")
+    assert "\n" not in message and "--address" in message
+
+
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch, checkpointed):
+    from afedpg_ray.checkpoint import CHECKPOINT_FILE
+    from afedpg_ray.train import TrainingInterrupted
+
+    run = tmp_path / "run"
+    run.mkdir()
+    if checkpointed:
+        (run / CHECKPOINT_FILE).write_bytes(b"")
+
+    def interrupted(config, resume=False):
+        raise TrainingInterrupted(run)
+
+    monkeypatch.setattr("afedpg_ray.train.train", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--env", "CartPole-v1", "--samples", "1000", "--out", str(run / "new")])
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err.strip()
+    expected = f"afedpg train --resume {run}" if checkpointed else "interrupted before the first checkpoint"
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert isinstance(TrainingInterrupted(run), KeyboardInterrupt)  # callers that catch Ctrl-C still do

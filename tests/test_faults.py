@@ -95,40 +95,33 @@ def test_killed_server_is_restored_from_its_checkpoint(tmp_path):
     assert len(rolled_back) == 1 and f"past update {version}" in rolled_back[0]
 
 
-def test_driver_sigkill_then_resume_continues_counters(tmp_path):
-    run_dir = tmp_path / "run"
+def start_driver(run_dir: Path, rows: int = 22) -> subprocess.Popen:
+    """``afedpg train`` (CartPole, checkpoint every 5 updates) in a subprocess, once it has ``rows`` updates."""
     address = ray.get_runtime_context().gcs_address
-    cmd = [
-        sys.executable,
-        "-m",
-        "afedpg_ray.cli",
-        "train",
-        "--env",
-        "CartPole-v1",
-        "--agents",
-        "2",
-        "--batch",
-        "100",
-        "--num-envs",
-        "2",
-        "--samples",
-        "200000",
-        "--checkpoint-every",
-        "5",
-        "--hetero",
-        "none",
-        "--no-progress",
-        "--no-tensorboard",
-        "--out",
-        str(run_dir),
-        "--address",
-        address,
-    ]
+    cmd = [sys.executable, "-m", "afedpg_ray.cli", "train", "--env", "CartPole-v1", "--agents", "2"]
+    cmd += ["--batch", "100", "--num-envs", "2", "--samples", "200000", "--checkpoint-every", "5"]
+    cmd += ["--hetero", "none", "--no-progress", "--no-tensorboard", "--out", str(run_dir), "--address", address]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and (not (run_dir / "progress.csv").exists() or len(progress(run_dir)) < 22):
+    while time.time() < deadline and (not (run_dir / "progress.csv").exists() or len(progress(run_dir)) < rows):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         time.sleep(0.2)
+    return proc
+
+
+def test_ctrl_c_stops_the_driver_with_how_to_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_driver(run_dir, rows=12)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr.decode()[-2000:]
+    last = stderr.decode().strip().splitlines()[-1]
+    assert last == f"afedpg: error: interrupted; continue the run with: afedpg train --resume {run_dir}", last
+
+
+def test_driver_sigkill_then_resume_continues_counters(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_driver(run_dir)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_rows = len(progress(run_dir))
