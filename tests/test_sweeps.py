@@ -276,12 +276,14 @@ def test_interrupted_sweep_exits_130(capsys):
     class Grid(list):
         num_terminated, num_errors = 1, 0
 
-    assert _done(Grid([1])) == 0
-    with pytest.raises(SystemExit) as exit_info:
-        _done(Grid([1, 2]))
-    assert exit_info.value.code == 130
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--resume" in err
+    assert _done(Grid([1])) == 0 and _done(Grid([1]), expected=1) == 0
+    for grid, expected in ((Grid([1, 2]), 0), (Grid([1]), 3)):  # stopped mid-trial; or before two started
+        with pytest.raises(SystemExit) as exit_info:
+            _done(grid, expected)
+        assert exit_info.value.code == 130
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--resume" in err, err
+    assert "2 of 3 trials unfinished" in err
 
 
 # --- afedpg plot -----------------------------------------------------------------------------------

@@ -191,12 +191,17 @@ def _launch(
     return rows, results, out
 
 
-def _done(results: Any) -> int:
-    """0 if every trial finished; else one line on what is left: exit 130 if interrupted, 1 if trials failed."""
-    unfinished = len(results) - results.num_terminated - results.num_errors
+def _done(results: Any, expected: int = 0) -> int:
+    """0 if every trial finished; else one line on what is left: exit 130 if interrupted, 1 if trials failed.
+
+    ``expected`` is the number of trials the sweep asked for: Tune's grid leaves out trials that an
+    interrupt stopped before they started.
+    """
+    total = max(expected, len(results))
+    unfinished = total - results.num_terminated - results.num_errors
     if unfinished:
         fail(
-            f"interrupted with {unfinished} of {len(results)} trials unfinished; the outputs are partial - "
+            f"interrupted with {unfinished} of {total} trials unfinished; the outputs are partial - "
             "rerun with --resume to finish",
             code=130,
         )
@@ -242,7 +247,7 @@ def cmd_sample_efficiency(args: argparse.Namespace) -> int:
     rows, results, out = _launch(args, sample_efficiency.NAME, trials, lambda: grid_space(base, variants, seeds))
     csv_path, png = sample_efficiency.write_outputs(rows, out)
     print(f"wrote {csv_path} and {png} ({len(rows)} reports)")
-    return _done(results)
+    return _done(results, len(trials))
 
 
 def cmd_speedup(args: argparse.Namespace) -> int:
@@ -266,7 +271,7 @@ def cmd_speedup(args: argparse.Namespace) -> int:
     text = speedup.write_outputs(rows, out, ran["hetero"], ran["seed"], args.target)
     print(text, end="")
     print(f"wrote {out}/speedup.csv, speedup.png, speedup_summary.csv and speedup_summary.md")
-    return _done(results)
+    return _done(results, len(trials))
 
 
 def cmd_hyper(args: argparse.Namespace) -> int:
@@ -289,7 +294,7 @@ def cmd_hyper(args: argparse.Namespace) -> int:
     for row in table[:5]:
         print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     print(f"wrote {out / hyper.RESULTS_CSV} ({len(table)} configurations, best first)")
-    return _done(results)
+    return _done(results, 0 if random else len(trials))  # random: trials lists range ends, not the draws
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
