@@ -210,6 +210,26 @@ def test_bad_sweep_input_is_one_line_exit_2(argv, option, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and option in err, err
 
 
+def test_unreachable_remote_storage_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    import tune_sweeps.cli as sweep_cli
+
+    def unreachable(*args, **kwargs):  # what pyarrow raises for an s3:// bucket it cannot reach
+        raise OSError("When resolving region for bucket 'x': AWS Error NETWORK_CONNECTION\nmore detail")
+
+    monkeypatch.setattr("afedpg_ray.runtime.connect", lambda address: None)
+    monkeypatch.setattr(sweep_cli, "_default_agent_cpus", lambda max_agents: 0.5)
+    monkeypatch.setattr(sweep_cli, "run_tuner", unreachable)
+    argv = ["sweep", "hyper", "--env", "CartPole-v1", "--grid", "eta0=0.01", "--storage", "s3://x/tune"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == "afedpg: error: --storage: cannot use 's3://x/tune' (When resolving region for bucket 'x': AWS "
+        "Error NETWORK_CONNECTION)"
+    ), err
+
+
 def test_unwritable_storage_is_one_line_exit_2(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

@@ -181,7 +181,11 @@ def _launch(
     base = trials[0]["train"]
     if base.get("agent_cpus") is None and not sweep.resume:
         base["agent_cpus"] = _default_agent_cpus(max(c.agents for c in configs))
-    results = run_tuner(sweep, space(), num_samples)
+    try:
+        results = run_tuner(sweep, space(), num_samples)
+    except OSError as err:  # a remote --storage (s3://, gs://) is only reached here, by pyarrow
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        fail(f"--storage: cannot use {sweep.storage!r} ({first})", code=1)
     rows, errors = collect_rows(results)
     for line in errors:
         print(f"afedpg: warning: {line}", file=sys.stderr)
