@@ -222,10 +222,11 @@ class RayRunner:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         options = {"num_cpus": 0, "max_restarts": 0, "scheduling_strategy": here}
         try:
-            server = ray.remote(ParameterServer).options(name=f"{self.prefix}-server", **options).remote(self.config)
+            server = ray.remote(ParameterServer).options(name=f"{self.prefix}-server", **options)
+            server = server.remote(self.config, self.start)
         except ValueError:  # the dead server's name may not be released yet
             name = f"{self.prefix}-server-r{self.stats.server_restores}"
-            server = ray.remote(ParameterServer).options(name=name, **options).remote(self.config)
+            server = ray.remote(ParameterServer).options(name=name, **options).remote(self.config, self.start)
         self.server = server
         if self.last_state is not None:
             self._server_call(server.restore.remote(self.last_state))

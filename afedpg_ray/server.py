@@ -66,7 +66,7 @@ class AgentStats:
 class ParameterServer:
     """Applies arriving gradients one at a time with the configured update rule."""
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, start_time: float | None = None) -> None:
         torch.manual_seed(config.seed)
         policy, obs_dim = build_policy(config.env, config.hidden, config.estimator.log_std_init)
         self.config = config
@@ -83,7 +83,10 @@ class ParameterServer:
         self.rejected: dict[str, int] = {}
         self.superseded = 0
         """rennala: gradients computed at a point already stepped past (their samples count, they do not)."""
-        self.start_time = time.time()
+        self.start_time = time.time() if start_time is None else start_time
+        """Epoch of the run's clock. The driver passes its own: an actor's ``__init__`` runs only once its
+        worker process is up, which can be after the agents' (under load, seconds), and progress.csv's
+        wall times must include the agents' start-up for runs and sweeps to compare."""
         self.agent_stats: dict[int, AgentStats] = {}
         self.metrics = ServerMetrics()
         self.robust = RobustFilter() if config.robust == "filter" else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -242,3 +243,11 @@ def test_robust_filter_state_survives_export_and_restore():
     assert all(np.array_equal(restored.robust.directions[a], warm.robust.directions[a]) for a in range(4))
     # the attacker (agent 0) is rejected from its first arrival after the restore, not after a warm-up
     assert feed(restored, 4)[0] == "direction_outlier"
+
+
+def test_the_run_clock_starts_when_the_driver_says():
+    # The driver starts the clock before it creates the actors: an actor's __init__ can run after the
+    # agents have started, and the wall times of two algorithms must count the same start-up.
+    started = time.time() - 100.0
+    assert ParameterServer(CONFIG, start_time=started).status()["elapsed"] >= 100.0
+    assert ParameterServer(CONFIG).status()["elapsed"] < 100.0
