@@ -143,8 +143,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     add("--num-envs", type=int, help=f"environments each agent steps at once (default {d.num_envs})")
     add("--seed", type=int, help=f"random seed, 0 <= seed < 2**32 (default {d.seed})")
     add("--hidden", type=int_list, help="hidden layer widths, e.g. 64,64")
-    add("--schedule", help=f"step sizes: {', '.join(SCHEDULES)} (default {d.schedule})")
-    add("--eta0", type=float, help=f"normalised step length or its scale (default {d.eta0})")
+    add("--schedule", help=f"step sizes: {', '.join(SCHEDULES)} (default {d.schedule}; per-env table may differ)")
+    add("--eta0", type=float, help=f"normalised step length or its scale (default {d.eta0}; per-env table may differ)")
     add("--alpha0", type=float, help=f"momentum weight or its scale, in (0, 1] (default {d.alpha0})")
     add(
         "--alpha-end",
@@ -165,8 +165,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     add("--gamma", type=float, help=f"discount (default {e.gamma}; per-env table may differ)")
     add("--gae-lambda", type=float, help=f"GAE lambda (default {e.gae_lambda})")
     add("--critic", type=_bool, help="private per-agent value network as baseline (true/false)")
-    add("--critic-lr", type=float, help=f"critic Adam step size (default {e.critic_lr})")
-    add("--critic-epochs", type=int, help=f"critic passes per batch (default {e.critic_epochs})")
+    add("--critic-lr", type=float, help=f"critic Adam step size (default {e.critic_lr}; per-env table may differ)")
+    add(
+        "--critic-epochs",
+        type=int,
+        help=f"critic passes per batch (default {e.critic_epochs}; per-env table may differ)",
+    )
     add("--normalize-obs", type=_bool, help="shared observation normaliser (true/false)")
     add("--scale-rewards", type=_bool, help="scale rewards by the return's running std (true/false)")
     add("--normalize-advantages", type=_bool, help="standardise advantages per batch (true/false)")
