@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from afedpg_ray.config import first_line
+
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 
@@ -36,8 +38,7 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any failure to unpickle means the file is unusable
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path}: corrupt checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: corrupt checkpoint ({first_line(err)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "rule_state" not in state:
         raise CheckpointError(f"{path}: not an afedpg checkpoint (unknown format)")
     rule_state, rows = state["rule_state"], state.get("progress_rows")

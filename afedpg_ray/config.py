@@ -407,10 +407,11 @@ def check_env_id(env_id: str) -> None:
         raise ConfigError("--env", problem)
 
 
-def _one_line(err: BaseException) -> str:
-    """The first line of an exception's message without terminal colour codes (gymnasium colours its warnings)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an error's message, without terminal colour codes (gymnasium colours its
+    warnings), else the error's type name: error messages for one-line reports."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 @functools.cache  # lru_cache without a bound: one entry per env id
@@ -430,9 +431,9 @@ def _env_problem(env_id: str) -> str | None:
             warnings.simplefilter("ignore")  # deprecation chatter would break the one-line error
             env = gym.make(env_id)
     except gym.error.DependencyNotInstalled as err:
-        return f"{env_id} needs a package that is not installed: {_one_line(err)}"
+        return f"{env_id} needs a package that is not installed: {first_line(err)}"
     except Exception as err:  # any make-time failure would recur in every agent: report it once, here
-        return f"cannot create {env_id}: {type(err).__name__}: {_one_line(err)}"
+        return f"cannot create {env_id}: {type(err).__name__}: {first_line(err)}"
     try:
         obs_space, action_space = env.observation_space, env.action_space
     finally:

@@ -23,7 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from afedpg_ray.address import NAMESPACE, init_with_retry, probe_address
 from afedpg_ray.agent import RolloutAgent
 from afedpg_ray.checkpoint import save_checkpoint
-from afedpg_ray.config import TrainConfig
+from afedpg_ray.config import TrainConfig, first_line
 from afedpg_ray.heterogeneity import parse_profile
 from afedpg_ray.messages import SUPERSEDED, UpdateRecord
 from afedpg_ray.runlog import RunLog
@@ -73,7 +73,7 @@ def connect(address: str | None) -> None:
     try:  # address None: start a local instance
         init_with_retry(lambda: ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING"), address)
     except Exception as err:  # a local start that times out raises a bare Exception from deep in Ray
-        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        why = first_line(err)
         if address:
             raise RunError(f"--address: cannot connect to Ray at {address!r}: {why}") from None
         raise RunError(

@@ -23,6 +23,7 @@ from typing import Any
 
 from afedpg_ray.address import NAMESPACE, PROBE_TIMEOUT_S, AddressError, init_with_retry, probe_address
 from afedpg_ray.cli import EXIT_USAGE, fail
+from afedpg_ray.config import first_line
 
 DEFAULT_TIMEOUT_S = 60.0
 """Default deadline for joining the cluster and for each ``status()`` call."""
@@ -72,7 +73,7 @@ def connect(address: str, timeout: float) -> None:
         sys.stdout.flush()
         os._exit(EXIT_USAGE)
     if "error" in outcome:
-        raise StatusError(f"--address: cannot connect to Ray at {address!r}: {_first_line(outcome['error'])}")
+        raise StatusError(f"--address: cannot connect to Ray at {address!r}: {first_line(outcome['error'])}")
 
 
 def find_server(prefix: str) -> Any:
@@ -235,8 +236,3 @@ def add_commands(subparsers: Any) -> None:
         help=f"deadline for joining the cluster and for each status call (default {DEFAULT_TIMEOUT_S:.0f})",
     )
     parser.set_defaults(handler=cmd_status)
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__

@@ -13,7 +13,7 @@ import torch
 
 from afedpg_ray import runlock
 from afedpg_ray.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
-from afedpg_ray.config import TrainConfig, load_config
+from afedpg_ray.config import TrainConfig, first_line, load_config
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
 from afedpg_ray.runlog import RunLog, cut_progress
@@ -219,8 +219,7 @@ def load_policy(run_dir: Path) -> tuple[Policy, RunningStats | None, str]:
             count = float(payload["obs_count"])
             stats = RunningStats(count, np.asarray(payload["obs_mean"]), var * count)
     except Exception as err:  # noqa: BLE001 - any failure to read it means the file is unusable
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"{path}: corrupt or incompatible policy file ({first})") from None
+        raise ValueError(f"{path}: corrupt or incompatible policy file ({first_line(err)})") from None
     return policy, stats, payload["env"]
 
 

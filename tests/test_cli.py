@@ -420,3 +420,10 @@ def test_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch, checkpointed
     expected = f"afedpg train --resume {run}" if checkpointed else "interrupted before the first checkpoint"
     assert len(err.splitlines()) == 1 and expected in err, err
     assert isinstance(TrainingInterrupted(run), KeyboardInterrupt)  # callers that catch Ctrl-C still do
+
+
+def test_first_line_of_an_error():
+    from afedpg_ray.config import first_line
+
+    assert first_line(ValueError("\n  \x1b[31mbad thing\x1b[0m  \nsecond line")) == "bad thing"
+    assert first_line(OSError()) == "OSError"  # no message: its type

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from afedpg_ray.cli import OneLineParser, add_train_options, config_from_args, fail, int_list
-from afedpg_ray.config import ALGORITHMS, SEED_LIMIT, ConfigError
+from afedpg_ray.config import ALGORITHMS, SEED_LIMIT, ConfigError, first_line
 from tune_sweeps import hyper, sample_efficiency, speedup
 from tune_sweeps.plots import plot_learning_curves
 from tune_sweeps.trainable import (
@@ -126,8 +126,7 @@ def _sweep_run(args: argparse.Namespace, name: str) -> tuple[SweepRun, Path]:
         try:
             restorable = tune.Tuner.can_restore(sweep.path)
         except Exception as err:  # noqa: BLE001 - pyarrow's filesystems raise their own types
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            fail(f"--storage: cannot read {storage!r} ({first})")
+            fail(f"--storage: cannot read {storage!r} ({first_line(err)})")
         if not restorable:
             fail(f"--resume: no sweep to resume at {sweep.path}")
     return sweep, out
@@ -184,8 +183,7 @@ def _launch(
     try:
         results = run_tuner(sweep, space(), num_samples)
     except OSError as err:  # a remote --storage (s3://, gs://) is only reached here, by pyarrow
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        fail(f"--storage: cannot use {sweep.storage!r} ({first})", code=1)
+        fail(f"--storage: cannot use {sweep.storage!r} ({first_line(err)})", code=1)
     rows, errors = collect_rows(results)
     for line in errors:
         print(f"afedpg: warning: {line}", file=sys.stderr)
