@@ -34,6 +34,11 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     """Read ``run_dir/checkpoint.pt``; raises :class:`CheckpointError` naming the file on any problem."""
     path = run_dir / CHECKPOINT_FILE
     if not path.is_file():
+        if (run_dir / "config.json").is_file():  # e.g. its agents could not be placed: nothing trained yet
+            raise CheckpointError(
+                f"{path}: no checkpoint - the run stopped before its first one, so there is nothing to resume; "
+                f"start it afresh with the same options and --out {run_dir}"
+            )
         raise CheckpointError(f"{path}: no checkpoint (is {run_dir} a run directory written by afedpg train?)")
     try:
         state = torch.load(path, weights_only=False)

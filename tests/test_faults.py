@@ -159,7 +159,14 @@ def test_corrupt_or_missing_checkpoint_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as missing:
         main(["train", "--resume", str(run_dir)])
     assert missing.value.code == 2
-    assert "checkpoint.pt" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()  # a run refused before its first checkpoint left config.json
+    assert len(err.splitlines()) == 1 and "checkpoint.pt" in err and "start it afresh with the same options" in err
+    (run_dir / "config.json").unlink()
+    with pytest.raises(SystemExit) as not_a_run:
+        main(["train", "--resume", str(run_dir)])
+    assert not_a_run.value.code == 2
+    assert "a run directory?" in capsys.readouterr().err  # the CLI asks for config.json first
+    config(tmp_path).save(run_dir / "config.json")
     (run_dir / "checkpoint.pt").write_bytes(b"\x80garbage")
     with pytest.raises(SystemExit) as corrupt:
         main(["train", "--resume", str(run_dir)])
