@@ -183,13 +183,16 @@ class TrainConfig:
 MAX_STALENESS_POWER = 10.0
 """Largest --staleness-power: beyond it every stale gradient is weighted to nothing."""
 MAX_WAIT_S = 3600.0
+"""Longest modelled iteration or communication delay: an hour per iteration is a typo, not a profile."""
 MAX_AGENTS = 4096
 """Largest --agents: each agent is a Ray actor with its own process (about 180 MiB with torch)."""
 MAX_PLACEMENT_TIMEOUT_S = 86400.0
 MAX_HIDDEN, MAX_LAYERS = 16384, 16
 """Largest policy layer width and depth: beyond them the flat parameter vector stops fitting in memory."""
 MAX_AGENT_CPUS = 1024
-"""Longest modelled iteration or communication delay: an hour per iteration is a typo, not a profile."""
+MAX_BATCH = 1_000_000
+"""Largest --batch: an agent holds a whole batch (observations, actions, log-probs) in memory, and a
+batch of a million steps is already 1000 times the MuJoCo default."""
 
 
 def _is_number(value: Any) -> bool:
@@ -289,6 +292,15 @@ def validate(config: TrainConfig) -> TrainConfig:
     _positive("--num-envs", config.num_envs, integer=True)
     if config.batch < config.num_envs:
         raise ConfigError("--batch", f"must be at least --num-envs ({config.num_envs}), got {config.batch}")
+    if config.batch > MAX_BATCH:
+        raise ConfigError("--batch", f"must be at most {MAX_BATCH:,} steps per gradient, got {config.batch}")
+    if config.batch % config.num_envs:  # each vector step yields num_envs samples; the batch would overshoot
+        below = config.batch - config.batch % config.num_envs
+        raise ConfigError(
+            "--batch",
+            f"must be a multiple of --num-envs ({config.num_envs}) so every gradient uses exactly --batch steps, "
+            f"got {config.batch}; use {below} or {below + config.num_envs}",
+        )
     if config.iteration_time is not None:
         _positive("--iteration-time", config.iteration_time)
         if config.iteration_time > MAX_WAIT_S:

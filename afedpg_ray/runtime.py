@@ -48,6 +48,9 @@ failure was the server's (its reply, the agent's input, is lost), not the agent'
 NAME_RELEASE_S = 5.0
 """How long a run waits for its actor names to be released: a run that just finished in this process, or
 whose driver crashed (``--resume``), holds them until Ray has reclaimed its actors."""
+PLACEMENT_NOTICE_S = 5.0
+"""After this long, agents still waiting for resources are reported (event and progress line), so a request
+no node can meet is seen at once rather than only when ``--placement-timeout`` ends the run."""
 REJECTION_HINTS = {
     "norm_too_large": "raise --max-grad-norm or check the environment",
     "non_finite": "check the environment's observations and rewards (NaN or inf)",
@@ -242,18 +245,34 @@ class RayRunner:
     def _check_placement(self) -> None:
         """Fail with the agent and its request named if an agent cannot be placed in time."""
         refs = {slot.actor.node_id.remote(): slot for slot in self.slots}
+        timeout = self.config.placement_timeout
+        deadline = time.monotonic() + timeout
+        pending = list(refs)
+        noticed = False
         try:
-            ray.get(list(refs), timeout=self.config.placement_timeout)
-        except GetTimeoutError:
-            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
-            stuck = [refs[r] for r in refs if r not in ready]
-            slot = stuck[0]
-            asked, problem = placement_problem(slot.options, [n["Resources"] for n in ray.nodes() if n["Alive"]])
-            raise RunError(
-                f"agent {slot.agent_id} could not be placed within {self.config.placement_timeout:g}s "
-                f"(--placement-timeout): "
-                f"requested {asked}; {problem}"
-            ) from None
+            while pending:
+                left = deadline - time.monotonic()
+                wait_s = left if noticed else min(PLACEMENT_NOTICE_S, left)
+                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=max(0.0, wait_s))
+                ray.get(ready)  # an agent whose constructor failed raises here
+                if not pending:
+                    return
+                slot = refs[pending[0]]
+                asked, problem = placement_problem(slot.options, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+                if time.monotonic() >= deadline:
+                    raise RunError(
+                        f"agent {slot.agent_id} could not be placed within {timeout:g}s (--placement-timeout): "
+                        f"requested {asked}; {problem}"
+                    )
+                if not noticed:
+                    noticed = True
+                    self.log.event(
+                        "placement_waiting",
+                        slot.agent_id,
+                        f"requested {asked}; {problem}; {len(pending)} of {len(refs)} agents wait; the run stops after "
+                        f"{timeout:g}s (--placement-timeout) unless resources free up or a node that has them joins",
+                        self._elapsed(),
+                    )
         except RayError as err:
             raise RunError(f"an agent failed to start: {_first_line(err)}") from None
 

@@ -18,6 +18,8 @@ from afedpg_ray.cli import main
         (["--agents", "0"], "--agents"),
         (["--samples", "0"], "--samples"),
         (["--batch", "-5"], "--batch"),
+        (["--batch", "1000", "--num-envs", "3"], "--batch"),  # would silently take 1002 steps
+        (["--batch", "100000000000", "--samples", "1000000000000"], "--batch"),  # could not fit in memory
         (["--samples", "500", "--batch", "1000"], "--samples"),  # one update would overshoot the budget
         (["--algo", "fedpg", "--agents", "4", "--samples", "3000", "--batch", "1000"], "--samples"),
         (["--iteration-time", "0"], "--iteration-time"),

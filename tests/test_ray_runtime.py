@@ -116,3 +116,21 @@ def test_records_are_logged_once_in_order_and_checkpoints_match_the_log(tmp_path
     assert [int(r["samples_total"]) for r in progress] == sorted(int(r["samples_total"]) for r in progress)
     assert 2560 <= result.samples_total < 2560 + 3 * 64 + 1  # stops once the budget is applied
     assert int(load_checkpoint(Path(result.out_dir))["rule_state"]["version"]) == accepted[-1]
+
+
+def test_an_unplaceable_agent_is_reported_early_then_fails_at_the_timeout(tmp_path, monkeypatch):
+    from afedpg_ray import runtime
+    from afedpg_ray.runtime import RunError
+
+    monkeypatch.setattr(runtime, "PLACEMENT_NOTICE_S", 0.5)
+    config = tiny(tmp_path, agents=2, agent_cpus=1000.0, placement_timeout=3.0)
+    with pytest.raises(
+        RunError, match=r"^agent \d could not be placed within 3s \(--placement-timeout\): requested CPU=1000"
+    ):
+        train(config)
+    with (Path(config.out) / "events.csv").open() as handle:
+        events = list(csv.DictReader(handle))
+    # the notice comes before the timeout, names the request and why no node meets it
+    assert [e["kind"] for e in events] == ["placement_waiting"], events
+    notice = events[0]
+    assert "requested CPU=1000; no single node has that much of it all; 2 of 2 agents wait" in notice["message"]
