@@ -347,6 +347,15 @@ def test_plot_redraws_sweep_and_run_figures(tmp_path, capsys):
     assert_png(overlay)
     capsys.readouterr()
 
+    # a run that has not applied an update yet is skipped with a note, the others are drawn
+    fresh = tmp_path / "run-fresh"
+    fresh.mkdir()
+    write_csv(fresh / "progress.csv", progress_columns, [])
+    overlay.unlink()
+    assert main(["plot", str(runs[0]), str(fresh), "--out", str(overlay)]) == 0
+    assert_png(overlay)
+    assert f"{fresh / 'progress.csv'} has no updates yet; skipped" in capsys.readouterr().out
+
     with pytest.raises(SystemExit) as exit_info:
         main(["plot", str(tmp_path)])
     assert exit_info.value.code == 2
@@ -386,7 +395,9 @@ def test_speedup_budget_time_ratio_by_hand():
 @pytest.mark.parametrize(
     ("setup", "extra", "message"),
     [
-        ("update,wall\n1,2\n", [], "not one afedpg wrote"),  # progress.csv without afedpg's columns
+        ("update,wall\n1,2\n", [], "progress.csv is not a CSV afedpg wrote (no column 'samples_total')"),
+        ("samples_total,wall_time,return_mean\n10,0.5,abc\n", [], "progress.csv is not a CSV afedpg wrote (ValueError"),
+        (None, [], "nothing to plot yet: no run has applied an update"),  # a run that has just started
         (None, ["--out", "figure.xyz"], "--out: give a .png"),
     ],
 )
@@ -397,3 +408,13 @@ def test_bad_plot_input_is_one_line_exit_2(setup, extra, message, tmp_path, caps
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+    assert "progress.csv" not in message or str(tmp_path / "progress.csv") in err  # the CSV is named by its path
+
+
+def test_bad_sweep_csv_is_named(tmp_path, capsys):
+    (tmp_path / "speedup.csv").write_text("trial_id,algo\nt1,afedpg\n")  # none of the columns a sweep writes
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"afedpg: error: RUN_OR_SWEEP_DIR: {tmp_path / 'speedup.csv'} is not a CSV afedpg wrote")

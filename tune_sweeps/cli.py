@@ -16,6 +16,7 @@ from typing import Any
 
 from afedpg_ray.cli import OneLineParser, add_train_options, config_from_args, fail, int_list
 from afedpg_ray.config import ALGORITHMS, SEED_LIMIT, ConfigError, first_line
+from afedpg_ray.runlog import read_progress
 from tune_sweeps import hyper, sample_efficiency, speedup
 from tune_sweeps.plots import plot_learning_curves
 from tune_sweeps.trainable import (
@@ -305,32 +306,54 @@ def cmd_plot(args: argparse.Namespace) -> int:
         fail(f"--out: give a .png, .pdf or .svg file, got {args.out!r}")
     try:
         return _plot(args)
-    except (KeyError, ValueError) as err:  # a CSV without the columns afedpg writes
-        first = str(err).splitlines()[0] if str(err) else ""
-        fail(f"RUN_OR_SWEEP_DIR: a CSV there is not one afedpg wrote ({type(err).__name__}: {first})")
     except OSError as err:
         fail(f"--out: cannot write {err.filename or args.out} ({err.strerror})")
+
+
+def _checked_csv(csv_path: Path, read: Callable[[Any], Any], arg: Any) -> Any:
+    """``read(arg)``, with a CSV that lacks afedpg's columns or values reported by its path."""
+    try:
+        return read(arg)
+    except (KeyError, ValueError) as err:
+        fail(f"RUN_OR_SWEEP_DIR: {csv_path} is not a CSV afedpg wrote ({type(err).__name__}: {first_line(err)})")
+
+
+def _plottable_run(progress: Path) -> bool:
+    """Whether a run's progress.csv has afedpg's columns (else exit 2 naming it) and at least one update."""
+    rows = _checked_csv(progress, read_progress, progress)
+    columns = ("samples_total", "wall_time", "return_mean")
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if missing:
+        fail(f"RUN_OR_SWEEP_DIR: {progress} is not a CSV afedpg wrote (no column {missing[0]!r})")
+    _checked_csv(progress, lambda rs: [float(r[c]) for r in rs for c in columns], rows)  # every value a number
+    if not rows:
+        print(f"{progress} has no updates yet; skipped")
+    return bool(rows)
 
 
 def _plot(args: argparse.Namespace) -> int:
     """:func:`cmd_plot` once its arguments are checked."""
     runs: list[Path] = []
+    drew_sweep = False
     for text in args.paths:
         path = Path(text)
         if not path.is_dir():
             fail(f"RUN_OR_SWEEP_DIR: {text!r} is not a directory")
         found = False
         if (path / sample_efficiency.RESULTS_CSV).is_file():
-            print(sample_efficiency.redraw(path))
-            found = True
+            print(_checked_csv(path / sample_efficiency.RESULTS_CSV, sample_efficiency.redraw, path))
+            found = drew_sweep = True
         if (path / "speedup.csv").is_file():
-            print(speedup.redraw(path))
-            found = True
+            print(_checked_csv(path / "speedup.csv", speedup.redraw, path))
+            found = drew_sweep = True
         if (path / "progress.csv").is_file():
-            runs.append(path)
+            if _plottable_run(path / "progress.csv"):
+                runs.append(path)
             found = True
         if not found:
             fail(f"RUN_OR_SWEEP_DIR: {text!r} has no results.csv, speedup.csv or progress.csv")
+    if not runs and not drew_sweep:
+        fail("RUN_OR_SWEEP_DIR: nothing to plot yet: no run has applied an update (plot again once it has)")
     if runs:
         default = runs[0] / "learning_curve.png" if len(runs) == 1 else Path("learning_curves.png")
         print(plot_learning_curves(runs, Path(args.out) if args.out else default))
