@@ -58,18 +58,17 @@ CLIENT_RETRY_WAIT_S = 2.0
 """A ``ray://`` connection whose server failed to start is retried this often, this long apart."""
 
 
-def init_with_retry(init: Callable[[], object], address: str | None) -> None:
+def init_with_retry(init: Callable[[], object], address: str | None) -> object:
     """Call ``init`` (a ``ray.init``), retrying a ``ray://`` connection whose server failed to start.
 
     A Ray-client head starts one server per client; on a loaded head that start can time out
     ("Initialization failure from server", a ``ConnectionAbortedError``) and a retry usually succeeds.
-    Every other error, and the last attempt's, is raised to the caller.
+    Every other error, and the last attempt's, is raised to the caller. Returns what ``init`` returned.
     """
     attempts = CLIENT_CONNECT_ATTEMPTS if address and address.startswith("ray://") else 1
     for attempt in range(1, attempts + 1):
         try:
-            init()
-            return
+            return init()
         except ConnectionAbortedError:
             if attempt == attempts:
                 raise

@@ -269,7 +269,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except RunError as err:
         fail(str(err), code=1)
     except TrainingInterrupted as stop:
-        fail(stop.advice(), code=130)
+        fail(stop.advice(), code=stop.exit_code)
     print(
         f"done: return {result.return_mean:.1f} after {result.samples_total} samples, {result.updates} updates "
         f"in {result.wall_time:.0f}s ({result.updates_per_second:.1f} upd/s, mean delay {result.mean_delay:.2f}"

@@ -147,6 +147,11 @@ class RunLog:
             who = "" if agent is None else f" agent {agent}:"
             self._bar.write(f"[{kind}]{who} {message}")
 
+    def note(self, message: str) -> None:
+        """Print ``message`` above the progress bar (nothing without one); not part of the run's files."""
+        if self._bar is not None:
+            self._bar.write(message)
+
     def flush(self) -> None:
         """Flush files to disk."""
         self._progress_file.flush()

@@ -8,6 +8,7 @@ actor runs one method at a time, so updates are applied strictly in arrival orde
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections import Counter, deque
@@ -49,8 +50,9 @@ NAME_RELEASE_S = 5.0
 """How long a run waits for its actor names to be released: a run that just finished in this process, or
 whose driver crashed (``--resume``), holds them until Ray has reclaimed its actors."""
 PLACEMENT_NOTICE_S = 5.0
-"""After this long, agents still waiting for resources are reported (event and progress line), so a request
-no node can meet is seen at once rather than only when ``--placement-timeout`` ends the run."""
+"""After this long, agents still waiting for a request no node can meet (a resource no node has, or more of
+it than any node has) are reported (event and progress line), rather than only when ``--placement-timeout``
+ends the run. Agents waiting for busy nodes are not: their wait may just be worker start-up."""
 REJECTION_HINTS = {
     "norm_too_large": "raise --max-grad-norm or check the environment",
     "non_finite": "check the environment's observations and rewards (NaN or inf)",
@@ -67,14 +69,19 @@ class RunError(RuntimeError):
     """A run cannot continue (e.g. every agent failed, or an agent's resources do not exist)."""
 
 
-def connect(address: str | None) -> None:
-    """Join the Ray cluster at ``address`` or start a local instance (no-op if already connected)."""
+def connect(address: str | None) -> str | None:
+    """Join the Ray cluster at ``address`` or start a local instance (no-op if already connected).
+
+    Returns the Ray dashboard's address when this call connected and the cluster runs a dashboard, else None.
+    """
     if ray.is_initialized():
-        return
+        return None
     if address:
         probe_address(address)  # raises AddressError within seconds instead of ray.init's long retries
     try:  # address None: start a local instance
-        init_with_retry(lambda: ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING"), address)
+        context = init_with_retry(
+            lambda: ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING"), address
+        )
     except Exception as err:  # a local start that times out raises a bare Exception from deep in Ray
         why = first_line(err)
         if address:
@@ -83,6 +90,19 @@ def connect(address: str | None) -> None:
             f"could not start a local Ray instance: {why} (a loaded machine slows Ray's start-up: retry, or "
             "start one with `ray start --head` and pass --address)"
         ) from None
+    return getattr(context, "dashboard_url", None) or None
+
+
+def watch_hint(address: str | None, dashboard: str | None, prefix: str) -> str:
+    """One line telling where to watch a run: the Ray dashboard and the ``afedpg status`` command."""
+    if address and address.startswith("ray://"):
+        gcs = address  # a Ray-client driver does not see the cluster's GCS address; status accepts ray:// too
+    else:
+        gcs = ray.get_runtime_context().gcs_address
+    token = "RAY_AUTH_MODE=token " if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else ""
+    status = f"{token}afedpg status --address {gcs}" + ("" if prefix == "afedpg" else f" --prefix {prefix}")
+    board = f"Ray dashboard http://{dashboard.removeprefix('http://')}; " if dashboard else ""
+    return f"watch: {board}straggler table: {status}"
 
 
 def agent_options(config: TrainConfig, agent_id: int, cluster_cpus: float) -> dict[str, Any]:
@@ -264,7 +284,7 @@ class RayRunner:
                         f"agent {slot.agent_id} could not be placed within {timeout:g}s (--placement-timeout): "
                         f"requested {asked}; {problem}"
                     )
-                if not noticed:
+                if not noticed and problem != BUSY:  # busy may only be slow worker start-up: no alarm
                     noticed = True
                     self.log.event(
                         "placement_waiting",
@@ -614,6 +634,10 @@ class RayRunner:
                 self._checkpoint()
 
 
+BUSY = "the nodes that have it are busy (or still being added by the autoscaler)"
+"""The placement problem that needs no change: the request fits a node once resources free up."""
+
+
 def placement_problem(options: dict[str, Any], nodes: list[dict[str, float]]) -> tuple[str, str]:
     """What an agent asked for, and why no node in ``nodes`` (their resource dicts) can take it."""
     wanted = {"CPU": float(options.get("num_cpus") or 0)}
@@ -627,7 +651,7 @@ def placement_problem(options: dict[str, Any], nodes: list[dict[str, float]]) ->
         return asked, f"no node has {', '.join(repr(k) for k in missing)}"
     if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
         return asked, "no single node has that much of it all"
-    return asked, "the nodes that have it are busy (or still being added by the autoscaler)"
+    return asked, BUSY
 
 
 def rejection_message(rejected: list[UpdateRecord], config: TrainConfig) -> str:

@@ -73,7 +73,20 @@ def connect(address: str, timeout: float) -> None:
         sys.stdout.flush()
         os._exit(EXIT_USAGE)
     if "error" in outcome:
-        raise StatusError(f"--address: cannot connect to Ray at {address!r}: {first_line(outcome['error'])}")
+        hint = "" if token_auth_on() else f"; {TOKEN_HINT}"
+        raise StatusError(f"--address: cannot connect to Ray at {address!r}: {first_line(outcome['error'])}{hint}")
+
+
+TOKEN_HINT = (
+    "if the cluster uses token authentication (Ray's default for local instances since 2.59), "
+    "run with RAY_AUTH_MODE=token"
+)
+"""Ray sends its token (``~/.ray/auth_token``) to an explicit address only when RAY_AUTH_MODE=token is set."""
+
+
+def token_auth_on() -> bool:
+    """Whether this process authenticates to Ray with a token (RAY_AUTH_MODE=token)."""
+    return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
 
 
 def find_server(prefix: str) -> Any:

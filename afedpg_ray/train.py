@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from afedpg_ray.config import TrainConfig, first_line, load_config
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
 from afedpg_ray.runlog import RunLog, cut_progress
-from afedpg_ray.runtime import RayRunner, connect
+from afedpg_ray.runtime import RayRunner, connect, watch_hint
 from afedpg_ray.server import policy_snapshot_of
 
 POLICY_FILE = "policy.pt"
@@ -57,18 +61,47 @@ def default_out_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.env}-{config.algo}-n{config.agents}-s{config.seed}-{stamp}"
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`train`, naming the run directory so the user can be told how to continue."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or ``kill``'s stop) during :func:`train`: it stops the run as Ctrl-C does."""
 
-    def __init__(self, out_dir: Path) -> None:
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during :func:`train`, naming the run directory so the user can be told how to continue."""
+
+    def __init__(self, out_dir: Path, terminated: bool = False) -> None:
         super().__init__(str(out_dir))
         self.out_dir = out_dir
+        self.terminated = terminated
+        self.exit_code = 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+        """The shell's convention for a process stopped by that signal: 143 or 130."""
 
     def advice(self) -> str:
         """One line: how to continue the run, or that it stopped before its first checkpoint."""
+        what = "terminated (SIGTERM)" if self.terminated else "interrupted"
         if (self.out_dir / CHECKPOINT_FILE).is_file():
-            return f"interrupted; continue the run with: afedpg train --resume {self.out_dir}"
-        return f"interrupted before the first checkpoint; nothing to resume in {self.out_dir}"
+            return f"{what}; continue the run with: afedpg train --resume {self.out_dir}"
+        return f"{what} before the first checkpoint; nothing to resume in {self.out_dir}"
+
+
+@contextmanager
+def sigterm_stops_the_run() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (elsewhere: no change).
+
+    Ray's own handler, installed by ``ray.init``, exits the driver with a stack dump; this one lets the
+    run stop the way Ctrl-C stops it, its actors killed and how to resume printed.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = None, resume: bool = False) -> TrainResult:
@@ -82,8 +115,8 @@ def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = Non
     lock = runlock.acquire(out_dir)  # before the resume cuts progress.csv: a live run's rows stay
     try:
         return _train_locked(config, out_dir, name_prefix, on_record, resume)
-    except KeyboardInterrupt:  # still a KeyboardInterrupt for callers that only know that
-        raise TrainingInterrupted(out_dir) from None
+    except KeyboardInterrupt as stop:  # still a KeyboardInterrupt for callers that only know that
+        raise TrainingInterrupted(out_dir, terminated=isinstance(stop, Terminated)) from None
     finally:
         runlock.release(lock)
 
@@ -93,16 +126,31 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
     # Everything that can refuse the run happens before a file is written: the checkpoint is read and
     # matched against the config, and the cluster reached, before progress.csv is cut or config.json saved.
     resume_state = load_resumable(out_dir, config) if resume else None
-    connect(config.address)
+    dashboard = connect(config.address)  # ray.init replaces the SIGTERM handler: ours goes in after it
+    with sigterm_stops_the_run():
+        return _train_connected(config, out_dir, name_prefix, on_record, resume_state, dashboard)
+
+
+def _train_connected(
+    config: TrainConfig,
+    out_dir: Path,
+    name_prefix: str,
+    on_record: Any,
+    resume_state: dict[str, Any] | None,
+    dashboard: str | None,
+) -> TrainResult:
+    """:func:`train` once Ray is reached and the resume state (if any) is read."""
     if resume_state is not None:
         cut_to_checkpoint(out_dir, resume_state)
         save_resumed_config(out_dir, config)
     else:
         config.save(out_dir / "config.json")
     initial_samples = int(resume_state["samples_total"]) if resume_state else 0
+    resuming = resume_state is not None
     log = RunLog(
-        out_dir, config.samples, config.progress, config.tensorboard, append=resume, initial_samples=initial_samples
+        out_dir, config.samples, config.progress, config.tensorboard, append=resuming, initial_samples=initial_samples
     )
+    log.note(watch_hint(config.address, dashboard, name_prefix))
     prior_wall = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0  # training time before the resume
     if resume_state is not None:
         version = resume_state["rule_state"]["version"]

@@ -109,14 +109,19 @@ def start_driver(run_dir: Path, rows: int = 22) -> subprocess.Popen:
     return proc
 
 
-def test_ctrl_c_stops_the_driver_with_how_to_resume(tmp_path):
+@pytest.mark.parametrize(
+    ("sent", "code", "what"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")]
+)
+def test_ctrl_c_or_sigterm_stops_the_driver_with_how_to_resume(sent, code, what, tmp_path):
     run_dir = tmp_path / "run"
     proc = start_driver(run_dir, rows=12)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sent)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr.decode()[-2000:]
+    assert proc.returncode == code, stderr.decode()[-2000:]
     last = stderr.decode().strip().splitlines()[-1]
-    assert last == f"afedpg: error: interrupted; continue the run with: afedpg train --resume {run_dir}", last
+    assert last == f"afedpg: error: {what}; continue the run with: afedpg train --resume {run_dir}", last
+    # the run stopped cleanly: resumable, and its actors are gone (a rerun may take their names)
+    assert main(["train", "--resume", str(run_dir), "--samples", "3000", "--no-progress"]) == 0
 
 
 def test_driver_sigkill_then_resume_continues_counters(tmp_path):
