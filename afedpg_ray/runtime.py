@@ -8,7 +8,6 @@ actor runs one method at a time, so updates are applied strictly in arrival orde
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections import Counter, deque
@@ -93,14 +92,21 @@ def connect(address: str | None) -> str | None:
     return getattr(context, "dashboard_url", None) or None
 
 
-def watch_hint(address: str | None, dashboard: str | None, prefix: str) -> str:
-    """One line telling where to watch a run: the Ray dashboard and the ``afedpg status`` command."""
+def status_address(address: str | None) -> str:
+    """The address ``afedpg status`` joins to watch this driver's cluster (connected already)."""
     if address and address.startswith("ray://"):
-        gcs = address  # a Ray-client driver does not see the cluster's GCS address; status accepts ray:// too
-    else:
-        gcs = ray.get_runtime_context().gcs_address
-    token = "RAY_AUTH_MODE=token " if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else ""
-    status = f"{token}afedpg status --address {gcs}" + ("" if prefix == "afedpg" else f" --prefix {prefix}")
+        return address  # a Ray-client driver does not see the cluster's GCS address; status accepts ray:// too
+    return ray.get_runtime_context().gcs_address
+
+
+def watch_hint(status_at: str, dashboard: str | None, prefix: str, token_auth: bool) -> str:
+    """One line telling where to watch a run: the Ray dashboard and the ``afedpg status`` command.
+
+    With token authentication (Ray's default for local instances since 2.59) the command needs
+    RAY_AUTH_MODE=token: Ray sends its token to an explicit address only then.
+    """
+    token = "RAY_AUTH_MODE=token " if token_auth else ""
+    status = f"{token}afedpg status --address {status_at}" + ("" if prefix == "afedpg" else f" --prefix {prefix}")
     board = f"Ray dashboard http://{dashboard.removeprefix('http://')}; " if dashboard else ""
     return f"watch: {board}straggler table: {status}"
 

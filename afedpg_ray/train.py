@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -21,7 +22,7 @@ from afedpg_ray.config import TrainConfig, first_line, load_config
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
 from afedpg_ray.runlog import RunLog, cut_progress
-from afedpg_ray.runtime import RayRunner, connect, watch_hint
+from afedpg_ray.runtime import RayRunner, connect, status_address, watch_hint
 from afedpg_ray.server import policy_snapshot_of
 
 POLICY_FILE = "policy.pt"
@@ -150,7 +151,8 @@ def _train_connected(
     log = RunLog(
         out_dir, config.samples, config.progress, config.tensorboard, append=resuming, initial_samples=initial_samples
     )
-    log.note(watch_hint(config.address, dashboard, name_prefix))
+    token_auth = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"  # ray.init sets it when it enables tokens
+    log.note(watch_hint(status_address(config.address), dashboard, name_prefix, token_auth))
     prior_wall = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0  # training time before the resume
     if resume_state is not None:
         version = resume_state["rule_state"]["version"]

@@ -231,13 +231,17 @@ def test_train_then_eval_end_to_end(tmp_path, capsys):
             "2",
             "--out",
             str(out),
-            "--no-progress",
             "--seed",
             "3",
         ]
     )
     assert code == 0
-    assert "done: return" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "done: return" in printed.out
+    # with the progress bar on, the run says where to watch it: the status command for this cluster
+    import ray
+
+    assert f"afedpg status --address {ray.get_runtime_context().gcs_address}" in printed.out + printed.err
     config = json.loads((out / "config.json").read_text())
     assert config["agents"] == 2 and config["hetero"] == "straggler:2" and config["seed"] == 3
     assert main(["eval", str(out), "--episodes", "2"]) == 0

@@ -112,6 +112,19 @@ def test_placement_problem_names_the_missing_resource():
     assert "busy" in placement_problem({"num_cpus": 1, "resources": {"fast_node": 1}}, nodes)[1]
 
 
+def test_watch_hint_names_the_dashboard_and_a_status_command_that_works():
+    from afedpg_ray.runtime import watch_hint
+
+    local = watch_hint("10.0.0.5:6379", "127.0.0.1:8265", "afedpg", token_auth=True)
+    assert local == (
+        "watch: Ray dashboard http://127.0.0.1:8265; "
+        "straggler table: RAY_AUTH_MODE=token afedpg status --address 10.0.0.5:6379"
+    )
+    # no dashboard, no token auth, a run under another actor prefix
+    other = watch_hint("ray://head:10001", None, "trial-3", token_auth=False)
+    assert other == "watch: straggler table: afedpg status --address ray://head:10001 --prefix trial-3"
+
+
 def test_return_scaler_shares_statistics():
     from afedpg_ray.rollout import ReturnScaler
 
