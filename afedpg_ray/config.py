@@ -20,7 +20,7 @@ from typing import Any
 ALGORITHMS = ("afedpg", "vanilla", "fedpg", "a3c", "pg", "rennala")
 SCHEDULES = ("constant", "theory", "linear")
 AGENT_RESOURCE_KEYS = ("num_cpus", "memory", "resources")
-"""The requests an ``--agent-resources`` group may make (what :func:`runtime.agent_options` passes to Ray)."""
+"""The requests an ``--agent-resources`` group may make (what :func:`placement.agent_options` passes to Ray)."""
 LOG_STD_LIMIT = 20.0
 """Largest ``|log_std_init|``: exp(20) ~ 5e8 is already a degenerate policy, and exp(+-100) over/underflows float32."""
 SEED_LIMIT = 2**32

@@ -26,6 +26,7 @@ from afedpg_ray.checkpoint import save_checkpoint
 from afedpg_ray.config import TrainConfig, first_line
 from afedpg_ray.heterogeneity import parse_profile
 from afedpg_ray.messages import SUPERSEDED, UpdateRecord
+from afedpg_ray.placement import BUSY, agent_options, placement_problem
 from afedpg_ray.runlog import RunLog
 from afedpg_ray.server import ParameterServer
 
@@ -109,23 +110,6 @@ def watch_hint(status_at: str, dashboard: str | None, prefix: str, token_auth: b
     status = f"{token}afedpg status --address {status_at}" + ("" if prefix == "afedpg" else f" --prefix {prefix}")
     board = f"Ray dashboard http://{dashboard.removeprefix('http://')}; " if dashboard else ""
     return f"watch: {board}straggler table: {status}"
-
-
-def agent_options(config: TrainConfig, agent_id: int, cluster_cpus: float) -> dict[str, Any]:
-    """Ray actor options for one agent: its group's request, else an even share of the CPUs."""
-    cpus = (
-        config.agent_cpus if config.agent_cpus is not None else min(1.0, max(0.01, 0.95 * cluster_cpus / config.agents))
-    )
-    options: dict[str, Any] = {"num_cpus": round(cpus, 4), "max_restarts": 0}
-    for group in config.agent_resources:
-        if group.first <= agent_id <= group.last:
-            if group.num_cpus is not None:
-                options["num_cpus"] = group.num_cpus
-            if group.memory is not None:
-                options["memory"] = group.memory
-            if group.resources:
-                options["resources"] = dict(group.resources)
-    return options
 
 
 @dataclass
@@ -300,7 +284,7 @@ class RayRunner:
                         self._elapsed(),
                     )
         except RayError as err:
-            raise RunError(f"an agent failed to start: {_first_line(err)}") from None
+            raise RunError(f"an agent failed to start: {_ray_error_line(err)}") from None
 
     def _elapsed(self) -> float:
         return time.time() - self.start
@@ -322,7 +306,7 @@ class RayRunner:
                 raise GradientLostError(_task_error_line(err)) from None
             raise RunError(f"the parameter server failed: {_task_error_line(err)}") from None
         except RayError as err:
-            raise ServerLostError(_first_line(err)) from None
+            raise ServerLostError(_ray_error_line(err)) from None
 
     def _server_alive(self) -> bool:
         """Whether the server answers within ``SERVER_PROBE_S`` (asked when an agent's task failed)."""
@@ -344,7 +328,7 @@ class RayRunner:
         types do not say whose it was (a memory kill is a plain RayError, and an agent whose input was
         the dead server's reply fails too), so the server is asked."""
         if self._server_unreachable(err) or not self._server_alive():
-            raise ServerLostError(_first_line(err))
+            raise ServerLostError(_ray_error_line(err))
         if _input_lost(err):  # its last gradient never reached the server, so it has no next point
             return True
         _raise_if_server_failed(err)
@@ -404,14 +388,14 @@ class RayRunner:
         if slot.restarts > MAX_AGENT_RESTARTS:
             slot.alive = False
             self.stats.dropped.append(slot.agent_id)
-            message = f"gave up after {MAX_AGENT_RESTARTS} restarts: {_first_line(err)}"
+            message = f"gave up after {MAX_AGENT_RESTARTS} restarts: {_ray_error_line(err)}"
             self._fault("agent_dropped", slot.agent_id, message)
             if not any(s.alive for s in self.slots):
-                raise RunError(f"every agent failed; last error: {_first_line(err)}")
+                raise RunError(f"every agent failed; last error: {_ray_error_line(err)}")
             return
         backoff = min(8.0, 0.5 * 2 ** (slot.restarts - 1))
         slot.retry_at = time.monotonic() + backoff
-        message = f"restart {slot.restarts} in {backoff:.1f}s after: {_first_line(err)}"
+        message = f"restart {slot.restarts} in {backoff:.1f}s after: {_ray_error_line(err)}"
         self._fault("agent_restart", slot.agent_id, message)
 
     def _restart_due(self) -> list[AgentSlot]:
@@ -640,26 +624,6 @@ class RayRunner:
                 self._checkpoint()
 
 
-BUSY = "the nodes that have it are busy (or still being added by the autoscaler)"
-"""The placement problem that needs no change: the request fits a node once resources free up."""
-
-
-def placement_problem(options: dict[str, Any], nodes: list[dict[str, float]]) -> tuple[str, str]:
-    """What an agent asked for, and why no node in ``nodes`` (their resource dicts) can take it."""
-    wanted = {"CPU": float(options.get("num_cpus") or 0)}
-    wanted.update({k: float(v) for k, v in (options.get("resources") or {}).items()})
-    if options.get("memory"):
-        wanted["memory"] = float(options["memory"])
-    wanted = {k: v for k, v in wanted.items() if v > 0}
-    asked = ", ".join(f"{k}={v:g}" for k, v in wanted.items())
-    missing = [k for k in wanted if not any(k in node for node in nodes)]
-    if missing:
-        return asked, f"no node has {', '.join(repr(k) for k in missing)}"
-    if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
-        return asked, "no single node has that much of it all"
-    return asked, BUSY
-
-
 def rejection_message(rejected: list[UpdateRecord], config: TrainConfig) -> str:
     """One line saying why every recent gradient was rejected and what to change."""
     reason, _ = Counter(record.reason for record in rejected).most_common(1)[0]
@@ -701,11 +665,12 @@ def _task_error_line(err: RayTaskError) -> str:
     if isinstance(cause, BaseException):
         lines = str(cause).strip().splitlines()
         return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
-    return _first_line(err)
+    return _ray_error_line(err)
 
 
-def _first_line(err: BaseException, limit: int = 160) -> str:
-    """A short, one-line description of an error (Ray's messages run to paragraphs)."""
+def _ray_error_line(err: BaseException, limit: int = 160) -> str:
+    """A short, one-line description of a Ray error: its last line (Ray's messages run to paragraphs and end
+    with the cause), shortened to ``limit`` characters."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     text = lines[-1] if lines else type(err).__name__
     if isinstance(err, RayActorError) and "worker process has died" in text:

@@ -103,7 +103,7 @@ def test_padding():
 
 
 def test_placement_problem_names_the_missing_resource():
-    from afedpg_ray.runtime import placement_problem
+    from afedpg_ray.placement import placement_problem
 
     nodes = [{"CPU": 2.0, "fast_node": 1.0}, {"CPU": 1.0}]
     asked, problem = placement_problem({"num_cpus": 0.5, "resources": {"gpu_node": 1}}, nodes)

@@ -79,7 +79,7 @@ def grid_space(base: dict[str, Any], variants: dict[str, dict], seeds: Sequence[
 
 def trial_bundles(config: TrainConfig) -> list[dict[str, float]]:
     """Placement-group bundles: a small one for the trial's driver, then one per agent."""
-    from afedpg_ray.runtime import agent_options
+    from afedpg_ray.placement import agent_options
 
     bundles: list[dict[str, float]] = [{"CPU": TRIAL_CPUS}]
     for agent_id in range(config.agents):
