@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import matplotlib.image
 import numpy as np
@@ -304,6 +308,29 @@ def test_interrupted_sweep_exits_130(capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--resume" in err, err
     assert "2 of 3 trials unfinished" in err
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_sigterm_stops_a_sweep_gracefully_with_how_to_resume(tmp_path):
+    import ray
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "afedpg_ray.cli", "sweep", "hyper", "--env", "CartPole-v1", "--grid"]
+    cmd += ["eta0=0.01,0.02", "--samples", "400000", "--batch", "200", "--num-envs", "2", "--agents", "2"]
+    cmd += ["--agent-cpus", "0.3", "--max-concurrent", "1", "--no-tensorboard", "--verbose", "0"]
+    cmd += ["--address", ray.get_runtime_context().gcs_address, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while time.time() < deadline and not any(p.stat().st_size for p in out.glob("hyper/*/result.json")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # the first trial is running and reporting
+    _, stderr = proc.communicate(timeout=120)
+    text = stderr.decode()
+    assert proc.returncode == 143, text[-2000:]
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("afedpg: error: terminated (SIGTERM) with ") and "rerun with --resume" in last, last
+    assert "SIGTERM received" not in text  # Ray's handler (a stack dump and abort) did not run
 
 
 # --- afedpg plot -----------------------------------------------------------------------------------

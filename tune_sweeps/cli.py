@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -182,31 +185,62 @@ def _launch(
     if base.get("agent_cpus") is None and not sweep.resume:
         base["agent_cpus"] = _default_agent_cpus(max(c.agents for c in configs))
     try:
-        results = run_tuner(sweep, space(), num_samples)
+        with sigterm_stops_tune_gracefully():
+            results = run_tuner(sweep, space(), num_samples)
     except OSError as err:  # a remote --storage (s3://, gs://) is only reached here, by pyarrow
         fail(f"--storage: cannot use {sweep.storage!r} ({first_line(err)})", code=1)
     rows, errors = collect_rows(results)
     for line in errors:
         print(f"afedpg: warning: {line}", file=sys.stderr)
     if not rows:
+        expected = len(trials) if num_samples == 1 else 0  # random draws: trials lists only the range ends
+        if _unfinished(results, expected):  # stopped (Ctrl-C, SIGTERM) before any trial reported
+            _done(results, expected)
         fail(f"no trial reported a return; Tune's records are in {sweep.path}", code=1)
     print(f"Tune experiment: {sweep.path}")
     return rows, results, out
 
 
+_TERMINATED = threading.Event()
+"""Set when SIGTERM stopped the sweep (exit 143 rather than Ctrl-C's 130)."""
+
+
+@contextmanager
+def sigterm_stops_tune_gracefully() -> Iterator[None]:
+    """Within the block SIGTERM reaches Tune as Ctrl-C does, so Tune stops gracefully (trials saved, the
+    experiment resumable) instead of Ray's handler aborting the driver with a stack dump.
+
+    Installed after ``ray.init``, which replaces the SIGTERM handler; only the main thread has handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, frame: Any) -> None:
+        _TERMINATED.set()
+        os.kill(os.getpid(), signal.SIGINT)  # Tune's own SIGINT handler does the graceful stop
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _done(results: Any, expected: int = 0) -> int:
-    """0 if every trial finished; else one line on what is left: exit 130 if interrupted, 1 if trials failed.
+    """0 if every trial finished; else one line on what is left: exit 130 if interrupted (143 if by SIGTERM),
+    1 if trials failed.
 
     ``expected`` is the number of trials the sweep asked for: Tune's grid leaves out trials that an
     interrupt stopped before they started.
     """
     total = max(expected, len(results))
-    unfinished = total - results.num_terminated - results.num_errors
+    unfinished = _unfinished(results, expected)
     if unfinished:
         fail(
-            f"interrupted with {unfinished} of {total} trials unfinished; the outputs are partial - "
-            "rerun with --resume to finish",
-            code=130,
+            f"{'terminated (SIGTERM)' if _TERMINATED.is_set() else 'interrupted'} with {unfinished} of {total} "
+            "trials unfinished; the outputs are partial - rerun with --resume to finish",
+            code=143 if _TERMINATED.is_set() else 130,
         )
     if results.num_errors:
         fail(
@@ -215,6 +249,11 @@ def _done(results: Any, expected: int = 0) -> int:
             code=1,
         )
     return 0
+
+
+def _unfinished(results: Any, expected: int) -> int:
+    """Trials of ``results`` (of ``expected`` asked for) that neither finished nor failed."""
+    return max(expected, len(results)) - results.num_terminated - results.num_errors
 
 
 def _default_agent_cpus(max_agents: int) -> float:
