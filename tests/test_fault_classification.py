@@ -182,3 +182,27 @@ def test_a_restarted_agent_that_finds_no_node_counts_as_failed_at_its_deadline()
     finally:
         ray.kill(unplaceable)
         ray.kill(placeable)
+
+
+def test_a_ctrl_c_during_ray_start_up_is_held_then_raised():
+    import os
+    import signal
+
+    from afedpg_ray.runtime import ctrl_c_deferred
+
+    reached_end = False
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # lands inside the block (ray.init there): held, not raised
+            time.sleep(0.05)
+            reached_end = True
+    assert reached_end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C raises at once
+        with ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            reached_end = False
+    assert reached_end
