@@ -8,14 +8,10 @@ actor runs one method at a time, so updates are applied strictly in arrival orde
 
 from __future__ import annotations
 
-import signal
 import statistics
-import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +29,7 @@ from afedpg_ray.messages import SUPERSEDED, UpdateRecord
 from afedpg_ray.placement import BUSY, agent_options, placement_problem
 from afedpg_ray.runlog import RunLog
 from afedpg_ray.server import ParameterServer
+from afedpg_ray.signals import ctrl_c_deferred
 
 MAX_AGENT_RESTARTS = 3
 """Restarts per agent before the run continues without it."""
@@ -96,35 +93,6 @@ def connect(address: str | None) -> str | None:
             "start one with `ray start --head` and pass --address)"
         ) from None
     return getattr(context, "dashboard_url", None) or None
-
-
-@contextmanager
-def ctrl_c_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C that arrives inside the block and raise it when the block ends; a second one raises at once.
-
-    Measured: a Ctrl-C during ``ray.init`` could be swallowed inside Ray's start-up, and the run then went on
-    to the end as if nothing was pressed. Only Python's default SIGINT handler, in the main thread, is replaced.
-    """
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield
-        return
-    pressed: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        if pressed:  # pressed again: the user insists
-            raise KeyboardInterrupt
-        pressed.append(signum)
-
-    signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if pressed:
-        raise KeyboardInterrupt
 
 
 def status_address(address: str | None) -> str:

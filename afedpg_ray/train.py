@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
 from afedpg_ray.runlog import RunLog, cut_progress
 from afedpg_ray.runtime import RayRunner, connect, status_address, watch_hint
 from afedpg_ray.server import policy_snapshot_of
+from afedpg_ray.signals import Terminated, sigterm_raises_terminated
 
 POLICY_FILE = "policy.pt"
 
@@ -62,10 +60,6 @@ def default_out_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.env}-{config.algo}-n{config.agents}-s{config.seed}-{stamp}"
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's or ``kill``'s stop) during :func:`train`: it stops the run as Ctrl-C does."""
-
-
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during :func:`train`, naming the run directory so the user can be told how to continue."""
 
@@ -82,27 +76,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         if (self.out_dir / CHECKPOINT_FILE).is_file():
             return f"{what}; continue the run with: afedpg train --resume {self.out_dir}"
         return f"{what} before the first checkpoint; nothing to resume in {self.out_dir}"
-
-
-@contextmanager
-def sigterm_stops_the_run() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (elsewhere: no change).
-
-    Ray's own handler, installed by ``ray.init``, exits the driver with a stack dump; this one lets the
-    run stop the way Ctrl-C stops it, its actors killed and how to resume printed.
-    """
-    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
-        yield
-        return
-
-    def stop(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = None, resume: bool = False) -> TrainResult:
@@ -128,7 +101,7 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
     # matched against the config, and the cluster reached, before progress.csv is cut or config.json saved.
     resume_state = load_resumable(out_dir, config) if resume else None
     dashboard = connect(config.address)  # ray.init replaces the SIGTERM handler: ours goes in after it
-    with sigterm_stops_the_run():
+    with sigterm_raises_terminated():
         return _train_connected(config, out_dir, name_prefix, on_record, resume_state, dashboard)
 
 

@@ -188,7 +188,7 @@ def test_a_ctrl_c_during_ray_start_up_is_held_then_raised():
     import os
     import signal
 
-    from afedpg_ray.runtime import ctrl_c_deferred
+    from afedpg_ray.signals import ctrl_c_deferred
 
     reached_end = False
     with pytest.raises(KeyboardInterrupt):

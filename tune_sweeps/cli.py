@@ -9,17 +9,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from afedpg_ray.cli import OneLineParser, add_train_options, config_from_args, fail, int_list
 from afedpg_ray.config import ALGORITHMS, SEED_LIMIT, ConfigError, first_line
 from afedpg_ray.runlog import read_progress
+from afedpg_ray.signals import sigterm_as_ctrl_c
 from tune_sweeps import hyper, sample_efficiency, speedup
 from tune_sweeps.plots import plot_learning_curves
 from tune_sweeps.trainable import (
@@ -185,7 +184,7 @@ def _launch(
     if base.get("agent_cpus") is None and not sweep.resume:
         base["agent_cpus"] = _default_agent_cpus(max(c.agents for c in configs))
     try:
-        with sigterm_stops_tune_gracefully():
+        with sigterm_as_ctrl_c(_TERMINATED):
             results = run_tuner(sweep, space(), num_samples)
     except OSError as err:  # a remote --storage (s3://, gs://) is only reached here, by pyarrow
         fail(f"--storage: cannot use {sweep.storage!r} ({first_line(err)})", code=1)
@@ -203,28 +202,6 @@ def _launch(
 
 _TERMINATED = threading.Event()
 """Set when SIGTERM stopped the sweep (exit 143 rather than Ctrl-C's 130)."""
-
-
-@contextmanager
-def sigterm_stops_tune_gracefully() -> Iterator[None]:
-    """Within the block SIGTERM reaches Tune as Ctrl-C does, so Tune stops gracefully (trials saved, the
-    experiment resumable) instead of Ray's handler aborting the driver with a stack dump.
-
-    Installed after ``ray.init``, which replaces the SIGTERM handler; only the main thread has handlers.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def forward(signum: int, frame: Any) -> None:
-        _TERMINATED.set()
-        os.kill(os.getpid(), signal.SIGINT)  # Tune's own SIGINT handler does the graceful stop
-
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _done(results: Any, expected: int = 0) -> int:

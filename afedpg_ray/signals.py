@@ -1,0 +1,76 @@
+"""How the driver treats signals: Ctrl-C held while Ray starts; SIGTERM stopping a run or a sweep as Ctrl-C does.
+
+Handlers can only be installed from the main thread. Elsewhere (a Tune trial's thread, a library
+caller's worker thread) every helper here leaves the signals alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's or ``kill``'s stop): it stops a training the way Ctrl-C does."""
+
+
+@contextmanager
+def _handler(signum: int, handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for ``signum`` within the block, then the previous one again (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def sigterm_raises_terminated() -> Any:
+    """Within the block SIGTERM raises :class:`Terminated`, so a training stops as on Ctrl-C (its actors
+    killed, how to resume printed) instead of Ray's handler exiting with a stack dump. Enter it after
+    ``ray.init``, which installs that handler."""
+    return _handler(signal.SIGTERM, _raise_terminated)
+
+
+def sigterm_as_ctrl_c(received: threading.Event) -> Any:
+    """Within the block SIGTERM sets ``received`` and is passed on as Ctrl-C (SIGINT), whose handler (Tune's:
+    a graceful stop that leaves the experiment resumable) does the stopping. Enter it after ``ray.init``."""
+
+    def forward(signum: int, frame: Any) -> None:
+        received.set()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    return _handler(signal.SIGTERM, forward)
+
+
+@contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block and raise it when the block ends; a second one raises at once.
+
+    Measured: a Ctrl-C during ``ray.init`` could be swallowed inside Ray's start-up, and the run then went
+    on to the end as if nothing was pressed. Only Python's default SIGINT handler is replaced.
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pressed: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if pressed:  # pressed again: the user insists
+            raise KeyboardInterrupt
+        pressed.append(signum)
+
+    with _handler(signal.SIGINT, hold):
+        yield
+    if pressed:
+        raise KeyboardInterrupt
