@@ -32,6 +32,7 @@ from learning import (
 )
 
 from afedpg_ray.cli import OneLineParser
+from tune_sweeps.plots import short_step_labels
 
 Variant = tuple[str, list[dict]]
 """A label and the rows of its ``learning.csv``."""
@@ -138,6 +139,7 @@ def plot(variants: list[Variant], env: str, path: Path) -> None:
             style = styles[index % len(styles)]
             ax.plot(grid, mean, style, color=f"C{colour}", label=f"{algo}, {label} ({len(runs)} seeds)")
     ax.set_xlabel("environment steps (all agents)")
+    short_step_labels(ax)
     ax.set_ylabel("training return (seed mean)")
     ax.set_title(env)
     ax.grid(alpha=0.3)

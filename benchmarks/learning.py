@@ -36,6 +36,7 @@ from afedpg_ray.runlog import read_progress
 from afedpg_ray.runtime import RunError
 from afedpg_ray.seedstats import bootstrap_mean_ci, prob_improvement, prob_improvement_ci
 from afedpg_ray.train import train
+from tune_sweeps.plots import short_step_labels
 
 EVAL_SEED = 10_000
 """Seed of the first evaluation episode (training used other seeds)."""
@@ -496,6 +497,7 @@ def plot(rows: list[dict], env: str, samples: int, path: Path) -> None:
             ax.plot(x, mean, label=f"{algo} (N={n}, {len(curves)} seeds)")
             ax.fill_between(x, low, high, alpha=0.2)
     total_ax.set_xlabel("environment steps (all agents)")
+    short_step_labels(total_ax)
     agent_ax.set_xscale("log")  # N = 1 and N = 8 budgets per agent differ by 8x: both stay readable
     agent_ax.set_xlabel("environment steps per agent (log scale)")
     total_ax.set_ylabel("training return (last 20 episodes)")

@@ -102,7 +102,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _short_step_labels(ax: Any) -> None:
+def short_step_labels(ax: Any) -> None:
     """Step counts on the x axis as 125k / 1M: plain six-digit labels run into each other."""
     from matplotlib.ticker import EngFormatter
 
@@ -139,7 +139,7 @@ def plot_sample_efficiency(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     _draw_groups(ax, dict(sorted(groups.items(), key=lambda kv: kv[0][1])), styles)
     ax.set_xlabel("environment steps per agent")
-    _short_step_labels(ax)
+    short_step_labels(ax)
     ax.set_ylabel("mean episode return")
     ax.set_title("Sample efficiency (mean, 95% CI over seeds)")
     ax.grid(alpha=0.3)
@@ -187,7 +187,7 @@ def plot_learning_curves(run_dirs: Sequence[Path], path: Path) -> Path:
         by_samples.plot(*clean_curve([float(r["samples_total"]) for r in rows], returns), label=label)
         by_time.plot(*clean_curve([float(r["wall_time"]) for r in rows], returns), label=label)
     by_samples.set_xlabel("environment steps (all agents)")
-    _short_step_labels(by_samples)
+    short_step_labels(by_samples)
     by_time.set_xlabel("wall time (s)")
     by_samples.set_ylabel("mean episode return")
     for ax in (by_samples, by_time):
