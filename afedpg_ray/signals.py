@@ -10,7 +10,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 
@@ -35,14 +35,14 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-def sigterm_raises_terminated() -> Any:
+def sigterm_raises_terminated() -> AbstractContextManager[None]:
     """Within the block SIGTERM raises :class:`Terminated`, so a training stops as on Ctrl-C (its actors
     killed, how to resume printed) instead of Ray's handler exiting with a stack dump. Enter it after
     ``ray.init``, which installs that handler."""
     return _handler(signal.SIGTERM, _raise_terminated)
 
 
-def sigterm_as_ctrl_c(received: threading.Event) -> Any:
+def sigterm_as_ctrl_c(received: threading.Event) -> AbstractContextManager[None]:
     """Within the block SIGTERM sets ``received`` and is passed on as Ctrl-C (SIGINT), whose handler (Tune's:
     a graceful stop that leaves the experiment resumable) does the stopping. Enter it after ``ray.init``."""
 

@@ -183,6 +183,7 @@ def _launch(
     base = trials[0]["train"]
     if base.get("agent_cpus") is None and not sweep.resume:
         base["agent_cpus"] = _default_agent_cpus(max(c.agents for c in configs))
+    _TERMINATED.clear()  # a sweep run earlier in this process (tests, notebooks) does not count
     try:
         with sigterm_as_ctrl_c(_TERMINATED):
             results = run_tuner(sweep, space(), num_samples)
