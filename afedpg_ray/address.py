@@ -5,6 +5,7 @@ Kept free of Ray, torch and gymnasium imports so a bad ``--address`` is reported
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -73,3 +74,9 @@ def init_with_retry(init: Callable[[], object], address: str | None) -> object:
             if attempt == attempts:
                 raise
             time.sleep(CLIENT_RETRY_WAIT_S)
+
+
+def token_auth_on() -> bool:
+    """Whether this process authenticates to Ray with a token (RAY_AUTH_MODE=token; ``ray.init`` sets it
+    when it enables token auth for a local instance, Ray's default since 2.59)."""
+    return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"

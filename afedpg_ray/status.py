@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from afedpg_ray.address import NAMESPACE, PROBE_TIMEOUT_S, AddressError, init_with_retry, probe_address
+from afedpg_ray.address import NAMESPACE, PROBE_TIMEOUT_S, AddressError, init_with_retry, probe_address, token_auth_on
 from afedpg_ray.cli import EXIT_USAGE, fail
 from afedpg_ray.config import first_line
 
@@ -82,11 +82,6 @@ TOKEN_HINT = (
     "run with RAY_AUTH_MODE=token"
 )
 """Ray sends its token (``~/.ray/auth_token``) to an explicit address only when RAY_AUTH_MODE=token is set."""
-
-
-def token_auth_on() -> bool:
-    """Whether this process authenticates to Ray with a token (RAY_AUTH_MODE=token)."""
-    return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
 
 
 def find_server(prefix: str) -> Any:

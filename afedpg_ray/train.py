@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from afedpg_ray import runlock
+from afedpg_ray.address import token_auth_on
 from afedpg_ray.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from afedpg_ray.config import TrainConfig, first_line, load_config
 from afedpg_ray.normalizer import RunningStats
@@ -124,8 +124,7 @@ def _train_connected(
     log = RunLog(
         out_dir, config.samples, config.progress, config.tensorboard, append=resuming, initial_samples=initial_samples
     )
-    token_auth = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"  # ray.init sets it when it enables tokens
-    log.note(watch_hint(status_address(config.address), dashboard, name_prefix, token_auth))
+    log.note(watch_hint(status_address(config.address), dashboard, name_prefix, token_auth_on()))
     prior_wall = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0  # training time before the resume
     if resume_state is not None:
         version = resume_state["rule_state"]["version"]
