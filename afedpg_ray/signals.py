@@ -18,12 +18,19 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a job scheduler's or ``kill``'s stop): it stops a training the way Ctrl-C does."""
 
 
+SIGTERM_RECEIVED = threading.Event()
+"""Set by the SIGTERM handlers below (cleared when one is installed). Ask it, not the exception's type:
+Ray's ``ray.get``/``ray.wait`` may turn an exception raised inside them into a plain KeyboardInterrupt."""
+
+
 @contextmanager
 def _handler(signum: int, handler: Callable[[int, Any], None]) -> Iterator[None]:
     """``handler`` for ``signum`` within the block, then the previous one again (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    if signum == signal.SIGTERM:
+        SIGTERM_RECEIVED.clear()
     previous = signal.signal(signum, handler)
     try:
         yield
@@ -32,6 +39,7 @@ def _handler(signum: int, handler: Callable[[int, Any], None]) -> Iterator[None]
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
+    SIGTERM_RECEIVED.set()
     raise Terminated()
 
 
@@ -42,15 +50,16 @@ def sigterm_raises_terminated() -> AbstractContextManager[None]:
     return _handler(signal.SIGTERM, _raise_terminated)
 
 
-def sigterm_as_ctrl_c(received: threading.Event) -> AbstractContextManager[None]:
-    """Within the block SIGTERM sets ``received`` and is passed on as Ctrl-C (SIGINT), whose handler (Tune's:
-    a graceful stop that leaves the experiment resumable) does the stopping. Enter it after ``ray.init``."""
+def _forward_as_ctrl_c(signum: int, frame: Any) -> None:
+    SIGTERM_RECEIVED.set()
+    os.kill(os.getpid(), signal.SIGINT)
 
-    def forward(signum: int, frame: Any) -> None:
-        received.set()
-        os.kill(os.getpid(), signal.SIGINT)
 
-    return _handler(signal.SIGTERM, forward)
+def sigterm_as_ctrl_c() -> AbstractContextManager[None]:
+    """Within the block SIGTERM sets :data:`SIGTERM_RECEIVED` and is passed on as Ctrl-C (SIGINT), whose
+    handler (Tune's: a graceful stop that leaves the experiment resumable) does the stopping. Enter it
+    after ``ray.init``."""
+    return _handler(signal.SIGTERM, _forward_as_ctrl_c)
 
 
 @contextmanager

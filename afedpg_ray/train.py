@@ -21,7 +21,7 @@ from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
 from afedpg_ray.runlog import RunLog, cut_progress
 from afedpg_ray.runtime import RayRunner, connect, status_address, watch_hint
 from afedpg_ray.server import policy_snapshot_of
-from afedpg_ray.signals import Terminated, sigterm_raises_terminated
+from afedpg_ray.signals import SIGTERM_RECEIVED, Terminated, sigterm_raises_terminated
 
 POLICY_FILE = "policy.pt"
 
@@ -90,7 +90,9 @@ def train(config: TrainConfig, name_prefix: str = "afedpg", on_record: Any = Non
     try:
         return _train_locked(config, out_dir, name_prefix, on_record, resume)
     except KeyboardInterrupt as stop:  # still a KeyboardInterrupt for callers that only know that
-        raise TrainingInterrupted(out_dir, terminated=isinstance(stop, Terminated)) from None
+        raise TrainingInterrupted(
+            out_dir, terminated=isinstance(stop, Terminated) or SIGTERM_RECEIVED.is_set()
+        ) from None
     finally:
         runlock.release(lock)
 

@@ -10,7 +10,6 @@ import argparse
 import math
 import os
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from afedpg_ray.cli import OneLineParser, add_train_options, config_from_args, fail, int_list
 from afedpg_ray.config import ALGORITHMS, SEED_LIMIT, ConfigError, first_line
 from afedpg_ray.runlog import read_progress
-from afedpg_ray.signals import sigterm_as_ctrl_c
+from afedpg_ray.signals import SIGTERM_RECEIVED, sigterm_as_ctrl_c
 from tune_sweeps import hyper, sample_efficiency, speedup
 from tune_sweeps.plots import plot_learning_curves
 from tune_sweeps.trainable import (
@@ -183,9 +182,8 @@ def _launch(
     base = trials[0]["train"]
     if base.get("agent_cpus") is None and not sweep.resume:
         base["agent_cpus"] = _default_agent_cpus(max(c.agents for c in configs))
-    _TERMINATED.clear()  # a sweep run earlier in this process (tests, notebooks) does not count
     try:
-        with sigterm_as_ctrl_c(_TERMINATED):
+        with sigterm_as_ctrl_c():
             results = run_tuner(sweep, space(), num_samples)
     except OSError as err:  # a remote --storage (s3://, gs://) is only reached here, by pyarrow
         fail(f"--storage: cannot use {sweep.storage!r} ({first_line(err)})", code=1)
@@ -201,10 +199,6 @@ def _launch(
     return rows, results, out
 
 
-_TERMINATED = threading.Event()
-"""Set when SIGTERM stopped the sweep (exit 143 rather than Ctrl-C's 130)."""
-
-
 def _done(results: Any, expected: int = 0) -> int:
     """0 if every trial finished; else one line on what is left: exit 130 if interrupted (143 if by SIGTERM),
     1 if trials failed.
@@ -216,9 +210,9 @@ def _done(results: Any, expected: int = 0) -> int:
     unfinished = _unfinished(results, expected)
     if unfinished:
         fail(
-            f"{'terminated (SIGTERM)' if _TERMINATED.is_set() else 'interrupted'} with {unfinished} of {total} "
+            f"{'terminated (SIGTERM)' if SIGTERM_RECEIVED.is_set() else 'interrupted'} with {unfinished} of {total} "
             "trials unfinished; the outputs are partial - rerun with --resume to finish",
-            code=143 if _TERMINATED.is_set() else 130,
+            code=143 if SIGTERM_RECEIVED.is_set() else 130,
         )
     if results.num_errors:
         fail(
