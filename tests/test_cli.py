@@ -428,6 +428,33 @@ def test_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch, checkpointed
     assert isinstance(TrainingInterrupted(run), KeyboardInterrupt)  # callers that catch Ctrl-C still do
 
 
+def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
+    """A Ctrl-C in the first fraction of a second (imports, building the parser) exits 130 with one line."""
+    from importlib.abc import MetaPathFinder
+
+    from afedpg_ray import cli, entry
+
+    class CtrlCOnImport(MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "afedpg_ray.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "afedpg_ray.cli")
+    monkeypatch.setattr(sys, "meta_path", [CtrlCOnImport(), *sys.meta_path])
+    assert entry.main() == entry.EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "afedpg: error: interrupted\n"
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", ctrl_c)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train"])
+    assert exit_info.value.code == entry.EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "afedpg: error: interrupted\n"
+
+
 def test_first_line_of_an_error():
     from afedpg_ray.config import first_line
 
