@@ -5,12 +5,16 @@ mean alone can rank algorithms by one lucky seed. Following Agarwal et al. (Neur
 the Edge of the Statistical Precipice"), results are reported with a percentile-bootstrap confidence
 interval of the mean, the median, and the probability of improvement ``P(X > Y)``: the chance that a
 random seed of one algorithm ends above a random seed of the other (the normalised Mann-Whitney U),
-with its own bootstrap interval: an ordering is resolved only when that interval excludes 0.5.
+with its own bootstrap interval: an ordering is resolved only when that interval excludes 0.5. Where
+both algorithms ran the same seeds, the seed-by-seed comparison (wins, mean difference, sign test) is
+reported too.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -71,3 +75,61 @@ def prob_improvement_ci(
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(np.concatenate(estimates), [tail, 1.0 - tail])
     return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two algorithms run on the same seeds (same initial policy, same environment seeds), seed by seed."""
+
+    pairs: int
+    wins: int
+    """Seeds where X ended above Y."""
+    ties: int
+    mean_difference: float
+    """Mean of X - Y over the pairs."""
+    ci: tuple[float, float]
+    """Percentile-bootstrap interval of ``mean_difference`` (pairs resampled together)."""
+    sign_test_p: float
+    """Exact two-sided sign-test p-value of "X and Y are equally likely to win a pair" (ties left out)."""
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Exact two-sided sign-test p-value for ``wins`` against ``losses`` (Binomial(n, 1/2), n = wins + losses)."""
+    if wins < 0 or losses < 0:
+        raise ValueError(f"wins and losses must be >= 0, got {wins} and {losses}")
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2.0 * tail)
+
+
+def paired_comparison(
+    x: Sequence[float], y: Sequence[float], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> PairedComparison:
+    """Compare ``x[i]`` with ``y[i]`` (the same seed ``i`` for both algorithms).
+
+    Runs that share a seed share their initial policy, and their returns can be correlated (r = 0.47
+    between AFedPG and vanilla on Hopper under the ``theory`` schedule); the pairwise view then
+    separates them with fewer seeds than ``P(X > Y)``, which treats the two sets as independent.
+    """
+    a = np.asarray(x, dtype=float)
+    b = np.asarray(y, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired_comparison needs two equally long, non-empty lists, got {a.size} and {b.size}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    difference = a - b
+    wins, losses = int(np.sum(difference > 0)), int(np.sum(difference < 0))
+    rng = np.random.default_rng(seed)
+    means = difference[rng.integers(0, difference.size, size=(resamples, difference.size))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
+    return PairedComparison(
+        pairs=int(difference.size),
+        wins=wins,
+        ties=int(difference.size) - wins - losses,
+        mean_difference=float(difference.mean()),
+        ci=(float(lo), float(hi)),
+        sign_test_p=sign_test_p(wins, losses),
+    )

@@ -34,7 +34,7 @@ from afedpg_ray.cli import OneLineParser, build_parser, config_from_args, non_ne
 from afedpg_ray.config import ConfigError, TrainConfig
 from afedpg_ray.runlog import read_progress
 from afedpg_ray.runtime import RunError
-from afedpg_ray.seedstats import bootstrap_mean_ci, prob_improvement, prob_improvement_ci
+from afedpg_ray.seedstats import bootstrap_mean_ci, paired_comparison, prob_improvement, prob_improvement_ci
 from afedpg_ray.train import train
 from tune_sweeps.plots import short_step_labels
 
@@ -398,6 +398,9 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
                 "- Ordering (training return): "
                 + "; ".join(f"P({a} > {b}) = {improvement_text(finals[a], finals[b])}" for a, b in pairs)
             )
+            paired = [paired_text(rows, env, a, b) for a, b in pairs]
+            if any(paired):
+                lines.append("- Same seeds, pair by pair (training return): " + "; ".join(t for t in paired if t))
             lines.append(ordering_along_run(rows, env, pairs, samples))
             lines.append(ordering_by_run_average(rows, env, pairs, samples))
         if target:
@@ -431,6 +434,25 @@ def reach_table(rows: list[dict], env: str, target: float, samples: int) -> list
             cells.append(f"{pg / fed:.1f}x" if np.isfinite(pg) and np.isfinite(fed) else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def paired_text(rows: list[dict], env: str, a: str, b: str) -> str:
+    """``a`` against ``b`` on the seeds both ran (same initial policy and environment seeds): wins, the
+    sign test and the mean difference with its paired bootstrap interval; empty below two shared seeds."""
+    final = {
+        algo: {r["seed"]: float(r["final_return"]) for r in rows if r["env"] == env and r["algo"] == algo}
+        for algo in (a, b)
+    }
+    seeds = sorted(set(final[a]) & set(final[b]), key=int)
+    if len(seeds) < 2:
+        return ""
+    result = paired_comparison([final[a][s] for s in seeds], [final[b][s] for s in seeds])
+    ties = f", {result.ties} tied" if result.ties else ""
+    lo, hi = result.ci
+    return (
+        f"{a} above {b} in {result.wins} of {result.pairs} pairs{ties} (sign test p = {result.sign_test_p:.2g}), "
+        f"mean difference {result.mean_difference:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+    )
 
 
 def improvement_cells(x: np.ndarray, y: np.ndarray) -> str:

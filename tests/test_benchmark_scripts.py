@@ -394,3 +394,16 @@ def test_run_average_ordering_by_hand(tmp_path):
         "- Return averaged over the whole run (area under the curve / budget): "
         f"means afedpg {70 * factor:.1f}, vanilla {70 * factor:.1f}; P(afedpg > vanilla) = 0.50 [0.00, 1.00]"
     )
+
+
+def test_paired_line_by_hand(tmp_path):
+    learning = load_script("learning")
+    root = write_fake_learning_dir(tmp_path, {"afedpg": [100.0, 40.0, 70.0], "vanilla": [60.0, 80.0, 70.0]})
+    rows = list(learning.read_rows(root / "learning.csv").values())
+    # seeds 0, 1, 2: differences +40, -40, 0 -> one win, one tie, mean 0; resampled means run -40 .. +40
+    assert learning.paired_text(rows, "Swimmer-v5", "afedpg", "vanilla") == (
+        "afedpg above vanilla in 1 of 3 pairs, 1 tied (sign test p = 1), mean difference +0.0 [-40.0, +40.0]"
+    )
+    # a seed only one side ran is left out; below two shared seeds there is no line
+    alone = [r for r in rows if not (r["algo"] == "vanilla" and r["seed"] in ("1", "2"))]
+    assert learning.paired_text(alone, "Swimmer-v5", "afedpg", "vanilla") == ""

@@ -11,7 +11,13 @@ from afedpg_ray.config import ConfigError
 from afedpg_ray.heterogeneity import padding_seconds, parse_profile, theoretical_speedup
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.rollout import gae
-from afedpg_ray.seedstats import bootstrap_mean_ci, prob_improvement, prob_improvement_ci
+from afedpg_ray.seedstats import (
+    bootstrap_mean_ci,
+    paired_comparison,
+    prob_improvement,
+    prob_improvement_ci,
+    sign_test_p,
+)
 
 
 def test_gae_by_hand():
@@ -176,3 +182,31 @@ def test_prob_improvement_ci():
     assert hi4 - lo4 < 0.65 * (hi - lo)
     with pytest.raises(ValueError):
         prob_improvement_ci([1.0], [])
+
+
+def test_sign_test_by_hand():
+    # 18 wins of 20: P(K <= 2) = (1 + 20 + 190) / 2^20, doubled
+    assert sign_test_p(18, 2) == pytest.approx(2 * 211 / 2**20)
+    assert sign_test_p(2, 18) == sign_test_p(18, 2)
+    assert sign_test_p(3, 3) == 1.0  # 2 * P(K <= 3) of Binomial(6, 1/2) = 2 * 42/64 exceeds 1
+    assert sign_test_p(5, 0) == pytest.approx(2 / 32)
+    assert sign_test_p(0, 0) == 1.0
+    with pytest.raises(ValueError):
+        sign_test_p(-1, 3)
+
+
+def test_paired_comparison_by_hand():
+    result = paired_comparison([10.0, 5.0, 7.0, 3.0], [8.0, 5.0, 4.0, 4.0])
+    # differences 2, 0, 3, -1: two wins, one tie, one loss
+    assert (result.pairs, result.wins, result.ties) == (4, 2, 1)
+    assert result.mean_difference == pytest.approx(1.0)
+    assert result.sign_test_p == sign_test_p(2, 1) == 1.0
+    lo, hi = result.ci
+    assert -1.0 <= lo < 1.0 < hi <= 3.0
+    # a constant difference has a point interval whatever the resample
+    assert paired_comparison([3.0, 4.0, 5.0], [1.0, 2.0, 3.0]).ci == (2.0, 2.0)
+    # the pairs are resampled together: unpaired, these sets overlap; paired, X is always 1 ahead
+    x, y = [1.0, 11.0, 21.0, 31.0], [0.0, 10.0, 20.0, 30.0]
+    assert paired_comparison(x, y).ci == (1.0, 1.0) and prob_improvement(x, y) < 0.7
+    with pytest.raises(ValueError, match="equally long"):
+        paired_comparison([1.0, 2.0], [1.0])
