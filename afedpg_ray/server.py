@@ -125,7 +125,12 @@ class ParameterServer:
         }
 
     def restore(self, saved: dict[str, Any]) -> int:
-        """Continue from :meth:`export_state`'s output; returns the restored version."""
+        """Continue from :meth:`export_state`'s output; returns the restored version.
+
+        The clock is not restored: ``wall_time`` keeps counting from the ``start_time`` this server was
+        created with (the driver's: on ``--resume`` it already continues the checkpoint's elapsed time),
+        so a mid-run restore does not take the time since the last checkpoint off the run's clock.
+        """
         if saved["num_params"] != self.num_params:
             raise ValueError(f"checkpoint has {saved['num_params']} parameters, this policy has {self.num_params}")
         self.state = RuleState(**saved["rule_state"])
@@ -149,7 +154,6 @@ class ParameterServer:
         self.recent_returns = deque(saved["recent_returns"], maxlen=RETURN_WINDOW)
         self.rejected = dict(saved["rejected"])
         self.superseded = int(saved.get("superseded", 0))  # absent in older checkpoints
-        self.start_time = time.time() - float(saved["elapsed"])
         torch.set_rng_state(saved["torch_rng"])
         np.random.set_state(saved["numpy_rng"])
         return self.state.version

@@ -251,3 +251,18 @@ def test_the_run_clock_starts_when_the_driver_says():
     started = time.time() - 100.0
     assert ParameterServer(CONFIG, start_time=started).status()["elapsed"] >= 100.0
     assert ParameterServer(CONFIG).status()["elapsed"] < 100.0
+
+
+def test_a_restore_keeps_the_run_clock_it_was_created_with():
+    """A server restored mid-run (checkpoint at 100 s, restored at 175 s) logs wall times on the driver's
+    clock: the 75 s since the checkpoint stay on it, as they do in events.csv and summary.json."""
+    now = time.time()
+    first = ParameterServer(CONFIG, start_time=now - 100.0)
+    for i in range(CONFIG.agents):
+        first.dispatch(i)
+    saved = first.export_state()
+    assert saved["elapsed"] == pytest.approx(100.0, abs=5.0)
+    restored = ParameterServer(CONFIG, start_time=now - 175.0)
+    restored.restore(saved)
+    _, record = restored.apply(meta(0, restored.agent_versions[0]), np.ones(restored.num_params))
+    assert record.wall_time == pytest.approx(175.0, abs=5.0)
