@@ -294,6 +294,31 @@ def test_hyper_grid_parsing_and_ranking():
     ]
 
 
+def test_a_random_draw_runs_on_every_seed():
+    """Random search with several seeds: each draw of the random options is one configuration run on
+    every seed (Tune's default would draw afresh per seed, leaving every configuration with one seed)."""
+    from ray.tune.experiment import Experiment
+
+    from tune_sweeps.hyper import Axis, param_space, rank
+    from tune_sweeps.trainable import variant_generator
+
+    space = param_space({"env": "CartPole-v1"}, [Axis("eta0", (1e-3, 1e-1), "loguniform")], [0, 1, 2], True)
+    generator = variant_generator()
+    generator.add_configurations([Experiment(name="draws", run=lambda config: None, config=space, num_samples=2)])
+    trials = iter(generator.next_trial, None)
+    pairs = [(t.config["eta0"], t.config["seed"]) for t in trials]
+    assert [seed for _, seed in pairs] == [0, 1, 2, 0, 1, 2]
+    draws = [eta0 for eta0, _ in pairs]
+    assert len(set(draws[:3])) == 1 and len(set(draws[3:])) == 1 and draws[0] != draws[3]
+    assert variant_generator(4).max_concurrent == 4  # Tune ignores TuneConfig's limit once a generator is given
+    # two draws of tune.choice landing on the same value make one configuration: 2 seeds, 3 runs
+    rows = [
+        {"trial_id": tid, "config": {"eta0": 0.01, "seed": seed}, "return_mean": 1.0, "wall_time": 1.0}
+        for tid, seed in [("a", 0), ("b", 1), ("c", 0)]
+    ]
+    assert [(r["seeds"], r["runs"]) for r in rank(rows, ["eta0"])] == [(2, 3)]
+
+
 def test_interrupted_sweep_exits_130(capsys):
     from tune_sweeps.cli import _done
 

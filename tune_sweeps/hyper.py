@@ -159,7 +159,11 @@ def _show(value: Any) -> Any:
 
 
 def rank(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per configuration (seeds averaged), best final return first (configs with none last)."""
+    """One row per configuration (its runs averaged), best final return first (configs with none last).
+
+    ``seeds`` counts distinct seeds and ``runs`` the trials: random draws that land on the same values
+    (``tune.choice``) make one configuration with more runs than seeds.
+    """
     finals: dict[str, dict[str, Any]] = {}
     for row in rows:
         finals[row["trial_id"]] = row
@@ -174,7 +178,8 @@ def rank(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str,
                 **{name: _show(members[0]["config"].get(name)) for name in names},
                 "final_return": float(returns.mean()),
                 "final_return_std": float(returns.std(ddof=1)) if len(returns) > 1 else 0.0,
-                "seeds": len(members),
+                "seeds": len({m["config"].get("seed") for m in members}),
+                "runs": len(members),
                 "wall_time": float(np.mean([float(m["wall_time"]) for m in members])),
             }
         )
@@ -187,6 +192,6 @@ def rank(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str,
 def write_outputs(rows: Sequence[dict[str, Any]], names: Sequence[str], out_dir: Path) -> list[dict[str, Any]]:
     """Write ``hyper.csv`` (ranked by final return) and return its rows."""
     table = rank(rows, names)
-    columns = ["rank", *names, "final_return", "final_return_std", "seeds", "wall_time"]
+    columns = ["rank", *names, "final_return", "final_return_std", "seeds", "runs", "wall_time"]
     write_rows(out_dir / RESULTS_CSV, table, columns)
     return table

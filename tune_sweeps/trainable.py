@@ -170,6 +170,19 @@ class SweepRun:
         return f"{self.storage.rstrip('/')}/{self.name}"
 
 
+def variant_generator(max_concurrent: int = 0) -> Any:
+    """Tune's trial generator for every sweep: each random draw is run on every seed of the grid.
+
+    Tune's default draws the random options afresh for every grid variant, so a random search over
+    ``eta0`` with ``--seeds 3`` would run 3 different ``eta0`` values once each instead of one value on
+    3 seeds, and ``hyper.csv`` could not average a configuration over seeds. ``max_concurrent`` (0: no
+    limit) goes here: Tune ignores ``max_concurrent_trials`` once a generator is given.
+    """
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(constant_grid_search=True, max_concurrent=max_concurrent)
+
+
 def run_tuner(sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1) -> Any:
     """Fit (or restore and finish) the sweep with Ray Tune and return its ``ResultGrid``."""
     from ray import tune
@@ -181,7 +194,7 @@ def run_tuner(sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
-            tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=sweep.max_concurrent or None),
+            tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=variant_generator(sweep.max_concurrent)),
             run_config=tune.RunConfig(
                 name=sweep.name,
                 storage_path=sweep.storage,
