@@ -202,7 +202,7 @@ def _is_number(value: Any) -> bool:
 
 def _positive(option: str, value: Any, integer: bool = False) -> None:
     kind = "integer" if integer else "number"
-    if not _is_number(value) or value <= 0 or (integer and int(value) != value):
+    if not _is_number(value) or value <= 0 or (integer and not isinstance(value, numbers.Integral)):
         raise ConfigError(option, f"must be a positive {kind}, got {value!r}")
 
 
@@ -314,7 +314,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError(
             "--comm-delay", f"give one value or one per agent ({config.agents}), got {len(config.comm_delay)}"
         )
-    if not config.hidden or any(not _is_number(h) or int(h) != h or h < 1 for h in config.hidden):
+    if not config.hidden or any(
+        not _is_number(h) or not isinstance(h, numbers.Integral) or h < 1 for h in config.hidden
+    ):
         raise ConfigError("--hidden", f"must be positive layer widths such as 64,64, got {config.hidden!r}")
     if max(config.hidden) > MAX_HIDDEN or len(config.hidden) > MAX_LAYERS:
         raise ConfigError(
@@ -373,6 +375,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         )
     if config.agent_cpus is not None:
         _positive("--agent-cpus", config.agent_cpus)
+        if config.agent_cpus < 1e-4:  # Ray keeps 4 decimals: the request would become 0 CPUs
+            raise ConfigError("--agent-cpus", f"must be at least 0.0001 (Ray's precision), got {config.agent_cpus!r}")
         if config.agent_cpus > MAX_AGENT_CPUS:
             raise ConfigError("--agent-cpus", f"must be at most {MAX_AGENT_CPUS}, got {config.agent_cpus!r}")
     _check_agent_resources(config.agent_resources, config.agents)
@@ -480,6 +484,9 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     groups = tuple(g if isinstance(g, AgentResources) else agent_resources_from_dict(g) for g in groups_raw)
     for key in ("hidden", "comm_delay"):
         if key in raw:
+            if not isinstance(raw[key], (list, tuple)):  # a hand-edited config.json: "hidden": 64
+                option = "--" + key.replace("_", "-")
+                raise ConfigError(option, f"must be a list of numbers such as [64, 64], got {raw[key]!r}")
             raw[key] = tuple(raw[key])
     return validate(TrainConfig(estimator=est, agent_resources=groups, **raw))
 

@@ -119,6 +119,13 @@ def test_bad_train_input_is_one_line_exit_2(argv, option, capsys, monkeypatch):
         ({"agent_resources": [{"last": 1}]}, "--agent-resources"),
         ({"agent_resources": ["0-1"]}, "--agent-resources"),
         ({"env": 5}, "--env"),
+        # hand-edited config.json values that used to pass and fail later (a traceback, or inside the agents)
+        ({"agents": 4.0}, "--agents"),
+        ({"estimator": {"critic_epochs": 5.0}}, "--critic-epochs"),
+        ({"hidden": 64}, "--hidden"),
+        ({"hidden": [64.0, 64]}, "--hidden"),
+        ({"comm_delay": 0.5}, "--comm-delay"),
+        ({"agent_cpus": 0.00004}, "--agent-cpus"),  # Ray would round it to 0 CPUs
     ],
 )
 def test_bad_config_dict_is_a_config_error(changes, option):

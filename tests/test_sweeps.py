@@ -198,6 +198,7 @@ def test_mean_curve_t_interval():
         (["hyper", "--grid", "alpha0=0.1,1.5"], "--alpha0"),
         (["hyper", "--grid", "eta0=,"], "--grid"),
         (["hyper", "--grid", "critic=uniform:false:true", "--random", "2"], "--grid"),
+        (["hyper", "--grid", "env=CartPole-v1,Hopper-v5"], "--grid: env: sweep one environment at a time"),
         (["speedup", "--target", "nan"], "--target"),
         (["speedup", "--address", "nonsense"], "--address"),
         (["sample-efficiency", "--samples-per-agent", "1000", "--storage", "bogus://x", "--resume"], "--storage"),
@@ -317,6 +318,21 @@ def test_a_random_draw_runs_on_every_seed():
         for tid, seed in [("a", 0), ("b", 1), ("c", 0)]
     ]
     assert [(r["seeds"], r["runs"]) for r in rank(rows, ["eta0"])] == [(2, 3)]
+
+
+def test_trial_bundles_reserve_what_each_agent_asks_for():
+    from afedpg_ray.config import AgentResources, TrainConfig
+    from tune_sweeps.trainable import TRIAL_CPUS, trial_bundles
+
+    groups = (AgentResources(0, 1, 0, None, {}), AgentResources(2, 3, 0.5, 2_000_000, {"fast_node": 1}))
+    config = TrainConfig(env="CartPole-v1", agents=4, agent_resources=groups)
+    # agents 0-1 ask for nothing: no bundle (Ray refuses an all-zero one); agents 2-3 get theirs
+    assert trial_bundles(config) == [
+        {"CPU": TRIAL_CPUS},
+        {"CPU": 0.5, "fast_node": 1.0, "memory": 2_000_000.0},
+        {"CPU": 0.5, "fast_node": 1.0, "memory": 2_000_000.0},
+    ]
+    assert trial_bundles(TrainConfig(env="CartPole-v1", agents=2, agent_cpus=0.25))[1:] == [{"CPU": 0.25}] * 2
 
 
 def test_interrupted_sweep_exits_130(capsys):

@@ -27,8 +27,12 @@ from tune_sweeps.plots import write_rows
 NAME = "hyper"
 """Tune experiment name (its directory under the storage path)."""
 RESULTS_CSV = "hyper.csv"
-NOT_SWEPT = {"address"}
-"""Train options that make no sense per trial."""
+NOT_SWEPT = {"address", "env"}
+"""Train options that make no sense per trial: ``env`` because each environment brings its own defaults
+(``afedpg_ray/envs.py``), applied once for the sweep's ``--env``; one sweep per environment keeps them right."""
+SWEEP_ONE_ENV = (
+    "env: sweep one environment at a time (--env ID), so that each gets its own defaults from afedpg_ray/envs.py"
+)
 RANGES = ("uniform", "loguniform")
 JSON_VALUED = {"agent_resources"}
 """Options whose one value is JSON (with commas inside): their grid values are separated by ``;`` only."""
@@ -84,6 +88,8 @@ def parse_axis(spec: str, parser: argparse.ArgumentParser) -> Axis:
         raise ConfigError("--grid", f"expected NAME=V1,V2,... (e.g. eta0=0.003,0.01), got {spec!r}")
     dest = name.strip().lstrip("-").replace("-", "_")
     known = sorted(set(vars(parser.parse_args([]))) - NOT_SWEPT)
+    if dest == "env":
+        raise ConfigError("--grid", SWEEP_ONE_ENV)
     if dest not in known:
         raise ConfigError("--grid", f"unknown train option {name.strip()!r}; options: {', '.join(known)}")
     kind, _, bounds = text.partition(":")

@@ -78,16 +78,20 @@ def grid_space(base: dict[str, Any], variants: dict[str, dict], seeds: Sequence[
 
 
 def trial_bundles(config: TrainConfig) -> list[dict[str, float]]:
-    """Placement-group bundles: a small one for the trial's driver, then one per agent."""
+    """Placement-group bundles: a small one for the trial's driver, then one per agent that asks for something.
+
+    An agent whose request is all zeros (``--agent-resources '{"0-3": {"num_cpus": 0}}'``) reserves
+    nothing: Ray refuses a bundle with only zero amounts.
+    """
     from afedpg_ray.placement import agent_options
 
     bundles: list[dict[str, float]] = [{"CPU": TRIAL_CPUS}]
     for agent_id in range(config.agents):
         options = agent_options(config, agent_id, cluster_cpus=1.0)
-        bundle = {"CPU": float(options["num_cpus"]), **options.get("resources", {})}
-        if options.get("memory"):
-            bundle["memory"] = float(options["memory"])
-        bundles.append(bundle)
+        wanted = {"CPU": options["num_cpus"], **options.get("resources", {}), "memory": options.get("memory") or 0}
+        bundle = {name: float(amount) for name, amount in wanted.items() if amount}
+        if bundle:
+            bundles.append(bundle)
     return bundles
 
 
