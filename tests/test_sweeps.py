@@ -199,6 +199,7 @@ def test_mean_curve_t_interval():
         (["hyper", "--grid", "eta0=,"], "--grid"),
         (["hyper", "--grid", "critic=uniform:false:true", "--random", "2"], "--grid"),
         (["hyper", "--grid", "env=CartPole-v1,Hopper-v5"], "--grid: env: sweep one environment at a time"),
+        (["hyper", "--grid", "batch=uniform:1000:2000", "--random", "4"], "--grid: batch: must be a multiple"),
         (["speedup", "--target", "nan"], "--target"),
         (["speedup", "--address", "nonsense"], "--address"),
         (["sample-efficiency", "--samples-per-agent", "1000", "--storage", "bogus://x", "--resume"], "--storage"),

@@ -34,6 +34,12 @@ SWEEP_ONE_ENV = (
     "env: sweep one environment at a time (--env ID), so that each gets its own defaults from afedpg_ray/envs.py"
 )
 RANGES = ("uniform", "loguniform")
+NO_RANGE = {
+    "batch": "must be a multiple of --num-envs, which a random draw would rarely be",
+    "num_envs": "must divide --batch, which a random draw would rarely do",
+}
+"""Options a range cannot sample: only its two ends are checked before the trials start, and a draw in
+between would fail inside its trial."""
 JSON_VALUED = {"agent_resources"}
 """Options whose one value is JSON (with commas inside): their grid values are separated by ``;`` only."""
 LIST_VALUED = {"hidden", "comm_delay"}
@@ -95,6 +101,8 @@ def parse_axis(spec: str, parser: argparse.ArgumentParser) -> Axis:
     kind, _, bounds = text.partition(":")
     if kind in RANGES:
         parts = bounds.split(":")
+        if dest in NO_RANGE:
+            raise ConfigError("--grid", f"{dest}: {NO_RANGE[dest]}; list the values instead, e.g. {dest}=V1,V2")
         if len(parts) != 2:
             raise ConfigError("--grid", f"{dest}: a range looks like {kind}:LO:HI, got {text!r}")
         low, high = (_convert(parser, dest, part) for part in parts)
