@@ -65,7 +65,8 @@ class EstimatorConfig:
     normalize_obs: bool = True
     """Observation normaliser whose statistics are merged at the server and shipped with theta."""
     scale_rewards: bool = True
-    """Divide rewards by a running std of the discounted return (private to each agent)."""
+    """Divide rewards by a running std of the discounted return, whose statistics (like the observation
+    normaliser's) are merged at the server and shipped with theta, so every agent scales alike."""
     log_std_init: float = 0.0
     """Initial state-independent log standard deviation of the Gaussian policy (``|x| <= 20``)."""
     entropy_coef: float = 0.0
@@ -119,7 +120,8 @@ class TrainConfig:
     byzantine: str = ""
     """``K:ATTACK``: the first K agents send corrupted gradients (sign_flip, scale:X, random_noise, nan)."""
     robust: str = "none"
-    """Server-side defence: none | filter (norm and direction outliers against recent arrivals)."""
+    """Server-side defence: none | filter (rejects an agent whose running mean direction points against the
+    median of all agents' means, or whose norm is far above the agents' typical norm; see ``byzantine.py``)."""
     checkpoint_every: int = 25
     """The server's state is checkpointed every this many updates (and at the start and the end)."""
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)

@@ -1,8 +1,9 @@
 """Sampling and the gradient estimator: plain Python, no Ray.
 
 An agent steps ``num_envs`` environments at once with batched inference, then estimates the policy
-gradient with GAE(lambda) advantages from a private critic (or a batch-mean baseline). Only the
-policy gradient leaves the agent; the critic and the reward scaler stay private.
+gradient with GAE(lambda) advantages from a private critic (or a batch-mean baseline). What leaves
+the agent is the policy gradient and the increments of the shared statistics (observation normaliser,
+reward scale), which the server merges; the critic stays private.
 
 Per-step inference and the critic's fit run on :class:`NumpyMLP`, a float32 numpy mirror of
 ``policy.mlp``: at 4-64 rows torch's fixed cost per call (about 0.3 ms a forward pass, 1 ms an Adam

@@ -1,7 +1,7 @@
 """A3C-style asynchronous step: every arrival is applied as it comes, no momentum-lookahead, no
 normalisation and (unless ``--staleness-power`` asks for FedAsync's weighting) no staleness handling.
-The step is Adam's (as A3C implementations use an adaptive optimiser; the plain-SGD variant is
-``beta1 = beta2 = 0`` and no bias correction)."""
+The step is Adam's, as A3C implementations use an adaptive optimiser (ALGORITHMS.md allows a plain
+``theta + lr * g`` step or Adam/RMSProp)."""
 
 from __future__ import annotations
 
