@@ -22,6 +22,7 @@ from afedpg_ray.config import (
     EstimatorConfig,
     TrainConfig,
     config_from_dict,
+    has_discrete_actions,
 )
 from afedpg_ray.envs import env_defaults
 from afedpg_ray.heterogeneity import PROFILE_HELP
@@ -211,7 +212,29 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
         raw["agents"] = 1
     raw.update(extra or {})
     raw["estimator"] = est
-    return config_from_dict(raw)
+    config = config_from_dict(raw)
+    refuse_ignored_options(given, config)
+    return config
+
+
+CRITIC_ONLY = ("gae_lambda", "critic_lr", "critic_epochs")
+"""Estimator options that only the private critic uses (``--critic false`` takes a batch-mean baseline)."""
+
+
+def refuse_ignored_options(given: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse an option given on the command line that this configuration would ignore, rather than run
+    as if it did something (like ``--collect`` without rennala). Table defaults are not checked."""
+    if not config.estimator.critic:
+        for name in CRITIC_ONLY:
+            if name in given:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(flag, "only the critic uses it (--critic false); drop it or use --critic true")
+    if "schedule" in given and config.algo == "a3c" and config.schedule == "theory":
+        raise ConfigError(
+            "--schedule", "a3c's Adam step anneals with linear only (theory's rates are NIGT's); use linear or constant"
+        )
+    if "log_std_init" in given and has_discrete_actions(config.env):
+        raise ConfigError("--log-std-init", f"{config.env} has discrete actions (no Gaussian log-std); drop it")
 
 
 def build_parser() -> OneLineParser:

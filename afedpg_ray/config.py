@@ -432,6 +432,20 @@ def first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+@functools.cache
+def has_discrete_actions(env_id: str) -> bool:
+    """Whether ``env_id`` (already checked by :func:`check_env_id`) has a Discrete action space."""
+    import gymnasium as gym
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        env = gym.make(env_id)
+    try:
+        return isinstance(env.action_space, gym.spaces.Discrete)
+    finally:
+        env.close()
+
+
 @functools.cache  # lru_cache without a bound: one entry per env id
 def _env_problem(env_id: str) -> str | None:
     """Why ``env_id`` cannot be trained on, or None: it is made once (then closed) and its spaces checked.

@@ -79,6 +79,11 @@ from afedpg_ray.cli import main
         (["--critic-lr", "inf"], "--critic-lr"),
         (["--alpha-end", "nan"], "--alpha-end"),
         (["--algo", "a3c", "--alpha-end", "0.05"], "--alpha-end"),
+        # options this configuration would ignore
+        (["--critic", "false", "--gae-lambda", "0.9"], "--gae-lambda"),
+        (["--critic", "false", "--critic-epochs", "3"], "--critic-epochs"),
+        (["--algo", "a3c", "--schedule", "theory"], "--schedule"),
+        (["--log-std-init", "-0.5"], "--log-std-init"),  # CartPole's actions are discrete
         (["--agents", "5000"], "--agents"),
         (["--hidden", "1000000000"], "--hidden"),
         (["--agent-cpus", "1e300"], "--agent-cpus"),
