@@ -406,7 +406,10 @@ def test_plot_redraws_sweep_and_run_figures(tmp_path, capsys):
         write_csv(run / "progress.csv", progress_columns, [[k, 0.1 * k, 0, 0, 50 * k, k, 9.0 + k] for k in range(10)])
         runs.append(run)
 
+    results = (sweep / "results.csv").read_text()
     assert main(["plot", str(sweep), str(runs[0])]) == 0
+    assert (sweep / "results.csv").read_text() == results  # the data stays as written (no 1 -> 1.0)
+    assert "ratio_to_base" in (sweep / "sample_efficiency_summary.csv").read_text()
     assert_png(sweep / "sample_efficiency.png")
     assert_png(sweep / "speedup.png")
     assert_png(runs[0] / "learning_curve.png")
@@ -443,7 +446,11 @@ def test_sample_efficiency_summary_by_hand():
     data = rows("pg", 1, [(0, 0.0), (50, 5.0), (100, 10.0)]) + rows("afedpg", 4, [(0, 0.0), (20, 8.0), (30, 12.0)])
     table = {r["agents"]: r for r in speedup_summary(data)}
     assert table[1]["target"] == 10.0 and table[1]["samples_per_agent_to_target"] == 100.0
-    assert table[4]["samples_per_agent_to_target"] == 25.0 and table[4]["ratio_to_n1"] == 0.25
+    assert table[4]["samples_per_agent_to_target"] == 25.0 and table[4]["ratio_to_base"] == 0.25
+    assert table[4]["base_agents"] == 1
+    # without N = 1 the ratios are to the smallest N that ran, and say so
+    table = {r["agents"]: r for r in speedup_summary(rows("afedpg", 2, [(0, 0.0), (100, 10.0)]) + data[3:])}
+    assert table[4]["base_agents"] == 2 and table[4]["ratio_to_base"] == 0.25
 
 
 def test_speedup_budget_time_ratio_by_hand():

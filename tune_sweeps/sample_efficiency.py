@@ -19,7 +19,15 @@ NAME = "sample_efficiency"
 RESULTS_CSV = "results.csv"
 FIGURE = "sample_efficiency.png"
 SUMMARY_CSV = "sample_efficiency_summary.csv"
-SUMMARY_COLUMNS = ["algo", "agents", "final_return", "target", "samples_per_agent_to_target", "ratio_to_n1"]
+SUMMARY_COLUMNS = [
+    "algo",
+    "agents",
+    "final_return",
+    "target",
+    "samples_per_agent_to_target",
+    "base_agents",
+    "ratio_to_base",
+]
 
 
 def algo_for(agents: int, algo: str | None) -> str:
@@ -36,10 +44,11 @@ def variants(agent_counts: Sequence[int], samples_per_agent: int, algo: str | No
 
 
 def speedup_summary(rows: Sequence[dict[str, Any]], target: float | None = None) -> list[dict[str, Any]]:
-    """Samples per agent each N needs to reach ``target`` on its seed-mean curve, and its ratio to N = 1.
+    """Samples per agent each N needs to reach ``target`` on its seed-mean curve, and its ratio to the
+    smallest N's (``base_agents``: 1 when the sweep ran N = 1).
 
     The default target is the smallest N's final mean return (what the fewest agents reach with the
-    whole budget). The ideal (linear speedup) ratio at N is 1/N; NaN where a curve never reaches it.
+    whole budget). The ideal (linear speedup) ratio at N is base/N; NaN where a curve never reaches it.
     """
     means = {}
     for (algo, agents), curves in group_curves(rows, "samples_per_agent").items():
@@ -61,7 +70,8 @@ def speedup_summary(rows: Sequence[dict[str, Any]], target: float | None = None)
                 "final_return": round(float(mean[-1]), 2),
                 "target": round(goal, 2),
                 "samples_per_agent_to_target": round(needed, 1),
-                "ratio_to_n1": round(needed / base, 3),
+                "base_agents": smallest[1],
+                "ratio_to_base": round(needed / base, 3),
             }
         )
     return table
@@ -71,16 +81,22 @@ def write_outputs(rows: Sequence[dict[str, Any]], out_dir: Path) -> tuple[Path, 
     """Write ``results.csv``, ``sample_efficiency_summary.csv`` and ``sample_efficiency.png`` into ``out_dir``."""
     csv_path = out_dir / RESULTS_CSV
     write_rows(csv_path, rows, ROW_COLUMNS)
+    return csv_path, write_summary(rows, out_dir)
+
+
+def write_summary(rows: Sequence[dict[str, Any]], out_dir: Path) -> Path:
+    """Write ``sample_efficiency_summary.csv`` and the figure from the rows; print the summary; return the figure."""
     table = speedup_summary(rows)
     write_rows(out_dir / SUMMARY_CSV, table, SUMMARY_COLUMNS)
     for row in table:
         print(
             f"N={row['agents']:<3} {row['algo']:8s} final {row['final_return']:8.2f}  samples/agent to "
-            f"{row['target']:.1f}: {row['samples_per_agent_to_target']:>10}  ratio to N=1: {row['ratio_to_n1']}"
+            f"{row['target']:.1f}: {row['samples_per_agent_to_target']:>10}  "
+            f"ratio to N={row['base_agents']}: {row['ratio_to_base']}"
         )
-    return csv_path, plot_sample_efficiency(rows, out_dir / FIGURE)
+    return plot_sample_efficiency(rows, out_dir / FIGURE)
 
 
 def redraw(out_dir: Path) -> Path:
-    """Redraw ``sample_efficiency.png`` and its summary from ``results.csv``."""
-    return write_outputs(read_rows(out_dir / RESULTS_CSV), out_dir)[1]
+    """Redraw ``sample_efficiency.png`` and its summary from ``results.csv`` (which stays as it is)."""
+    return write_summary(read_rows(out_dir / RESULTS_CSV), out_dir)
