@@ -438,9 +438,10 @@ def reach_table(rows: list[dict], env: str, target: float, samples: int) -> list
 
 def paired_text(rows: list[dict], env: str, a: str, b: str) -> str:
     """``a`` against ``b`` on the seeds both ran (same initial policy and environment seeds): wins, the
-    sign test and the mean difference with its paired bootstrap interval; empty below two shared seeds."""
+    sign test and the mean difference with its paired bootstrap interval; empty below two shared seeds.
+    Seeds compare as text: rows read from learning.csv hold them as text, rows trained in this call as ints."""
     final = {
-        algo: {r["seed"]: float(r["final_return"]) for r in rows if r["env"] == env and r["algo"] == algo}
+        algo: {str(r["seed"]): float(r["final_return"]) for r in rows if r["env"] == env and r["algo"] == algo}
         for algo in (a, b)
     }
     seeds = sorted(set(final[a]) & set(final[b]), key=int)

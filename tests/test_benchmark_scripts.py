@@ -404,6 +404,9 @@ def test_paired_line_by_hand(tmp_path):
     assert learning.paired_text(rows, "Swimmer-v5", "afedpg", "vanilla") == (
         "afedpg above vanilla in 1 of 3 pairs, 1 tied (sign test p = 1), mean difference +0.0 [-40.0, +40.0]"
     )
+    # rows trained in this invocation carry int seeds, rows read back from learning.csv text ones
+    mixed = [{**r, "seed": int(r["seed"])} if r["algo"] == "vanilla" else r for r in rows]
+    assert learning.paired_text(mixed, "Swimmer-v5", "afedpg", "vanilla").startswith("afedpg above vanilla in 1 of 3")
     # a seed only one side ran is left out; below two shared seeds there is no line
     alone = [r for r in rows if not (r["algo"] == "vanilla" and r["seed"] in ("1", "2"))]
     assert learning.paired_text(alone, "Swimmer-v5", "afedpg", "vanilla") == ""
