@@ -16,7 +16,7 @@ import pytest
 from afedpg_ray.cli import main
 from afedpg_ray.config import ConfigError
 from tune_sweeps.plots import mean_curve, t_critical
-from tune_sweeps.speedup import default_target, summarize, theoretical_ratio, time_ratio, time_to_target
+from tune_sweeps.speedup import Timing, default_target, summarize, theoretical_ratio, time_ratio, time_to_target
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -126,6 +126,14 @@ def test_ratios_against_hand_computed_numbers():
     # N = 8: slowdowns 1 + 3i/7 -> (4 / 8) * sum(7 / (7 + 3i)).
     assert theoretical_ratio("linear:4", 8) == pytest.approx(0.5 * sum(7 / (7 + 3 * i) for i in range(8)))
     assert theoretical_ratio("none", 4) == pytest.approx(1.0)
+    # --iteration-time 1 --comm-delay 1: iterations of 2, 3, 4, 5 s -> (5 / 4) * (1/2 + 1/3 + 1/4 + 1/5)
+    assert theoretical_ratio("linear:4", 4, 0, 1.0, (1.0,)) == pytest.approx(1.25 * (1 / 2 + 1 / 3 + 1 / 4 + 1 / 5))
+    # per-agent delays: slowdowns 1 and 4 with delays 0 and 3 s -> iterations of 1 and 7 s
+    assert theoretical_ratio("linear:4", 2, 0, 1.0, (0.0, 3.0)) == pytest.approx(7 / 2 * (1 + 1 / 7))
+    # lognormal profiles differ per seed: a sweep's ratio is the mean over the seeds that ran
+    per_seed = [theoretical_ratio("lognormal:1", 4, seed) for seed in (0, 1, 2)]
+    assert len(set(per_seed)) == 3
+    assert Timing("lognormal:1").ratio(4, [0, 1, 2]) == pytest.approx(sum(per_seed) / 3)
     assert default_target([10.0, 0.0], [50.0, 100.0]) == pytest.approx(80.0)
     assert default_target([-1000.0], [-200.0]) == pytest.approx(-360.0)
 
@@ -172,6 +180,9 @@ def test_mean_curve_t_interval():
     assert np.allclose(high - mean, half) and np.allclose(mean - low, half)
     grid, mean, low, high = mean_curve([(x, np.array([1.0, 1.0, 1.0]))])
     assert np.allclose(low, mean) and np.allclose(high, mean)
+    # curves with no x in common have no mean (np.interp would clamp: a flat, made-up segment)
+    apart = mean_curve([(np.array([0.0, 1.0]), np.array([10.0, 20.0])), (np.array([2.0, 3.0]), np.array([30.0, 50.0]))])
+    assert all(len(part) == 0 for part in apart)
 
 
 # --- bad input: one line naming the option, exit 2, before Ray starts -----------------------------------
@@ -461,7 +472,7 @@ def test_speedup_budget_time_ratio_by_hand():
 
     # the same sample budget takes FedPG 150 s and AFedPG 60 s: ratio 2.5
     data = rows("afedpg", [(0.0, 0.0), (60.0, 10.0)]) + rows("fedpg", [(0.0, 0.0), (150.0, 10.0)])
-    table, _ = summarize(data, "linear:4", 0, target=5.0)
+    table, _ = summarize(data, "linear:4", target=5.0)
     by_algo = {row.algo: row for row in table}
     assert by_algo["afedpg"].budget_time_s == 60.0 and by_algo["fedpg"].budget_time_s == 150.0
     assert by_algo["afedpg"].budget_ratio_fedpg_over_afedpg == 2.5

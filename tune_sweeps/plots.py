@@ -45,14 +45,16 @@ def mean_curve(
 
     The grid is every curve's x values inside the range all curves cover, so nothing is extrapolated
     and the mean of piecewise-linear curves is exact between grid points. With one curve the band
-    collapses onto the mean.
+    collapses onto the mean; curves that share no x range give empty arrays.
     """
     curves = [c for c in curves if len(c[0])]
+    empty = np.array([])
     if not curves:
-        empty = np.array([])
         return empty, empty, empty, empty
     start = max(float(x[0]) for x, _ in curves)
     stop = min(float(x[-1]) for x, _ in curves)
+    if start > stop:  # no x that every curve covers: a mean there would be extrapolated
+        return empty, empty, empty, empty
     grid = np.unique(np.concatenate([x[(x >= start) & (x <= stop)] for x, _ in curves] + [[start, stop]]))
     values = np.stack([np.interp(grid, x, y) for x, y in curves])
     mean = values.mean(axis=0)

@@ -56,9 +56,38 @@ def time_ratio(slow: float, fast: float) -> float:
     return slow / fast
 
 
-def theoretical_ratio(hetero: str, agents: int, seed: int = 0) -> float:
-    """The profile's predicted FedPG/AFedPG time ratio ``(t_max / N) * sum(1 / t_i)``."""
-    return theoretical_speedup(parse_profile(hetero, agents, seed))
+def theoretical_ratio(
+    hetero: str,
+    agents: int,
+    seed: int = 0,
+    iteration_time: float | None = None,
+    comm_delay: Sequence[float] = (),
+) -> float:
+    """The predicted FedPG/AFedPG time ratio ``(t_max / N) * sum(1 / t_i)`` of one trial's agents.
+
+    ``t_i`` is agent i's iteration time: ``s_i * T + d_i`` with ``--iteration-time T`` and
+    ``--comm-delay d``; without ``T`` the compute time is unknown, so the slowdowns ``s_i`` stand in for
+    ``t_i`` and communication delays are left out. ``seed`` matters for ``lognormal`` profiles.
+    """
+    slowdowns = parse_profile(hetero, agents, seed)
+    if iteration_time is None or not comm_delay:
+        return theoretical_speedup(slowdowns)
+    delays = list(comm_delay) * agents if len(comm_delay) == 1 else list(comm_delay)
+    return theoretical_speedup([s * iteration_time + d for s, d in zip(slowdowns, delays, strict=True)])
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What sets the sweep's iteration times: the profile and its padding, as the trials ran them."""
+
+    hetero: str
+    iteration_time: float | None = None
+    comm_delay: tuple[float, ...] = ()
+
+    def ratio(self, agents: int, seeds: Sequence[int]) -> float:
+        """:func:`theoretical_ratio` averaged over the seeds that ran (a ``lognormal`` profile differs per seed)."""
+        ratios = [theoretical_ratio(self.hetero, agents, seed, self.iteration_time, self.comm_delay) for seed in seeds]
+        return float(np.mean(ratios))
 
 
 def default_target(start_returns: Sequence[float], final_returns: Sequence[float]) -> float:
@@ -90,14 +119,16 @@ class SpeedupRow:
 
 
 def summarize(
-    rows: Sequence[dict[str, Any]], hetero: str, seed: int = 0, target: float | None = None
+    rows: Sequence[dict[str, Any]], timing: Timing | str, target: float | None = None
 ) -> tuple[list[SpeedupRow], str]:
     """The summary table from report rows, and a sentence saying which target it used.
 
     Times to target are read off each configuration's mean curve over seeds (on the wall-time range
     all its seeds cover).
     """
+    timing = Timing(timing) if isinstance(timing, str) else timing
     groups = group_curves(rows, "wall_time")
+    seeds = {key: sorted({int(r["seed"]) for r in rows if (r["algo"], int(r["agents"])) == key}) for key in groups}
     means = {key: mean_curve(curves) for key, curves in groups.items()}
     finals = {key: float(np.mean([y[-1] for _, y in curves])) for key, curves in groups.items() if curves}
     starts = {key: float(np.mean([y[0] for _, y in curves])) for key, curves in groups.items() if curves}
@@ -124,7 +155,7 @@ def summarize(
                 target=target,
                 time_to_target_s=times[(algo, agents)],
                 measured_ratio_fedpg_over_afedpg=measured,
-                theoretical_ratio=theoretical_ratio(hetero, agents, seed),
+                theoretical_ratio=timing.ratio(agents, seeds[(algo, agents)]),
                 budget_time_s=budget.get((algo, agents), math.nan),
                 budget_ratio_fedpg_over_afedpg=time_ratio(
                     budget.get(("fedpg", agents), math.nan), budget.get(("afedpg", agents), math.nan)
@@ -175,15 +206,13 @@ def redraw(out_dir: Path) -> Path:
     return plot_speedup(read_rows(out_dir / "speedup.csv"), out_dir / "speedup.png", target)
 
 
-def write_outputs(
-    rows: Sequence[dict[str, Any]], out_dir: Path, hetero: str, seed: int = 0, target: float | None = None
-) -> str:
+def write_outputs(rows: Sequence[dict[str, Any]], out_dir: Path, timing: Timing, target: float | None = None) -> str:
     """Write speedup.csv, speedup.png, speedup_summary.csv and speedup_summary.md; return the Markdown."""
     write_rows(out_dir / "speedup.csv", rows, ROW_COLUMNS)
-    table, how = summarize(rows, hetero, seed, target)
+    table, how = summarize(rows, timing, target)
     plot_speedup(rows, out_dir / "speedup.png", table[0].target if table else None)
     write_rows(out_dir / "speedup_summary.csv", [asdict(row) for row in table], SUMMARY_COLUMNS)
-    text = summary_markdown(table, how, hetero)
+    text = summary_markdown(table, how, timing.hetero)
     (out_dir / "speedup_summary.md").write_text(text)
     return text
 
