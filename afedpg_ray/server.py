@@ -325,6 +325,7 @@ class ParameterServer:
             "elapsed": elapsed,
             "updates_per_second": self.state.version / elapsed if elapsed > 0 else 0.0,
             "samples_total": self.samples_total,
+            "samples_budget": self.config.samples,
             "return_mean": float(np.mean(self.recent_returns)) if self.recent_returns else float("nan"),
             "rejected": dict(self.rejected),
             "superseded": self.superseded,

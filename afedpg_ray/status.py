@@ -19,6 +19,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from afedpg_ray.address import NAMESPACE, PROBE_TIMEOUT_S, AddressError, init_with_retry, probe_address, token_auth_on
@@ -179,13 +180,44 @@ def show(args: argparse.Namespace) -> int:
     connect(args.address, args.timeout)
     try:
         server = find_server(args.prefix)
-        return print_tables(server, f"{args.prefix}-server", args.watch, args.timeout)
+        return print_tables(server, f"{args.prefix}-server", args.watch, args.timeout, lambda: find_server(args.prefix))
     finally:
         ray.shutdown()
 
 
-def print_tables(server: Any, name: str, watch: float | None, timeout: float) -> int:
-    """Print the table once, or every ``watch`` seconds until Ctrl-C or the server exits (exit 0)."""
+RESTORE_WAIT_S = 90.0
+"""How long ``--watch`` looks for a restored server after the one it watched died before its budget was
+spent: the driver first waits up to 30 s for the old one to answer (``SERVER_PROBE_S``), then starts a
+new one from the checkpoint."""
+
+
+def _actor_id(handle: Any) -> Any:
+    return getattr(handle, "_actor_id", handle)
+
+
+def restored_server(old: Any, refind: Callable[[], Any], wait: float, poll: float) -> Any | None:
+    """A server other than ``old`` that ``refind`` finds within ``wait`` seconds (polling every ``poll``), or None."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            new = refind()
+            if _actor_id(new) != _actor_id(old):
+                return new
+        except ServerGoneError:
+            pass
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll)
+
+
+def print_tables(
+    server: Any, name: str, watch: float | None, timeout: float, refind: Callable[[], Any] | None = None
+) -> int:
+    """Print the table once, or every ``watch`` seconds until Ctrl-C or the server exits (exit 0).
+
+    With ``refind`` (how to look the server up again), a server that dies before its sample budget is
+    spent is followed to its replacement when the driver restores one from the checkpoint.
+    """
     clear = watch is not None and sys.stdout.isatty()
     try:
         status = fetch_status(server, timeout)
@@ -198,11 +230,21 @@ def print_tables(server: Any, name: str, watch: float | None, timeout: float) ->
             if watch is None:
                 return 0
             time.sleep(watch)
-            try:
-                status = fetch_status(server, timeout)
-            except ServerGoneError as gone:
-                print(f"{name}: {gone}", flush=True)
-                return 0
+            while True:
+                try:
+                    status = fetch_status(server, timeout)
+                    break
+                except ServerGoneError as gone:
+                    unfinished = status.get("samples_total", 0) < status.get("samples_budget", 0)
+                    replacement = None
+                    if refind is not None and unfinished:
+                        print(f"{name}: the server died mid-run; waiting for the driver to restore it", flush=True)
+                        replacement = restored_server(server, refind, RESTORE_WAIT_S, min(watch, 2.0))
+                    if replacement is None:
+                        print(f"{name}: {gone}", flush=True)
+                        return 0
+                    server = replacement
+                    print(f"{name}: restored from its checkpoint; following the new server", flush=True)
     except KeyboardInterrupt:
         return 0
 

@@ -280,6 +280,37 @@ def test_watch_stops_quietly_on_ctrl_c_and_when_the_server_exits(monkeypatch, ca
         "afedpg-server: the training server has exited (the run finished or stopped)"
     )
 
+    # a server that dies before its budget is spent is followed to the one the driver restores
+    calls.clear()
+    unfinished = {**SNAPSHOT, "samples_budget": 10_000}
+    lookups = []
+
+    def fetch(server, timeout):
+        calls.append(server)
+        if server == "old" and len(calls) >= 2:
+            raise status_mod.ServerGoneError("the training server has exited (the run finished or stopped)")
+        if server == "new" and len(calls) >= 4:
+            raise status_mod.ServerGoneError("the training server has exited (the run finished or stopped)")
+        return {**unfinished, "samples_total": 10_000} if server == "new" else unfinished
+
+    def refind():
+        lookups.append(1)
+        if len(lookups) == 1:
+            return "old"  # the dead server's name is not released yet
+        if len(lookups) == 2:
+            raise status_mod.ServerGoneError("no server yet")  # the new one is still starting
+        return "new"
+
+    monkeypatch.setattr(status_mod, "fetch_status", fetch)
+    assert status_mod.print_tables("old", "afedpg-server", 1.0, 5.0, refind) == 0
+    out = capsys.readouterr().out
+    assert "died mid-run; waiting for the driver to restore it" in out
+    assert "restored from its checkpoint; following the new server" in out
+    assert calls == ["old", "old", "new", "new"] and len(lookups) == 3
+    # the new server spent its budget: when it goes, the watch ends without waiting for another
+    assert out.rstrip().endswith("the training server has exited (the run finished or stopped)")
+    monkeypatch.setattr(status_mod, "fetch_status", fake_fetch)
+
     def interrupt(seconds):
         raise KeyboardInterrupt
 
