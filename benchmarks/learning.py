@@ -352,11 +352,18 @@ def seed_summary(values: list[float]) -> str:
     return f"{np.mean(values):.1f} [{lo:.1f}, {hi:.1f}] | {np.median(values):.1f} | {per_seed}"
 
 
+FEW_SEEDS = 5
+"""Below this many seeds on a side an ordering is not called resolved: a percentile bootstrap cannot reach
+past the seeds' own range (3 seeds ordered 3:0 give P = 1.00 [1.00, 1.00], where an exact Mann-Whitney
+test of 3 against 3 gives p = 0.10)."""
+
+
 def improvement_text(x: list[float], y: list[float]) -> str:
     """``P(X > Y)`` with its 95% bootstrap interval, e.g. ``0.60 [0.41, 0.78]``: the ordering is resolved
-    only when the interval excludes 0.5."""
+    only when the interval excludes 0.5 and both sides have ``FEW_SEEDS`` seeds or more (else marked)."""
     lo, hi = prob_improvement_ci(x, y)
-    return f"{prob_improvement(x, y):.2f} [{lo:.2f}, {hi:.2f}]"
+    few = " (too few seeds to resolve)" if min(len(x), len(y)) < FEW_SEEDS else ""
+    return f"{prob_improvement(x, y):.2f} [{lo:.2f}, {hi:.2f}]{few}"
 
 
 def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str], dict], samples: int) -> None:
@@ -365,6 +372,8 @@ def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str]
         f"Returns after {samples:,} environment steps over seeds: mean [95% bootstrap CI of the mean], median",
         "and each seed (in seed order). P(X > Y): chance that a random seed of X ends above one of Y,",
         "with its 95% bootstrap interval (the ordering is resolved only where the interval excludes 0.5).",
+        f"Below {FEW_SEEDS} seeds a side a percentile bootstrap cannot reach past the seeds' own range and",
+        "understates the uncertainty: such intervals are descriptive, and orderings are marked as unresolved.",
         "",
     ]
     for env in dict.fromkeys(r["env"] for r in rows):
