@@ -250,6 +250,19 @@ def write_curves(path: Path, rows: list[dict], samples: int, points: int = 100) 
         write_rows(path, table)
 
 
+def forget_evaluations(path: Path, retrained: set[tuple[str, str, str]]) -> None:
+    """Drop ``path``'s evaluations of runs trained again in this invocation (their row was deleted from
+    learning.csv): asynchronous training is not bitwise reproducible, so the old numbers were another policy's."""
+    rows = read_csv(path)
+    kept = [r for r in rows if (r["env"], r["algo"], r["seed"]) not in retrained]
+    if len(kept) == len(rows):
+        return
+    if kept:
+        write_rows(path, kept)
+    else:
+        path.unlink()
+
+
 def write_evaluations(path: Path, rows: list[dict], episodes: int) -> None:
     """Each run's final policy, run deterministically for ``episodes`` episodes (``afedpg eval``).
 
@@ -622,6 +635,7 @@ def run_grid(args: argparse.Namespace) -> None:
                     continue
                 row = run_one(env, algo, seed, args, out)
                 results[(env, algo, str(seed))] = row
+                forget_evaluations(out / "eval.csv", {(env, algo, str(seed))})
                 print(json.dumps(row), flush=True)
                 write_rows(out / "learning.csv", list(results.values()))
         plot(list(results.values()), env, args.samples, out / f"learning_{env}.png")

@@ -412,3 +412,16 @@ def test_paired_line_by_hand(tmp_path):
     # a seed only one side ran is left out; below two shared seeds there is no line
     alone = [r for r in rows if not (r["algo"] == "vanilla" and r["seed"] in ("1", "2"))]
     assert learning.paired_text(alone, "Swimmer-v5", "afedpg", "vanilla") == ""
+
+
+def test_a_retrained_run_loses_its_old_evaluation(tmp_path):
+    learning = load_script("learning")
+    path = tmp_path / "eval.csv"
+    header = "env,algo,agents,seed,episodes,eval_return,eval_min,eval_max"
+    path.write_text(f"{header}\nHopper-v5,afedpg,8,0,10,2000.0,1900.0,2100.0\nHopper-v5,vanilla,8,0,10,1500.0,1.0,2.0\n")
+    learning.forget_evaluations(path, {("Hopper-v5", "afedpg", "1")})  # not evaluated: nothing changes
+    assert len(path.read_text().splitlines()) == 3
+    learning.forget_evaluations(path, {("Hopper-v5", "afedpg", "0")})
+    assert path.read_text().splitlines() == [header, "Hopper-v5,vanilla,8,0,10,1500.0,1.0,2.0"]
+    learning.forget_evaluations(path, {("Hopper-v5", "vanilla", "0")})
+    assert not path.exists()
