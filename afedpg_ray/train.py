@@ -185,7 +185,9 @@ def load_resumable(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
 
     Checked before anything is written: the policy must have the checkpoint's number of parameters
     (a checkpoint copied from another run, or a config.json edited by hand, is refused here rather than
-    inside the server), and the budget must exceed what the run has already spent.
+    inside the server), and the budget must exceed what the run has already spent - unless the run has
+    no policy.pt: then it stopped (Ctrl-C, SIGTERM) after its final checkpoint but before writing it,
+    and the resume only finishes it (no update is applied; policy.pt and summary.json are written).
     """
     state = load_checkpoint(run_dir)
     path = run_dir / CHECKPOINT_FILE
@@ -198,7 +200,7 @@ def load_resumable(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
                 f"{list(config.hidden)} has {num_params(policy)}; it belongs to another run"
             )
     spent = int(state.get("samples_total", 0))
-    if config.samples <= spent:
+    if config.samples <= spent and (run_dir / POLICY_FILE).is_file():
         raise CheckpointError(
             f"{run_dir} has already trained {spent} samples of its budget; pass a larger --samples to continue it"
         )

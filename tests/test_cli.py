@@ -325,6 +325,7 @@ def finished_run(tmp_path, num_params: int | None = None):
     state = {"rule_state": {"version": 5}, "samples_total": 5000, "progress_rows": 1}
     save_checkpoint(run, {**state, "num_params": real if num_params is None else num_params})
     (run / "progress.csv").write_text("update,accepted\n5,True\n")
+    (run / "policy.pt").write_bytes(b"")  # written last: its presence is what marks the run finished
     return run
 
 
@@ -357,6 +358,18 @@ def test_a_refused_train_leaves_the_run_directory_as_it_was(argv, message, tmp_p
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert snapshot(run) == before
+
+
+def test_a_run_stopped_after_its_final_checkpoint_resumes_to_write_its_policy(tmp_path, monkeypatch):
+    # Ctrl-C between the final checkpoint and policy.pt: the budget is spent, the policy not saved
+    def ray_started(*args, **kwargs):
+        raise RuntimeError("passed the checks")
+
+    monkeypatch.setattr("afedpg_ray.train.connect", ray_started)
+    run = finished_run(tmp_path)
+    (run / "policy.pt").unlink()
+    with pytest.raises(RuntimeError, match="passed the checks"):
+        main(["train", "--resume", str(run), "--no-progress"])
 
 
 def test_a_run_that_stopped_before_its_first_checkpoint_can_be_trained_again(tmp_path, monkeypatch):
