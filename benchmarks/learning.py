@@ -147,6 +147,38 @@ LEARNING_COLUMNS = ("env", "algo", "agents", "seed", "samples", "final_return", 
 """Columns of ``learning.csv`` that the summary, the plots and compare_variants.py read."""
 
 
+GRID_FILE = "grid.json"
+"""The settings every run in an ``--out`` directory shares beyond its budget (agents, profile, train
+options), so that a later invocation cannot pool runs of another setting under the same rows."""
+
+
+def grid_settings(args: argparse.Namespace) -> dict:
+    """What this invocation trains with, besides the budget (checked separately) and the grid itself."""
+    return {"agents": args.agents, "hetero": args.hetero, "train_args": shlex.split(args.train_args)}
+
+
+def check_settings(out: Path, settings: dict, results: dict[tuple[str, str, str], dict]) -> None:
+    """Refuse to add runs of other settings to ``out`` (a :class:`GridError` naming the difference); record
+    the settings on first use. Directories from before the file existed are checked by their rows' agents."""
+    path = out / GRID_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+    else:
+        agents = {int(r["agents"]) for r in results.values() if r["algo"] != "pg"}
+        saved = {**settings, "agents": agents.pop()} if len(agents) == 1 else settings
+    differ = [key for key in settings if saved.get(key) != settings[key]]
+    if differ:
+
+        def flag(key: str) -> str:
+            return "--" + key.replace("_", "-")
+
+        held = ", ".join(f"{flag(k)} {saved.get(k)!r}" for k in differ)
+        asked = ", ".join(f"{flag(k)} {settings[k]!r}" for k in differ)
+        raise GridError(f"{out} holds runs made with {held}, not {asked}; one setting per --out directory")
+    if not path.is_file():
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
 def read_rows(path: Path) -> dict[tuple[str, str, str], dict]:
     """Rows of an earlier ``learning.csv`` keyed by (env, algo, seed); empty if there is none.
 
@@ -628,6 +660,7 @@ def run_grid(args: argparse.Namespace) -> None:
         for env in envs:
             for algo in algos:
                 train_config(env, algo, seeds[0], args, out)
+        check_settings(out, grid_settings(args), results)
     for env in envs:
         for algo in algos:
             for seed in seeds:

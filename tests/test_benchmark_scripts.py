@@ -418,10 +418,35 @@ def test_a_retrained_run_loses_its_old_evaluation(tmp_path):
     learning = load_script("learning")
     path = tmp_path / "eval.csv"
     header = "env,algo,agents,seed,episodes,eval_return,eval_min,eval_max"
-    path.write_text(f"{header}\nHopper-v5,afedpg,8,0,10,2000.0,1900.0,2100.0\nHopper-v5,vanilla,8,0,10,1500.0,1.0,2.0\n")
+    path.write_text(
+        f"{header}\nHopper-v5,afedpg,8,0,10,2000.0,1900.0,2100.0\nHopper-v5,vanilla,8,0,10,1500.0,1.0,2.0\n"
+    )
     learning.forget_evaluations(path, {("Hopper-v5", "afedpg", "1")})  # not evaluated: nothing changes
     assert len(path.read_text().splitlines()) == 3
     learning.forget_evaluations(path, {("Hopper-v5", "afedpg", "0")})
     assert path.read_text().splitlines() == [header, "Hopper-v5,vanilla,8,0,10,1500.0,1.0,2.0"]
     learning.forget_evaluations(path, {("Hopper-v5", "vanilla", "0")})
     assert not path.exists()
+
+
+def test_a_grid_directory_keeps_one_setting(tmp_path):
+    learning = load_script("learning")
+    settings = {"agents": 8, "hetero": "linear:4", "train_args": ["--schedule", "theory"]}
+    learning.check_settings(tmp_path, settings, {})  # first use: recorded
+    learning.check_settings(tmp_path, dict(settings), {})  # the same again: fine
+    with pytest.raises(learning.GridError, match=r"holds runs made with --hetero 'linear:4', not --hetero 'none'"):
+        learning.check_settings(tmp_path, {**settings, "hetero": "none"}, {})
+    with pytest.raises(learning.GridError, match=r"--train-args \['--schedule', 'theory'\], not --train-args \[\]"):
+        learning.check_settings(tmp_path, {**settings, "train_args": []}, {})
+    # a directory from before grid.json: its rows' agents are checked (pg's single agent aside)
+    older = tmp_path / "older"
+    older.mkdir()
+    rows = {
+        ("Hopper-v5", "afedpg", "0"): {"algo": "afedpg", "agents": 8},
+        ("Hopper-v5", "pg", "0"): {"algo": "pg", "agents": 1},
+    }
+    with pytest.raises(learning.GridError, match="--agents 8, not --agents 4"):
+        learning.check_settings(older, {**settings, "agents": 4}, rows)
+    assert not (older / learning.GRID_FILE).exists()
+    learning.check_settings(older, settings, rows)
+    assert (older / learning.GRID_FILE).is_file()
