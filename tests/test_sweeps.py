@@ -92,8 +92,11 @@ def test_sample_efficiency_sweep_end_to_end(tmp_path, capsys):
         assert budget <= spent <= budget + 250, (n, spent)
     assert all(math.isfinite(float(r["return_mean"])) and float(r["wall_time"]) >= 0 for r in rows)
     assert_png(out / "sample_efficiency.png")
-    # Tune's experiment lives under the default storage (the output directory).
+    # Tune's experiment lives under the default storage (the output directory), each trial's run
+    # directory (named by its trial and start, so that a rerun keeps its own) inside it
     assert (out / "sample_efficiency").is_dir()
+    trial_runs = sorted((out / "sample_efficiency").glob("*/run-*-2*/progress.csv"))
+    assert len(trial_runs) == 2, sorted(p.name for p in (out / "sample_efficiency").rglob("run-*"))
     assert "results.csv" in capsys.readouterr().out
 
     # --resume of a finished sweep keeps its trials and rewrites the outputs without rerunning them.

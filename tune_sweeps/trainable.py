@@ -140,8 +140,11 @@ def run_trial(trial_config: dict[str, Any]) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     raw = merged_train_dict(trial_config)
-    # Tune runs the trial in its own working directory (synced to storage as an artifact).
-    raw.update(out=str(Path.cwd() / f"run-{trial_id}"), progress=False, address=None)
+    # Tune runs the trial in its own working directory (synced to storage as an artifact). A trial rerun
+    # after a sweep's --resume syncs into the same storage directory: naming the run by its start keeps
+    # the rerun's files (TensorBoard events above all) apart from the interrupted attempt's.
+    started = time.strftime("%Y%m%d-%H%M%S")
+    raw.update(out=str(Path.cwd() / f"run-{trial_id}-{started}"), progress=False, address=None)
     config = config_from_dict(raw)
     train(config, name_prefix=f"afedpg-{trial_id}", on_record=ThrottledReporter(config, tune.report))
 
