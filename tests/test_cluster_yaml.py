@@ -291,7 +291,12 @@ def test_token_auth_dashboard_and_metrics(path, stub_bin):
 def test_project_mounted_and_installed(path):
     config = _load(path)
     assert config["file_mounts"].get("~/afedpg-ray") == "."
-    assert any("pip install -e ~/afedpg-ray" in c for c in config["setup_commands"])
+    commands = config["setup_commands"]
+    installs = [i for i, c in enumerate(commands) if "pip install -e ~/afedpg-ray" in c]
+    assert installs
+    # CPU nodes: torch's CPU build goes in before the project, whose plain torch requirement it then meets
+    cpu_torch = [i for i, c in enumerate(commands) if "download.pytorch.org/whl/cpu" in c and "torch" in c]
+    assert cpu_torch and cpu_torch[0] < installs[0]
 
 
 def test_aws_security_group_opens_nothing_but_ssh():
