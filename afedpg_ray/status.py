@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from afedpg_ray.address import NAMESPACE, PROBE_TIMEOUT_S, AddressError, init_with_retry, probe_address, token_auth_on
@@ -180,7 +181,8 @@ def show(args: argparse.Namespace) -> int:
     connect(args.address, args.timeout)
     try:
         server = find_server(args.prefix)
-        return print_tables(server, f"{args.prefix}-server", args.watch, args.timeout, lambda: find_server(args.prefix))
+        follow = Follow(lambda: find_server(args.prefix), lambda: agents_alive(args.prefix))
+        return print_tables(server, f"{args.prefix}-server", args.watch, args.timeout, follow)
     finally:
         ray.shutdown()
 
@@ -191,32 +193,47 @@ spent: the driver first waits up to 30 s for the old one to answer (``SERVER_PRO
 new one from the checkpoint."""
 
 
+def agents_alive(prefix: str) -> bool:
+    """Whether any agent actor of the run ``prefix`` is still registered: a run that ended kills its agents
+    before its server, while a server restore leaves them running."""
+    import ray
+
+    return any(re.fullmatch(rf"{re.escape(prefix)}-agent-\d+", name) for name in ray.util.list_named_actors())
+
+
+@dataclass(frozen=True)
+class Follow:
+    """How ``--watch`` follows a run whose server died: look the server up again, and ask if the run goes on."""
+
+    refind: Callable[[], Any]
+    run_goes_on: Callable[[], bool]
+
+
 def _actor_id(handle: Any) -> Any:
     return getattr(handle, "_actor_id", handle)
 
 
-def restored_server(old: Any, refind: Callable[[], Any], wait: float, poll: float) -> Any | None:
-    """A server other than ``old`` that ``refind`` finds within ``wait`` seconds (polling every ``poll``), or None."""
+def restored_server(old: Any, follow: Follow, wait: float, poll: float) -> Any | None:
+    """A server other than ``old`` found within ``wait`` seconds (polling every ``poll``); None as soon as
+    the run has no agents left (it ended), or when the wait is over."""
     deadline = time.monotonic() + wait
     while True:
         try:
-            new = refind()
+            new = follow.refind()
             if _actor_id(new) != _actor_id(old):
                 return new
         except ServerGoneError:
             pass
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or not follow.run_goes_on():
             return None
         time.sleep(poll)
 
 
-def print_tables(
-    server: Any, name: str, watch: float | None, timeout: float, refind: Callable[[], Any] | None = None
-) -> int:
+def print_tables(server: Any, name: str, watch: float | None, timeout: float, follow: Follow | None = None) -> int:
     """Print the table once, or every ``watch`` seconds until Ctrl-C or the server exits (exit 0).
 
-    With ``refind`` (how to look the server up again), a server that dies before its sample budget is
-    spent is followed to its replacement when the driver restores one from the checkpoint.
+    With ``follow``, a server that dies while the run goes on (its budget not spent, its agents alive)
+    is followed to its replacement when the driver restores one from the checkpoint.
     """
     clear = watch is not None and sys.stdout.isatty()
     try:
@@ -237,9 +254,9 @@ def print_tables(
                 except ServerGoneError as gone:
                     unfinished = status.get("samples_total", 0) < status.get("samples_budget", 0)
                     replacement = None
-                    if refind is not None and unfinished:
+                    if follow is not None and unfinished and follow.run_goes_on():
                         print(f"{name}: the server died mid-run; waiting for the driver to restore it", flush=True)
-                        replacement = restored_server(server, refind, RESTORE_WAIT_S, min(watch, 2.0))
+                        replacement = restored_server(server, follow, RESTORE_WAIT_S, min(watch, 2.0))
                     if replacement is None:
                         print(f"{name}: {gone}", flush=True)
                         return 0

@@ -100,6 +100,7 @@ def test_train_and_status_on_a_running_cluster(head):
     headers = re.findall(r"afedpg-server \(node (\w{8})\): version \d+, [\d.]+ updates/s", watch_out)
     assert headers, watch_out
     assert "afedpg-server: the training server has exited" in tables[-1]
+    assert "died mid-run" not in watch_out  # a run that ended is not mistaken for a server to wait for
     rows = agent_rows(watch_out)
     assert sorted(rows) == [0, 1, 2], watch_out
     assert len({node for node, _ in rows.values()} | set(headers)) == 1  # one node, the head: agents and server
@@ -302,13 +303,27 @@ def test_watch_stops_quietly_on_ctrl_c_and_when_the_server_exits(monkeypatch, ca
         return "new"
 
     monkeypatch.setattr(status_mod, "fetch_status", fetch)
-    assert status_mod.print_tables("old", "afedpg-server", 1.0, 5.0, refind) == 0
+    assert status_mod.print_tables("old", "afedpg-server", 1.0, 5.0, status_mod.Follow(refind, lambda: True)) == 0
     out = capsys.readouterr().out
     assert "died mid-run; waiting for the driver to restore it" in out
     assert "restored from its checkpoint; following the new server" in out
     assert calls == ["old", "old", "new", "new"] and len(lookups) == 3
     # the new server spent its budget: when it goes, the watch ends without waiting for another
     assert out.rstrip().endswith("the training server has exited (the run finished or stopped)")
+
+    # a run that ended just short of its last snapshot's budget has no agents left: no waiting
+    calls.clear()
+    lookups.clear()
+    ended = status_mod.Follow(refind, lambda: False)
+    assert status_mod.print_tables("old", "afedpg-server", 1.0, 5.0, ended) == 0
+    out = capsys.readouterr().out
+    assert "waiting for the driver" not in out and not lookups
+    # while the run goes on but no replacement appears, the wait ends at its deadline
+    clock = iter(range(0, 1000, 30))
+    monkeypatch.setattr(status_mod.time, "monotonic", lambda: next(clock))
+    stuck = status_mod.Follow(lambda: "old", lambda: True)
+    assert status_mod.restored_server("old", stuck, wait=90.0, poll=1.0) is None
+    assert next(clock) == 120  # deadline set at 0, checked at 30, 60 and 90: given up at 90
     monkeypatch.setattr(status_mod, "fetch_status", fake_fetch)
 
     def interrupt(seconds):
