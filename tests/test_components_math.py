@@ -210,3 +210,49 @@ def test_paired_comparison_by_hand():
     assert paired_comparison(x, y).ci == (1.0, 1.0) and prob_improvement(x, y) < 0.7
     with pytest.raises(ValueError, match="equally long"):
         paired_comparison([1.0, 2.0], [1.0])
+
+
+def test_numpy_mlp_matches_the_torch_network_forward_and_backward():
+    """Agents act through the numpy copy while the policy gradient comes from torch: they must agree."""
+    import torch
+
+    from afedpg_ray.policy import mlp
+    from afedpg_ray.rollout import NumpyMLP
+
+    torch.manual_seed(0)
+    net = mlp([5, 16, 8, 3], out_gain=0.5)
+    with torch.no_grad():
+        for layer in net:
+            if isinstance(layer, torch.nn.Linear):
+                layer.bias.normal_()  # the initialisation zeroes biases: make their gradients non-trivial
+    copy = NumpyMLP(net)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(7, 5)).astype(np.float32)
+    weights = rng.normal(size=(7, 3)).astype(np.float32)  # loss = sum(weights * output)
+    outputs = copy.activations(x)
+    x_t = torch.as_tensor(x)
+    out_t = net(x_t)
+    assert np.allclose(outputs[-1], out_t.detach().numpy(), atol=1e-5)
+    (out_t * torch.as_tensor(weights)).sum().backward()
+    expected = []
+    for layer in (m for m in net if isinstance(m, torch.nn.Linear)):
+        expected += [layer.weight.grad.numpy().T.ravel(), layer.bias.grad.numpy().ravel()]
+    assert np.allclose(copy.backward(outputs, weights.copy()), np.concatenate(expected), atol=1e-4)
+
+
+def test_numpy_adam_matches_torch_adam():
+    import torch
+
+    from afedpg_ray.rollout import Adam
+
+    rng = np.random.default_rng(2)
+    start = rng.normal(size=6).astype(np.float32)
+    ours = Adam(start.copy(), lr=0.01)
+    theirs = torch.nn.Parameter(torch.as_tensor(start.copy()))
+    optimiser = torch.optim.Adam([theirs], lr=0.01)
+    for _ in range(5):
+        grad = rng.normal(size=6).astype(np.float32)
+        ours.step(grad)
+        theirs.grad = torch.as_tensor(grad)
+        optimiser.step()
+    assert np.allclose(ours.params, theirs.detach().numpy(), atol=1e-6)
