@@ -119,6 +119,8 @@ def paired_comparison(
         raise ValueError(f"paired_comparison needs two equally long, non-empty lists, got {a.size} and {b.size}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):  # a run that finished no episode: no return
+        raise ValueError("paired_comparison needs finite returns; leave out the pairs without one")
     difference = a - b
     wins, losses = int(np.sum(difference > 0)), int(np.sum(difference < 0))
     rng = np.random.default_rng(seed)

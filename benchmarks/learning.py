@@ -498,11 +498,14 @@ def paired_text(rows: list[dict], env: str, a: str, b: str) -> str:
         algo: {str(r["seed"]): float(r["final_return"]) for r in rows if r["env"] == env and r["algo"] == algo}
         for algo in (a, b)
     }
-    seeds = sorted(set(final[a]) & set(final[b]), key=int)
+    shared = sorted(set(final[a]) & set(final[b]), key=int)
+    seeds = [s for s in shared if np.isfinite(final[a][s]) and np.isfinite(final[b][s])]
     if len(seeds) < 2:
         return ""
     result = paired_comparison([final[a][s] for s in seeds], [final[b][s] for s in seeds])
     ties = f", {result.ties} tied" if result.ties else ""
+    if len(seeds) < len(shared):
+        ties += f", {len(shared) - len(seeds)} without a return left out"
     lo, hi = result.ci
     return (
         f"{a} above {b} in {result.wins} of {result.pairs} pairs{ties} (sign test p = {result.sign_test_p:.2g}), "

@@ -409,6 +409,11 @@ def test_paired_line_by_hand(tmp_path):
     # rows trained in this invocation carry int seeds, rows read back from learning.csv text ones
     mixed = [{**r, "seed": int(r["seed"])} if r["algo"] == "vanilla" else r for r in rows]
     assert learning.paired_text(mixed, "Swimmer-v5", "afedpg", "vanilla").startswith("afedpg above vanilla in 1 of 3")
+    # a run that finished no episode has no return: its pair is left out, and the line says so
+    no_return = [{**r, "final_return": float("nan")} if (r["algo"], r["seed"]) == ("afedpg", "2") else r for r in rows]
+    assert learning.paired_text(no_return, "Swimmer-v5", "afedpg", "vanilla").startswith(
+        "afedpg above vanilla in 1 of 2 pairs, 1 without a return left out"
+    )
     # a seed only one side ran is left out; below two shared seeds there is no line
     alone = [r for r in rows if not (r["algo"] == "vanilla" and r["seed"] in ("1", "2"))]
     assert learning.paired_text(alone, "Swimmer-v5", "afedpg", "vanilla") == ""

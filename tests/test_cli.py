@@ -82,6 +82,7 @@ from afedpg_ray.cli import main
         # options this configuration would ignore
         (["--critic", "false", "--gae-lambda", "0.9"], "--gae-lambda"),
         (["--critic", "false", "--critic-epochs", "3"], "--critic-epochs"),
+        (["--critic", "false", "--critic-lr", "0.01"], "--critic-lr"),
         (["--algo", "a3c", "--schedule", "theory"], "--schedule"),
         (["--log-std-init", "-0.5"], "--log-std-init"),  # CartPole's actions are discrete
         (["--agents", "5000"], "--agents"),
@@ -155,6 +156,22 @@ def test_good_agent_resources_and_rising_alpha_pass():
     )
     assert config.alpha_end == 0.5 > config.alpha0  # a rising alpha is a legitimate experiment
     assert config_from_dict(config.to_dict()) == config  # config.json round trip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--env", "Swimmer-v5", "--critic", "false"],  # the table's critic options are not the user's: no refusal
+        ["--env", "Hopper-v5", "--log-std-init", "-0.5"],  # a Gaussian policy has a log-std
+        ["--env", "Hopper-v5", "--algo", "a3c"],  # the table's linear schedule: a3c anneals with it
+        ["--critic", "true", "--critic-lr", "0.001"],
+    ],
+)
+def test_options_a_configuration_uses_are_accepted(argv):
+    from afedpg_ray.cli import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["train", *argv]))
+    assert config.env in argv or config.env == "CartPole-v1"
 
 
 def test_env_is_made_once_and_make_errors_are_config_errors(monkeypatch):

@@ -210,6 +210,11 @@ def test_paired_comparison_by_hand():
     assert paired_comparison(x, y).ci == (1.0, 1.0) and prob_improvement(x, y) < 0.7
     with pytest.raises(ValueError, match="equally long"):
         paired_comparison([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="finite"):
+        paired_comparison([1.0, float("nan")], [0.0, 0.0])
+    # ties are neither wins nor losses: 6 wins, 0 losses, 2 ties is a sign test on 6, p = 2 / 2^6
+    six = paired_comparison([1.0] * 6 + [0.0, 0.0], [0.0] * 8)
+    assert (six.wins, six.ties) == (6, 2) and six.sign_test_p == pytest.approx(2 / 64)
 
 
 def test_numpy_mlp_matches_the_torch_network_forward_and_backward():

@@ -42,6 +42,21 @@ def test_delays_come_from_versions(server):
     assert r3.samples_total == 40 and r3.episodes_total == 4
 
 
+def test_a_gradient_for_a_point_the_agent_no_longer_holds_is_stale(server):
+    """The same dispatch answered twice (a retried task, a duplicated message) is applied once."""
+    server.apply(meta(0, 0), np.ones(server.num_params))  # agent 0 now holds the point of version 1
+    before = server.state.theta.copy()
+    _, record = server.apply(meta(0, 0), np.ones(server.num_params))
+    assert not record.accepted and record.reason == "stale_version"
+    assert np.array_equal(server.state.theta, before) and server.state.version == 1
+
+
+def test_a_checkpoint_of_another_policy_is_refused_on_restore(server):
+    saved = {**server.export_state(), "num_params": server.num_params + 1}
+    with pytest.raises(ValueError, match="parameters"):
+        ParameterServer(CONFIG).restore(saved)
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [

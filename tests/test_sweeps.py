@@ -137,6 +137,8 @@ def test_ratios_against_hand_computed_numbers():
     per_seed = [theoretical_ratio("lognormal:1", 4, seed) for seed in (0, 1, 2)]
     assert len(set(per_seed)) == 3
     assert Timing("lognormal:1").ratio(4, [0, 1, 2]) == pytest.approx(sum(per_seed) / 3)
+    padded = Timing("linear:4", 1.0, (1.0,))  # what cmd_speedup builds from the trials' config
+    assert padded.ratio(4, [0, 1]) == pytest.approx(1.25 * (1 / 2 + 1 / 3 + 1 / 4 + 1 / 5))
     assert default_target([10.0, 0.0], [50.0, 100.0]) == pytest.approx(80.0)
     assert default_target([-1000.0], [-200.0]) == pytest.approx(-360.0)
 
@@ -155,6 +157,8 @@ def test_summarize_reads_times_off_the_mean_curves():
     )
     table, how = summarize(data, "linear:4", target=60.0)
     by_algo = {row.algo: row for row in table}
+    padded, _ = summarize(data, Timing("linear:4", 1.0, (1.0,)), target=60.0)
+    assert padded[0].theoretical_ratio == pytest.approx(1.25 * (1 / 2 + 1 / 3 + 1 / 4 + 1 / 5))
     assert by_algo["afedpg"].time_to_target_s == pytest.approx(10 + 10 / 3)
     assert by_algo["fedpg"].time_to_target_s == pytest.approx(30.0)
     assert by_algo["afedpg"].measured_ratio_fedpg_over_afedpg == pytest.approx(30 / (10 + 10 / 3))
