@@ -15,6 +15,8 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        # address="local": a fresh instance even if the machine runs a `ray start` cluster or sets RAY_ADDRESS
+        # (which ray.init() with no address would join, and refuse num_cpus for)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
