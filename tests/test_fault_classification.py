@@ -206,3 +206,26 @@ def test_a_ctrl_c_during_ray_start_up_is_held_then_raised():
             time.sleep(0.05)
             reached_end = False
     assert reached_end
+
+
+def test_a_failing_agent_backs_off_then_is_dropped_and_a_run_with_none_left_stops(monkeypatch):
+    monkeypatch.setattr(runtime.ray, "kill", lambda actor, no_restart: None)
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: 100.0)
+    faults = []
+    slots = [AgentSlot(0, "actor-0", {}), AgentSlot(1, "actor-1", {})]
+    runner = bare_runner(
+        stats=LoopStats(), slots=slots, _fault=lambda kind, agent, message: faults.append((kind, agent, message))
+    )
+    retry_at = []
+    for _ in range(runtime.MAX_AGENT_RESTARTS):
+        runner._agent_failed(slots[0], RuntimeError("env crashed"))
+        retry_at.append(slots[0].retry_at)
+    assert retry_at == [100.5, 101.0, 102.0]  # backoff 0.5 s, 1 s, 2 s
+    assert [kind for kind, _, _ in faults] == ["agent_restart"] * 3 and slots[0].alive
+    runner._agent_failed(slots[0], RuntimeError("env crashed"))  # one failure past the restarts: retired
+    assert not slots[0].alive and runner.stats.dropped == [0] and runner.stats.restarts == {0: 4}
+    assert faults[-1][:2] == ("agent_dropped", 0) and "gave up after 3 restarts: env crashed" in faults[-1][2]
+    for _ in range(runtime.MAX_AGENT_RESTARTS):
+        runner._agent_failed(slots[1], RuntimeError("node lost"))
+    with pytest.raises(RunError, match="every agent failed; last error: node lost"):
+        runner._agent_failed(slots[1], RuntimeError("node lost"))
