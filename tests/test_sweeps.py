@@ -106,7 +106,10 @@ def test_sample_efficiency_sweep_end_to_end(tmp_path, capsys):
         + ["--out", str(out), "--resume", "--verbose", "0"]
     )
     assert code == 0
-    assert len(read_csv(out / "results.csv")) == len(rows)
+    resumed = read_csv(out / "results.csv")
+    # the same trials' reports, not a rerun's (which would report at new wall times)
+    assert [(r["trial_id"], r["wall_time"]) for r in resumed] == [(r["trial_id"], r["wall_time"]) for r in rows]
+    assert len(sorted((out / "sample_efficiency").glob("*/run-*-2*/progress.csv"))) == 2
 
 
 # --- speedup summary arithmetic ---------------------------------------------------------------------
