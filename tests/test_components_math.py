@@ -261,3 +261,45 @@ def test_numpy_adam_matches_torch_adam():
         theirs.grad = torch.as_tensor(grad)
         optimiser.step()
     assert np.allclose(ours.params, theirs.detach().numpy(), atol=1e-6)
+
+
+def test_the_samplers_normaliser_is_the_one_evaluation_uses():
+    """Agents normalise with a fast in-place copy; evaluation (afedpg eval) with RunningStats.normalize."""
+    from afedpg_ray.config import EstimatorConfig
+    from afedpg_ray.normalizer import RunningStats
+    from afedpg_ray.rollout import OBS_CLIP, Sampler
+
+    rng = np.random.default_rng(3)
+    stats = RunningStats.of(rng.normal(2.0, 0.5, size=(50, 4)))
+    sampler = Sampler("CartPole-v1", num_envs=2, seed=0, hidden=(8,), est=EstimatorConfig())
+    sampler.set_normalizer(stats)
+    obs = rng.normal(2.0, 3.0, size=(6, 4))
+    obs[0, 0] = 1e6  # far out: clipped to OBS_CLIP by both
+    assert np.allclose(sampler._normalize(obs), stats.normalize(obs, clip=OBS_CLIP), atol=1e-5)
+    assert sampler._normalize(obs)[0, 0] == OBS_CLIP
+
+
+def test_the_samplers_actions_follow_the_policys_distribution():
+    """The numpy draws agents act with have the distribution whose log-probability the gradient uses."""
+    import torch
+
+    from afedpg_ray.config import EstimatorConfig
+    from afedpg_ray.rollout import Sampler
+
+    est = EstimatorConfig(log_std_init=-0.7)
+    # categorical (CartPole): one observation repeated; frequencies against softmax(logits)
+    sampler = Sampler("CartPole-v1", num_envs=1, seed=0, hidden=(8,), est=est)
+    with torch.no_grad():
+        sampler.policy.net[-1].bias.copy_(torch.tensor([0.3, -0.5]))  # logits away from 50/50
+    sampler.actor.load(sampler.policy.net)
+    obs = np.full((20_000, 4), 0.1, dtype=np.float32)
+    probs = torch.softmax(sampler.policy.net(torch.as_tensor(obs[:1])), -1).detach().numpy()[0]
+    counts = np.bincount(sampler._act(obs), minlength=2) / len(obs)
+    assert np.allclose(counts, probs, atol=0.015)  # binomial std at 20k draws is below 0.004
+    # Gaussian (Pendulum): mean from the network, std exp(log_std)
+    sampler = Sampler("Pendulum-v1", num_envs=1, seed=0, hidden=(8,), est=est)
+    obs = np.full((20_000, 3), 0.2, dtype=np.float32)
+    mean = sampler.policy.net(torch.as_tensor(obs[:1])).detach().numpy()[0]
+    actions = sampler._act(obs)
+    assert np.allclose(actions.mean(axis=0), mean, atol=0.02)
+    assert np.allclose(actions.std(axis=0), np.exp(-0.7), rtol=0.03)
