@@ -193,6 +193,11 @@ spent: the driver first waits up to 30 s for the old one to answer (``SERVER_PRO
 new one from the checkpoint."""
 
 
+END_GRACE_S = 3.0
+"""How long ``--watch`` gives Ray to unregister a finished run's agents before it takes agents that are
+still listed for a run that goes on (and waits for its restored server)."""
+
+
 def agents_alive(prefix: str) -> bool:
     """Whether any agent actor of the run ``prefix`` is still registered: a run that ended kills its agents
     before its server, while a server restore leaves them running."""
@@ -254,6 +259,8 @@ def print_tables(server: Any, name: str, watch: float | None, timeout: float, fo
                 except ServerGoneError as gone:
                     unfinished = status.get("samples_total", 0) < status.get("samples_budget", 0)
                     replacement = None
+                    if follow is not None and unfinished:
+                        time.sleep(END_GRACE_S)  # a run that ended kills its agents just before its server
                     if follow is not None and unfinished and follow.run_goes_on():
                         print(f"{name}: the server died mid-run; waiting for the driver to restore it", flush=True)
                         replacement = restored_server(server, follow, RESTORE_WAIT_S, min(watch, 2.0))
