@@ -432,23 +432,29 @@ def first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-@functools.cache
 def has_discrete_actions(env_id: str) -> bool:
     """Whether ``env_id`` (already checked by :func:`check_env_id`) has a Discrete action space."""
-    import gymnasium as gym
+    return _env_facts(env_id).discrete
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        env = gym.make(env_id)
-    try:
-        return isinstance(env.action_space, gym.spaces.Discrete)
-    finally:
-        env.close()
+
+def _env_problem(env_id: str) -> str | None:
+    """Why ``env_id`` cannot be trained on, or None (see :func:`_env_facts`)."""
+    return _env_facts(env_id).problem
+
+
+@dataclass(frozen=True)
+class EnvFacts:
+    """What validation needs to know of an environment, from making it once."""
+
+    problem: str | None
+    """Why it cannot be trained on, or None."""
+    discrete: bool = False
+    """Whether its actions are Discrete."""
 
 
 @functools.cache  # lru_cache without a bound: one entry per env id
-def _env_problem(env_id: str) -> str | None:
-    """Why ``env_id`` cannot be trained on, or None: it is made once (then closed) and its spaces checked.
+def _env_facts(env_id: str) -> EnvFacts:
+    """``env_id`` made once (then closed) and its spaces checked: why it cannot be trained on, if so.
 
     The space rules are :mod:`afedpg_ray.policy`'s: Box observations, Discrete or 1-D Box actions.
     Failures are cached too, so a Tune grid over a bad id does not retry the import per trial.
@@ -463,21 +469,21 @@ def _env_problem(env_id: str) -> str | None:
             warnings.simplefilter("ignore")  # deprecation chatter would break the one-line error
             env = gym.make(env_id)
     except gym.error.DependencyNotInstalled as err:
-        return f"{env_id} needs a package that is not installed: {first_line(err)}"
+        return EnvFacts(f"{env_id} needs a package that is not installed: {first_line(err)}")
     except Exception as err:  # any make-time failure would recur in every agent: report it once, here
-        return f"cannot create {env_id}: {type(err).__name__}: {first_line(err)}"
+        return EnvFacts(f"cannot create {env_id}: {type(err).__name__}: {first_line(err)}")
     try:
         obs_space, action_space = env.observation_space, env.action_space
     finally:
         env.close()
     if not isinstance(obs_space, gym.spaces.Box):
-        return f"{env_id} has observation space {obs_space}; only Box observations are supported"
+        return EnvFacts(f"{env_id} has observation space {obs_space}; only Box observations are supported")
     if not (
         isinstance(action_space, gym.spaces.Discrete)
         or (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1)
     ):
-        return f"{env_id} has action space {action_space}; only Discrete or 1-D Box actions are supported"
-    return None
+        return EnvFacts(f"{env_id} has action space {action_space}; only Discrete or 1-D Box actions are supported")
+    return EnvFacts(None, discrete=isinstance(action_space, gym.spaces.Discrete))
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:

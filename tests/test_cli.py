@@ -187,7 +187,7 @@ def test_env_is_made_once_and_make_errors_are_config_errors(monkeypatch):
         made.append(env_id)
         return real_make(env_id, **kwargs)
 
-    config_module._env_problem.cache_clear()
+    config_module._env_facts.cache_clear()
     try:
         monkeypatch.setattr(gym, "make", counting_make)
         check_env_id("CartPole-v1")
@@ -209,7 +209,7 @@ def test_env_is_made_once_and_make_errors_are_config_errors(monkeypatch):
         with pytest.raises(ConfigError, match="cannot create Walker2d-v5: RuntimeError: no display$"):
             check_env_id("Walker2d-v5")
     finally:
-        config_module._env_problem.cache_clear()  # drop the faked results
+        config_module._env_facts.cache_clear()  # drop the faked results
 
 
 def test_eval_of_missing_run_is_one_line(tmp_path, capsys):
