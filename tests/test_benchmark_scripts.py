@@ -240,7 +240,16 @@ def test_benchmark_scripts_refuse_bad_numbers_in_one_line(script, extra, message
 
 
 def test_benchmark_options_all_have_help():
-    for script in ("learning", "compare_variants", "chaos", "scale", "update_rate", "sampling", "server_overhead"):
+    for script in (
+        "learning",
+        "compare_variants",
+        "chaos",
+        "scale",
+        "update_rate",
+        "sampling",
+        "server_overhead",
+        "tune_report",
+    ):
         proc = subprocess.run(
             [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--help"],
             capture_output=True,

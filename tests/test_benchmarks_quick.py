@@ -1,6 +1,6 @@
 """Every performance benchmark runs in its ``--quick`` mode and writes its result file.
 
-Only the files and their structure are checked, never timings (CI machines vary too much). The four
+Only the files and their structure are checked, never timings (CI machines vary too much). The
 scripts run side by side, each in its own process with its own local Ray instance, so the module
 costs about as long as the slowest of them.
 """
@@ -20,6 +20,7 @@ EXPECTED_KEYS = {
     "sampling": ["single_agent", "whole_system"],
     "server_overhead": ["apply_in_process", "apply_in_ray_actor", "driver_loop"],
     "scale": ["sizes"],
+    "tune_report": ["trials", "ways"],
 }
 TIMEOUT_S = 420
 
@@ -62,3 +63,10 @@ def test_runs_leave_progress_files(quick_runs: dict[str, tuple[int, str, Path]])
         progress = sorted(out.glob("runs/*/progress.csv"))
         assert progress, f"{name}: no runs/*/progress.csv under {out}"
         assert all(len(p.read_text().splitlines()) > 1 for p in progress)
+
+
+def test_background_tune_reports_all_reach_tune(quick_runs: dict[str, tuple[int, str, Path]]) -> None:
+    _, _, out = quick_runs["tune_report"]
+    trials = json.loads((out / "result.json").read_text())["trials"]
+    assert {t["way"] for t in trials} == {"inline", "background"}
+    assert all(t["reports"] > 0 and t["delivered"] == t["reports"] for t in trials), trials

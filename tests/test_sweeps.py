@@ -357,6 +357,48 @@ def test_trial_bundles_reserve_what_each_agent_asks_for():
     assert trial_bundles(TrainConfig(env="CartPole-v1", agents=2, agent_cpus=0.25))[1:] == [{"CPU": 0.25}] * 2
 
 
+def test_background_sender_returns_while_a_send_is_held_and_delivers_everything_in_order():
+    import threading
+
+    from tune_sweeps.trainable import BackgroundSender
+
+    release, sent = threading.Event(), []
+
+    def slow_send(payload):
+        release.wait()  # Tune's controller has not fetched the result yet
+        sent.append(payload)
+
+    sender = BackgroundSender(slow_send)
+    for i in range(5):
+        sender(i)  # would hang here if the call waited for the send
+    assert sent == []
+    release.set()
+    sender.close()
+    assert sent == [0, 1, 2, 3, 4]
+
+
+def test_background_sender_close_reraises_the_first_send_error_and_stops_sending():
+    from tune_sweeps.trainable import BackgroundSender
+
+    sent = []
+
+    def send(payload):
+        if payload == 1:
+            raise SystemExit(0)  # how tune.report ends a trial Tune has stopped
+        sent.append(payload)
+
+    sender = BackgroundSender(send)
+    for i in range(3):
+        sender(i)
+    with pytest.raises(SystemExit):
+        sender.close()
+    assert sent == [0]
+
+    quiet = BackgroundSender(send)
+    quiet(1)
+    quiet.close(reraise=False)  # the trial's own error is the one shown
+
+
 def test_interrupted_sweep_exits_130(capsys):
     from tune_sweeps.cli import _done
 
