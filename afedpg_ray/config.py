@@ -483,7 +483,11 @@ def _env_facts(env_id: str) -> EnvFacts:
         or (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1)
     ):
         return EnvFacts(f"{env_id} has action space {action_space}; only Discrete or 1-D Box actions are supported")
-    return EnvFacts(None, discrete=isinstance(action_space, gym.spaces.Discrete))
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    if discrete and int(action_space.start) != 0:  # the policy's actions are indices 0..n-1
+        start = action_space.start
+        return EnvFacts(f"{env_id} numbers its actions from {start}; only Discrete actions from 0 are supported")
+    return EnvFacts(None, discrete=discrete)
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:

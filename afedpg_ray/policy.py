@@ -54,6 +54,13 @@ class Policy(nn.Module):
         lp = dist.log_prob(actions)
         return lp if self.discrete else lp.sum(-1)
 
+    def entropy(self, dist: torch.distributions.Distribution) -> torch.Tensor:
+        """Entropy of each sample's action distribution (summed over action dimensions for Gaussians,
+        as the joint entropy of independent dimensions; averaging them would weaken an entropy bonus by
+        the number of dimensions)."""
+        h = dist.entropy()
+        return h if self.discrete else h.sum(-1)
+
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Sample (or take the mode of) actions for a batch of normalised observations."""

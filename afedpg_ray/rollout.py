@@ -368,7 +368,7 @@ class Sampler:
         dist = self.policy.distribution(obs_t)
         objective = (self.policy.log_prob(dist, act_t) * torch.as_tensor(advantages, dtype=torch.float32)).mean()
         if self.est.entropy_coef > 0:
-            objective = objective + self.est.entropy_coef * dist.entropy().mean()
+            objective = objective + self.est.entropy_coef * self.policy.entropy(dist).mean()
         self.policy.zero_grad()
         objective.backward()
         return flat_grad(self.policy)
@@ -378,12 +378,22 @@ class Sampler:
         self.envs.close()
 
 
+EVAL_MAX_STEPS = 100_000
+"""Longest evaluation episode of an environment registered without a time limit."""
+
+
 def evaluate(
     policy: Policy, obs_stats: RunningStats | None, env_id: str, episodes: int, seed: int, deterministic: bool = True
 ) -> list[float]:
-    """Run ``episodes`` full episodes with ``policy`` and return their undiscounted returns."""
+    """Run ``episodes`` full episodes with ``policy`` and return their undiscounted returns.
+
+    An environment registered without a time limit has its episodes cut at ``EVAL_MAX_STEPS`` steps, so that
+    a policy that never ends one (balancing forever) cannot hang the evaluation.
+    """
     route_mujoco_warnings()
     env = gym.make(env_id)
+    if env.spec is None or env.spec.max_episode_steps is None:
+        env = gym.wrappers.TimeLimit(env, EVAL_MAX_STEPS)
     returns = []
     try:
         for episode in range(episodes):

@@ -199,8 +199,12 @@ class ParameterServer:
         # an honest agent reports ceil(batch / num_envs) * num_envs steps
         if not 0 < meta.samples <= self.config.batch + self.config.num_envs:
             return "bad_samples"
+        if len(meta.episode_returns) != len(meta.episode_lengths):
+            return "bad_samples"
         deltas_finite = meta.obs_delta.is_finite() and (meta.return_delta is None or meta.return_delta.is_finite())
-        if not np.all(np.isfinite(grad)) or not deltas_finite:
+        # one NaN episode return would make the reported mean return NaN for the next 20 episodes
+        returns_finite = bool(np.all(np.isfinite(np.asarray(meta.episode_returns, dtype=np.float64))))
+        if not np.all(np.isfinite(grad)) or not deltas_finite or not returns_finite:
             return "non_finite"
         # merging a wrong-shaped delta raises inside this actor; a negative count or M2 makes the shared
         # normaliser NaN for every agent

@@ -15,7 +15,7 @@ import torch
 from afedpg_ray import runlock
 from afedpg_ray.address import token_auth_on
 from afedpg_ray.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
-from afedpg_ray.config import TrainConfig, first_line, load_config
+from afedpg_ray.config import ConfigError, TrainConfig, check_env_id, first_line, load_config
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
 from afedpg_ray.runlog import RunLog, cut_progress
@@ -237,7 +237,16 @@ def load_policy(run_dir: Path) -> tuple[Policy, RunningStats | None, str]:
         raise FileNotFoundError(f"{path}: no saved policy (is {run_dir} a finished run directory?)")
     try:
         payload = torch.load(path, weights_only=False)
-        policy, _ = build_policy(payload["env"], tuple(payload["hidden"]), payload["log_std_init"])
+        env_id = payload["env"]
+    except Exception as err:  # noqa: BLE001 - any failure to read it means the file is unusable
+        raise ValueError(f"{path}: corrupt or incompatible policy file ({first_line(err)})") from None
+    try:  # an environment this machine cannot make (MuJoCo missing) is not the file's fault
+        check_env_id(env_id)
+    except ConfigError as err:
+        why = str(err).removeprefix("--env: ")
+        raise ValueError(f"{path}: cannot rebuild the policy's environment: {why}") from None
+    try:
+        policy, _ = build_policy(env_id, tuple(payload["hidden"]), payload["log_std_init"])
         set_flat(policy, np.asarray(payload["theta"]))
         stats = None
         if payload.get("normalize_obs", True):
@@ -246,7 +255,7 @@ def load_policy(run_dir: Path) -> tuple[Policy, RunningStats | None, str]:
             stats = RunningStats(count, np.asarray(payload["obs_mean"]), var * count)
     except Exception as err:  # noqa: BLE001 - any failure to read it means the file is unusable
         raise ValueError(f"{path}: corrupt or incompatible policy file ({first_line(err)})") from None
-    return policy, stats, payload["env"]
+    return policy, stats, env_id
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:

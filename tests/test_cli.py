@@ -229,6 +229,17 @@ def test_eval_of_corrupt_policy_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "policy.pt" in err, err
 
 
+def test_eval_of_a_policy_whose_environment_cannot_be_made_names_the_environment(tmp_path, capsys):
+    import torch
+
+    torch.save({"env": "NoSuchEnv-v0", "hidden": [8], "log_std_init": 0.0, "theta": [0.0]}, tmp_path / "policy.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "NoSuchEnv-v0" in err and "corrupt" not in err, err
+
+
 def test_console_script_fails_before_ray_starts():
     proc = subprocess.run(
         [sys.executable, "-m", "afedpg_ray.cli", "train", "--env", "Nope-v0"],
@@ -502,3 +513,21 @@ def test_first_line_of_an_error():
 
     assert first_line(ValueError("\n  \x1b[31mbad thing\x1b[0m  \nsecond line")) == "bad thing"
     assert first_line(OSError()) == "OSError"  # no message: its type
+
+
+def test_discrete_actions_not_numbered_from_zero_are_refused(capsys):
+    import gymnasium as gym
+
+    class ShiftedActions(gym.Env):
+        observation_space = gym.spaces.Box(-1.0, 1.0, (2,))
+        action_space = gym.spaces.Discrete(3, start=1)  # the policy would send 0..2: off by one
+
+    gym.register("AfedpgShiftedActions-v0", entry_point=ShiftedActions)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--env", "AfedpgShiftedActions-v0"])
+    finally:
+        gym.registry.pop("AfedpgShiftedActions-v0")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--env" in err and "from 1" in err, err

@@ -303,3 +303,46 @@ def test_the_samplers_actions_follow_the_policys_distribution():
     actions = sampler._act(obs)
     assert np.allclose(actions.mean(axis=0), mean, atol=0.02)
     assert np.allclose(actions.std(axis=0), np.exp(-0.7), rtol=0.03)
+
+
+def test_policy_entropy_is_the_joint_entropy_of_its_action_dimensions():
+    import gymnasium as gym
+    import torch
+
+    from afedpg_ray.policy import Policy
+
+    box = Policy(4, gym.spaces.Box(-1.0, 1.0, (3,)), hidden=(8,), log_std_init=0.5)
+    dist = box.distribution(torch.zeros(2, 4))
+    # each Gaussian dimension has 0.5 * log(2 pi e) + log sigma; independent dimensions add up
+    per_dim = 0.5 * math.log(2 * math.pi * math.e) + 0.5
+    assert box.entropy(dist).tolist() == pytest.approx([3 * per_dim] * 2, rel=1e-6)
+
+    categorical = Policy(4, gym.spaces.Discrete(4), hidden=(8,))
+    uniform = torch.distributions.Categorical(logits=torch.zeros(1, 4))
+    assert categorical.entropy(uniform).tolist() == pytest.approx([math.log(4)])
+
+
+def test_evaluation_cuts_episodes_of_an_environment_without_a_time_limit(monkeypatch):
+    import gymnasium as gym
+
+    from afedpg_ray import rollout
+    from afedpg_ray.policy import build_policy
+
+    class NeverEnds(gym.Env):
+        observation_space = gym.spaces.Box(-1.0, 1.0, (2,))
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.zeros(2, dtype=np.float32), {}
+
+        def step(self, action):
+            return np.zeros(2, dtype=np.float32), 1.0, False, False, {}
+
+    gym.register("AfedpgNeverEnds-v0", entry_point=NeverEnds)
+    try:
+        monkeypatch.setattr(rollout, "EVAL_MAX_STEPS", 50)
+        policy, _ = build_policy("AfedpgNeverEnds-v0", (8,), 0.0)
+        assert rollout.evaluate(policy, None, "AfedpgNeverEnds-v0", episodes=2, seed=0) == [50.0, 50.0]
+    finally:
+        gym.registry.pop("AfedpgNeverEnds-v0")

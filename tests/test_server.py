@@ -177,6 +177,8 @@ def with_stats(m: GradientMeta, **changes) -> GradientMeta:
         (dict(samples=0), "bad_samples"),
         (dict(samples=-64), "bad_samples"),
         (dict(samples=10**9), "bad_samples"),
+        (dict(episode_returns=(1.0, 2.0)), "bad_samples"),  # two returns, one length
+        (dict(episode_returns=(float("nan"),)), "non_finite"),
     ],
 )
 def test_bad_statistics_are_rejected_before_they_reach_the_normaliser(server, change, reason):
