@@ -181,7 +181,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         help=f"initial log std of the Gaussian policy, in [-20, 20] (default {e.log_std_init})",
     )
     add("--entropy-coef", type=float, help="entropy bonus weight (default 0)")
-    add("--agent-cpus", type=float, help="CPUs per agent (default: the cluster's CPUs shared evenly, at most 1)")
+    add("--agent-cpus", type=float, help="CPUs per agent (default: 95%% of the cluster's CPUs shared evenly, 0.01-1)")
     add("--agent-resources", help='per-agent Ray requests as JSON, e.g. \'{"0-3": {"resources": {"fast_node": 1}}}\'')
     add("--address", help="existing Ray cluster (auto, host:port or ray://...); default starts a local one")
     add(

@@ -80,7 +80,7 @@ class TrainConfig:
     env: str = "CartPole-v1"
     """Any gymnasium environment id with a Box observation space."""
     algo: str = "afedpg"
-    """Update rule: afedpg | vanilla | fedpg | a3c | pg."""
+    """Update rule: afedpg | vanilla | fedpg | a3c | pg | rennala (``ALGORITHMS``)."""
     agents: int = 4
     """Number of rollout agents (pg uses exactly one)."""
     hetero: str = "linear:4"
@@ -135,7 +135,7 @@ class TrainConfig:
     placement_timeout: float = 120.0
     """Seconds every agent may wait for its resources before the run reports which one cannot be placed."""
     out: str | None = None
-    """Output directory; None picks runs/<env>-<algo>-<timestamp>."""
+    """Output directory; None picks runs/<env>-<algo>-n<agents>-s<seed>-<timestamp>."""
     progress: bool = True
     """Show a progress bar."""
     tensorboard: bool = True

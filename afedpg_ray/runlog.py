@@ -148,9 +148,11 @@ class RunLog:
             self._bar.write(f"[{kind}]{who} {message}")
 
     def note(self, message: str) -> None:
-        """Print ``message`` above the progress bar (nothing without one); not part of the run's files."""
+        """Print ``message`` (above the progress bar if there is one); not part of the run's files."""
         if self._bar is not None:
             self._bar.write(message)
+        else:
+            print(message, flush=True)
 
     def flush(self) -> None:
         """Flush files to disk."""

@@ -54,6 +54,13 @@ def _add_sweep_options(parser: argparse.ArgumentParser, name: str, seeds: int, c
     add("--no-tensorboard", action="store_true", help="no TensorBoard event files in the trials' run directories")
 
 
+def _hide_option(parser: argparse.ArgumentParser, option: str) -> None:
+    """Leave ``option`` out of ``parser``'s --help (it is still parsed, so its command can refuse it by name)."""
+    for action in parser._actions:  # argparse has no public way to reach an added action by option string
+        if option in action.option_strings:
+            action.help = argparse.SUPPRESS
+
+
 def add_commands(sub: Any) -> None:
     """Register ``sweep`` (sample-efficiency, speedup, hyper) and ``plot`` on the ``afedpg`` subparsers."""
     sweep = sub.add_parser("sweep", help="Ray Tune sweeps that reproduce the paper's figures")
@@ -61,6 +68,7 @@ def add_commands(sub: Any) -> None:
 
     se = kinds.add_parser("sample-efficiency", conflict_handler="resolve", help="return vs samples per agent over N")
     add_train_options(se)
+    _hide_option(se, "--samples")  # refused: the budget comes from --samples-per-agent
     se.add_argument("--agents", type=int_list, default=(1, 2, 4, 8), help="agent counts N (default 1,2,4,8)")
     se.add_argument("--samples-per-agent", type=int, required=True, help="environment steps per agent per trial")
     _add_sweep_options(se, sample_efficiency.NAME, seeds=3, concurrent=0)
@@ -68,6 +76,7 @@ def add_commands(sub: Any) -> None:
 
     sp = kinds.add_parser("speedup", conflict_handler="resolve", help="return vs wall time under heterogeneity")
     add_train_options(sp)
+    _hide_option(sp, "--algo")  # refused: the rules come from --algos
     sp.add_argument("--agents", type=int_list, default=(4, 8), help="agent counts N (default 4,8)")
     sp.add_argument("--algos", type=_names, default=PAPER_ALGOS, help=f"rules (default {','.join(PAPER_ALGOS)})")
     sp.add_argument("--target", type=float, help="target return (default: 80%% of the way from start to best final)")
