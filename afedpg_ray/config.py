@@ -55,7 +55,8 @@ class EstimatorConfig:
     gae_lambda: float = 0.95
     """GAE(lambda) mixing; 1.0 gives the Monte-Carlo reward-to-go (GPOMDP with a critic baseline)."""
     critic: bool = True
-    """Private per-agent value network as baseline (never sent); False uses the batch-mean baseline."""
+    """Private per-agent value network as baseline (never sent); False uses the batch-mean baseline, and then
+    reward-to-go stops at the batch's end (no value to bootstrap an unfinished episode from)."""
     critic_lr: float = 1e-3
     """Adam step size of the private critic."""
     critic_epochs: int = 5
