@@ -5,6 +5,7 @@ Kept free of Ray, torch and gymnasium imports so a bad ``--address`` is reported
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -14,6 +15,25 @@ NAMESPACE = "afedpg"
 """Ray namespace of the run's named actors (``afedpg status`` looks there)."""
 PROBE_TIMEOUT_S = 3.0
 """How long the TCP probe of ``--address`` may take."""
+
+
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+"""Ray's logger that announces, on every local start, that token authentication is on."""
+
+
+class _DropTokenEnabledNotice(logging.Filter):
+    """Drops Ray's "Token authentication is enabled" notice (its warning that auth is *disabled* passes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
+def quiet_token_auth_notice() -> None:
+    """Keep Ray's token-auth notice off the run's console: the run's own watch hint already says how to
+    connect with a token (``RAY_AUTH_MODE=token afedpg status ...``). Idempotent."""
+    logger = logging.getLogger(TOKEN_NOTICE_LOGGER)
+    if not any(isinstance(f, _DropTokenEnabledNotice) for f in logger.filters):
+        logger.addFilter(_DropTokenEnabledNotice())
 
 
 class AddressError(RuntimeError):

@@ -20,7 +20,7 @@ import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from afedpg_ray.address import NAMESPACE, init_with_retry, probe_address
+from afedpg_ray.address import NAMESPACE, init_with_retry, probe_address, quiet_token_auth_notice
 from afedpg_ray.agent import RolloutAgent
 from afedpg_ray.checkpoint import save_checkpoint
 from afedpg_ray.config import TrainConfig, first_line
@@ -79,6 +79,7 @@ def connect(address: str | None) -> str | None:
         return None
     if address:
         probe_address(address)  # raises AddressError within seconds instead of ray.init's long retries
+    quiet_token_auth_notice()
     try:  # address None: start a local instance
         with ctrl_c_deferred():
             context = init_with_retry(

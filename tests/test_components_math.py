@@ -346,3 +346,20 @@ def test_evaluation_cuts_episodes_of_an_environment_without_a_time_limit(monkeyp
         assert rollout.evaluate(policy, None, "AfedpgNeverEnds-v0", episodes=2, seed=0) == [50.0, 50.0]
     finally:
         gym.registry.pop("AfedpgNeverEnds-v0")
+
+
+def test_rays_token_auth_notice_is_dropped_but_its_auth_disabled_warning_is_not():
+    import logging
+
+    from afedpg_ray.address import TOKEN_NOTICE_LOGGER, quiet_token_auth_notice
+
+    quiet_token_auth_notice()
+    quiet_token_auth_notice()  # idempotent: one filter
+    logger = logging.getLogger(TOKEN_NOTICE_LOGGER)
+    assert len(logger.filters) == 1
+
+    def passes(message: str) -> bool:
+        return logger.filter(logging.LogRecord(TOKEN_NOTICE_LOGGER, logging.WARNING, __file__, 1, message, (), None))
+
+    assert not passes("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+    assert passes("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
