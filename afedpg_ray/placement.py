@@ -11,12 +11,17 @@ from typing import Any
 from afedpg_ray.config import TrainConfig
 
 
+def agent_cpus(config: TrainConfig, cluster_cpus: float) -> float:
+    """CPUs an agent outside any ``--agent-resources`` group asks for: ``--agent-cpus``, else 95% of the
+    cluster's CPUs shared evenly (at least 0.01, at most 1)."""
+    if config.agent_cpus is not None:
+        return round(config.agent_cpus, 4)
+    return round(min(1.0, max(0.01, 0.95 * cluster_cpus / config.agents)), 4)
+
+
 def agent_options(config: TrainConfig, agent_id: int, cluster_cpus: float) -> dict[str, Any]:
     """Ray actor options for one agent: its group's request, else an even share of the CPUs."""
-    cpus = (
-        config.agent_cpus if config.agent_cpus is not None else min(1.0, max(0.01, 0.95 * cluster_cpus / config.agents))
-    )
-    options: dict[str, Any] = {"num_cpus": round(cpus, 4), "max_restarts": 0}
+    options: dict[str, Any] = {"num_cpus": agent_cpus(config, cluster_cpus), "max_restarts": 0}
     for group in config.agent_resources:
         if group.first <= agent_id <= group.last:
             if group.num_cpus is not None:

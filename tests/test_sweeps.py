@@ -357,6 +357,18 @@ def test_trial_bundles_reserve_what_each_agent_asks_for():
     assert trial_bundles(TrainConfig(env="CartPole-v1", agents=2, agent_cpus=0.25))[1:] == [{"CPU": 0.25}] * 2
 
 
+def test_a_trial_without_agent_cpus_asks_for_what_its_placement_group_reserved():
+    """Sized for one share, asked for another (a share of an 8-CPU cluster): Ray refused the agents."""
+    from afedpg_ray.config import TrainConfig
+    from afedpg_ray.placement import agent_options
+    from tune_sweeps.trainable import trial_bundles, with_trial_agent_cpus
+
+    config = TrainConfig(env="CartPole-v1", agents=4)
+    reserved = [bundle["CPU"] for bundle in trial_bundles(config)[1:]]
+    asked = [agent_options(with_trial_agent_cpus(config), i, cluster_cpus=8.0)["num_cpus"] for i in range(4)]
+    assert reserved == asked == [0.2375] * 4
+
+
 def test_background_sender_returns_while_a_send_is_held_and_delivers_everything_in_order():
     import threading
 

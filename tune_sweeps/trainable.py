@@ -24,6 +24,9 @@ from afedpg_ray.messages import UpdateRecord
 
 TRIAL_CPUS = 0.1
 """CPUs of a trial's first bundle: the driver loop of ``train()`` (the server actor asks for none)."""
+TRIAL_SHARE_OF_CPUS = 1.0
+"""Without ``--agent-cpus``, a trial's agents share this many CPUs (the sweep CLI sets ``--agent-cpus``
+from the cluster's CPUs and the largest N, so its trials fit side by side)."""
 REPORT_FRACTION = 0.01
 """A trial reports to Tune about every 1% of its sample budget, and always at the end."""
 ROW_COLUMNS = [
@@ -79,6 +82,20 @@ def grid_space(base: dict[str, Any], variants: dict[str, dict], seeds: Sequence[
     return {"train": base, "variants": variants, **grid}
 
 
+def with_trial_agent_cpus(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``agent_cpus`` fixed: a trial's agents must ask for what its placement group reserved.
+
+    Without it the group would be sized for one share and ``train()`` would ask for another (a share of
+    the whole cluster's CPUs), which Ray refuses as not fitting any bundle. The sweep CLI always sets
+    ``--agent-cpus``; this covers a Tuner built on :func:`make_trainable` directly.
+    """
+    from afedpg_ray.placement import agent_cpus
+
+    if config.agent_cpus is not None:
+        return config
+    return dataclasses.replace(config, agent_cpus=agent_cpus(config, TRIAL_SHARE_OF_CPUS))
+
+
 def trial_bundles(config: TrainConfig) -> list[dict[str, float]]:
     """Placement-group bundles: a small one for the trial's driver, then one per agent that asks for something.
 
@@ -87,9 +104,10 @@ def trial_bundles(config: TrainConfig) -> list[dict[str, float]]:
     """
     from afedpg_ray.placement import agent_options
 
+    config = with_trial_agent_cpus(config)
     bundles: list[dict[str, float]] = [{"CPU": TRIAL_CPUS}]
     for agent_id in range(config.agents):
-        options = agent_options(config, agent_id, cluster_cpus=1.0)
+        options = agent_options(config, agent_id, cluster_cpus=TRIAL_SHARE_OF_CPUS)
         wanted = {"CPU": options["num_cpus"], **options.get("resources", {}), "memory": options.get("memory") or 0}
         bundle = {name: float(amount) for name, amount in wanted.items() if amount}
         if bundle:
@@ -187,7 +205,7 @@ def run_trial(trial_config: dict[str, Any]) -> None:
     # the rerun's files (TensorBoard events above all) apart from the interrupted attempt's.
     started = time.strftime("%Y%m%d-%H%M%S")
     raw.update(out=str(Path.cwd() / f"run-{trial_id}-{started}"), progress=False, address=None)
-    config = config_from_dict(raw)
+    config = with_trial_agent_cpus(config_from_dict(raw))
     sender = BackgroundSender(tune.report)
     try:
         train(config, name_prefix=f"afedpg-{trial_id}", on_record=ThrottledReporter(config, sender))
