@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import math
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -148,10 +149,11 @@ class RunLog:
             self._bar.write(f"[{kind}]{who} {message}")
 
     def note(self, message: str) -> None:
-        """Print ``message`` (above the progress bar if there is one); not part of the run's files."""
+        """Print ``message`` above the progress bar, or on its own line to a terminal (a Tune trial or a
+        benchmark's log gets nothing); not part of the run's files."""
         if self._bar is not None:
             self._bar.write(message)
-        else:
+        elif sys.stdout.isatty():
             print(message, flush=True)
 
     def flush(self) -> None:

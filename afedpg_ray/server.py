@@ -199,12 +199,16 @@ class ParameterServer:
         # an honest agent reports ceil(batch / num_envs) * num_envs steps
         if not 0 < meta.samples <= self.config.batch + self.config.num_envs:
             return "bad_samples"
-        if len(meta.episode_returns) != len(meta.episode_lengths):
+        try:
+            returns = np.asarray(meta.episode_returns, dtype=np.float64)
+            lengths = np.asarray(meta.episode_lengths, dtype=np.float64)
+        except (TypeError, ValueError):  # None or a ragged entry: not numbers
+            return "bad_samples"
+        if returns.shape != lengths.shape or returns.ndim != 1 or np.any(~(lengths >= 1)):
             return "bad_samples"
         deltas_finite = meta.obs_delta.is_finite() and (meta.return_delta is None or meta.return_delta.is_finite())
         # one NaN episode return would make the reported mean return NaN for the next 20 episodes
-        returns_finite = bool(np.all(np.isfinite(np.asarray(meta.episode_returns, dtype=np.float64))))
-        if not np.all(np.isfinite(grad)) or not deltas_finite or not returns_finite:
+        if not np.all(np.isfinite(grad)) or not deltas_finite or not np.all(np.isfinite(returns)):
             return "non_finite"
         # merging a wrong-shaped delta raises inside this actor; a negative count or M2 makes the shared
         # normaliser NaN for every agent

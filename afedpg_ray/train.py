@@ -238,6 +238,8 @@ def load_policy(run_dir: Path) -> tuple[Policy, RunningStats | None, str]:
     try:
         payload = torch.load(path, weights_only=False)
         env_id = payload["env"]
+        if not isinstance(env_id, str):
+            raise TypeError(f"its environment id is {env_id!r}")
     except Exception as err:  # noqa: BLE001 - any failure to read it means the file is unusable
         raise ValueError(f"{path}: corrupt or incompatible policy file ({first_line(err)})") from None
     try:  # an environment this machine cannot make (MuJoCo missing) is not the file's fault

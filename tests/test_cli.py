@@ -531,3 +531,25 @@ def test_discrete_actions_not_numbered_from_zero_are_refused(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--env" in err and "from 1" in err, err
+
+
+@pytest.mark.parametrize(
+    ("sweep", "hidden", "kept"),
+    [("sample-efficiency", "--samples", "--samples-per-agent"), ("speedup", "--algo", "--algos")],
+)
+def test_sweeps_leave_the_options_they_refuse_out_of_their_help(sweep, hidden, kept, capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", sweep, "--help"])
+    words = capsys.readouterr().out.replace("[", " ").replace("]", " ").split()
+    assert kept in words and hidden not in words
+
+
+def test_eval_of_a_policy_file_without_an_environment_id_calls_it_corrupt(tmp_path, capsys):
+    import torch
+
+    torch.save({"env": 5, "hidden": [8], "log_std_init": 0.0, "theta": [0.0]}, tmp_path / "policy.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "corrupt" in err, err

@@ -363,3 +363,33 @@ def test_rays_token_auth_notice_is_dropped_but_its_auth_disabled_warning_is_not(
 
     assert not passes("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
     assert passes("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+
+
+def test_the_entropy_bonus_adds_its_weight_to_each_log_std_gradient():
+    """d/d log_std_i of the joint Gaussian entropy is 1 for every dimension (a mean over dimensions gave 1/A)."""
+    from afedpg_ray.config import EstimatorConfig
+    from afedpg_ray.rollout import Sampler
+
+    def gradient(entropy_coef: float) -> tuple[np.ndarray, slice]:
+        sampler = Sampler("Hopper-v5", num_envs=2, seed=3, hidden=(8,), est=EstimatorConfig(entropy_coef=entropy_coef))
+        offset, where = 0, None
+        for name, parameter in sampler.policy.named_parameters():
+            if name == "log_std":
+                where = slice(offset, offset + parameter.numel())
+            offset += parameter.numel()
+        return sampler.sample_gradient(64).grad, where
+
+    plain, where = gradient(0.0)
+    bonus, _ = gradient(0.5)  # same seed: the same batch, so only the bonus differs
+    difference = bonus - plain
+    assert np.allclose(difference[where], 0.5, atol=1e-5) and where.stop - where.start == 3
+    assert np.allclose(np.delete(difference, np.arange(where.start, where.stop)), 0.0, atol=1e-6)
+
+
+def test_the_token_notice_filter_sits_on_the_logger_ray_announces_through():
+    import importlib
+
+    from afedpg_ray.address import TOKEN_NOTICE_LOGGER
+
+    module = importlib.import_module("ray._private.authentication.authentication_token_setup")
+    assert module.logger.name == TOKEN_NOTICE_LOGGER

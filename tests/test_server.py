@@ -178,6 +178,10 @@ def with_stats(m: GradientMeta, **changes) -> GradientMeta:
         (dict(samples=-64), "bad_samples"),
         (dict(samples=10**9), "bad_samples"),
         (dict(episode_returns=(1.0, 2.0)), "bad_samples"),  # two returns, one length
+        (dict(episode_returns=(None,)), "non_finite"),  # numpy reads None as NaN
+        (dict(episode_returns=("ten",)), "bad_samples"),
+        (dict(episode_returns=((1.0, 2.0),)), "bad_samples"),
+        (dict(episode_lengths=(0,)), "bad_samples"),
         (dict(episode_returns=(float("nan"),)), "non_finite"),
     ],
 )

@@ -357,18 +357,6 @@ def test_trial_bundles_reserve_what_each_agent_asks_for():
     assert trial_bundles(TrainConfig(env="CartPole-v1", agents=2, agent_cpus=0.25))[1:] == [{"CPU": 0.25}] * 2
 
 
-def test_a_trial_without_agent_cpus_asks_for_what_its_placement_group_reserved():
-    """Sized for one share, asked for another (a share of an 8-CPU cluster): Ray refused the agents."""
-    from afedpg_ray.config import TrainConfig
-    from afedpg_ray.placement import agent_options
-    from tune_sweeps.trainable import trial_bundles, with_trial_agent_cpus
-
-    config = TrainConfig(env="CartPole-v1", agents=4)
-    reserved = [bundle["CPU"] for bundle in trial_bundles(config)[1:]]
-    asked = [agent_options(with_trial_agent_cpus(config), i, cluster_cpus=8.0)["num_cpus"] for i in range(4)]
-    assert reserved == asked == [0.2375] * 4
-
-
 def test_background_sender_returns_while_a_send_is_held_and_delivers_everything_in_order():
     import threading
 
@@ -409,6 +397,59 @@ def test_background_sender_close_reraises_the_first_send_error_and_stops_sending
     quiet = BackgroundSender(send)
     quiet(1)
     quiet.close(reraise=False)  # the trial's own error is the one shown
+
+
+def test_a_trial_tune_stopped_ends_at_the_next_report_of_its_own_thread():
+    """Tune ends a stopped trial with SystemExit inside tune.report: the sender's thread gets it, and the
+    trial's loop must get it too at its next report, or train() would run on after the stop."""
+    from tune_sweeps.trainable import BackgroundSender
+
+    def stopped(payload):
+        raise SystemExit(0)
+
+    sender = BackgroundSender(stopped)
+    sender(0)
+    deadline = time.monotonic() + 30
+    while sender._error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(SystemExit):
+        sender(1)
+    sender.close(reraise=False)
+
+
+def test_run_trial_reports_through_tune_before_it_returns_with_the_reserved_agent_cpus(tmp_path, monkeypatch):
+    """run_trial's wiring without Ray: the config train() gets, and every report delivered by return."""
+    import ray.tune
+
+    from afedpg_ray import train as train_module
+    from afedpg_ray.config import TrainConfig
+    from afedpg_ray.messages import UpdateRecord
+    from tune_sweeps.trainable import run_trial, trial_bundles
+
+    reported, seen = [], {}
+
+    class Context:
+        def get_trial_id(self):
+            return "t0"
+
+    def slow_report(metrics):
+        time.sleep(0.05)  # Tune's controller takes its time; run_trial must still wait for every report
+        reported.append(metrics)
+
+    def fake_train(config, name_prefix, on_record):
+        seen["config"] = config
+        for samples in (100, 200, 300, 400):
+            on_record(UpdateRecord(samples // 100, 0.0, 0, 0, samples, 0, 1.0, True))
+
+    monkeypatch.setattr(ray.tune, "get_context", lambda: Context())
+    monkeypatch.setattr(ray.tune, "report", slow_report)
+    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.chdir(tmp_path)
+    base = TrainConfig(env="CartPole-v1", agents=4, samples=400, batch=100, num_envs=2).to_dict()
+    run_trial({"train": base, "variants": {}, "seed": 0})
+    assert [r["samples_total"] for r in reported] == [100, 200, 300, 400]
+    reserved = [bundle["CPU"] for bundle in trial_bundles(TrainConfig(env="CartPole-v1", agents=4))[1:]]
+    assert seen["config"].agent_cpus == reserved[0] == 0.2375
 
 
 def test_interrupted_sweep_exits_130(capsys):

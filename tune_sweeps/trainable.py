@@ -158,8 +158,9 @@ class BackgroundSender:
     ``tune.report`` from a function trainable blocks until Tune's controller has fetched the result (a
     round trip to the driver): measured 20-40 ms a report with a sweep's trials sharing 2 cores, 4-9% of a
     trial's time (``benchmarks/tune_report.py``). Inside ``train()``'s loop that stall delays every agent
-    whose gradient arrives meanwhile. :meth:`close` delivers what is queued and re-raises the first error
-    of ``send`` (``SystemExit`` included: it is how Tune ends a trial it stopped).
+    whose gradient arrives meanwhile. The first error of ``send`` (``SystemExit`` included: it is how Tune
+    ends a trial it stopped) is re-raised by the next call and by :meth:`close`, which also delivers what
+    is queued.
     """
 
     _CLOSE = object()
@@ -172,7 +173,14 @@ class BackgroundSender:
         self._thread.start()
 
     def __call__(self, payload: Any) -> None:
-        """Queue ``payload`` for sending; returns at once."""
+        """Queue ``payload`` for sending and return at once; re-raise a failed send's error here first.
+
+        Tune stops a trial (Ctrl-C of the sweep, a stop criterion, a scheduler) by ending the thread
+        blocked in ``tune.report`` with ``SystemExit``: raised here, it ends ``train()`` in the trial's
+        own thread (which kills the run's actors) instead of only the sender's.
+        """
+        if self._error is not None:
+            raise self._error
         self._queue.put(payload)
 
     def _deliver(self) -> None:
