@@ -18,8 +18,11 @@ from afedpg_ray.rollout import Sampler
 
 
 def agent_seed(run_seed: int, agent_id: int, incarnation: int) -> int:
-    """Seed of one agent; a restarted agent (``incarnation`` > 0) must not replay its old episodes."""
-    return run_seed + 1000 * (agent_id + 1) + 100_003 * incarnation
+    """Seed of one agent, hashed from the run's seed, the agent and its incarnation: agents of one run, of
+    runs with nearby seeds, and a restarted agent (``incarnation`` > 0, which must not replay its old
+    episodes) all draw unrelated streams. (An offset such as ``run_seed + 1000 * (agent_id + 1)`` made run
+    1000's agent 0 replay run 0's agent 1.)"""
+    return int(np.random.SeedSequence([run_seed, agent_id, incarnation]).generate_state(1, np.uint64)[0])
 
 
 class RolloutAgent:

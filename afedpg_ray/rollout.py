@@ -225,6 +225,12 @@ def make_vec_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
     )
 
 
+def env_seeds(seed: int, num_envs: int) -> list[int]:
+    """One seed per environment of a vector, hashed from ``seed``. An integer seed S would give gymnasium's
+    environment j the seed S + j: runs seeded S and S + j would then share initial states."""
+    return [int(x) for x in np.random.SeedSequence(seed).generate_state(num_envs, np.uint64)]
+
+
 class Sampler:
     """Steps a vector of environments with the shared policy and estimates policy gradients."""
 
@@ -243,7 +249,7 @@ class Sampler:
         self.action_high = space.high if isinstance(space, gym.spaces.Box) else None
         self.scaler = ReturnScaler(num_envs, est.gamma) if est.scale_rewards else None
         self.set_normalizer(RunningStats.empty(self.obs_dim))
-        self.obs, _ = self.envs.reset(seed=seed)
+        self.obs, _ = self.envs.reset(seed=env_seeds(seed, num_envs))
         self.episode_return = np.zeros(num_envs)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)
 

@@ -393,3 +393,20 @@ def test_the_token_notice_filter_sits_on_the_logger_ray_announces_through():
 
     module = importlib.import_module("ray._private.authentication.authentication_token_setup")
     assert module.logger.name == TOKEN_NOTICE_LOGGER
+
+
+def test_nearby_runs_agents_and_restarts_draw_unrelated_environment_seeds():
+    from afedpg_ray.agent import agent_seed
+    from afedpg_ray.rollout import env_seeds
+
+    # runs 0-1999 x 8 agents x 2 incarnations, 4 environments each: no two environments share a seed
+    # (the old offsets gave run s's environment j the seed of run s + j's environment 0)
+    seeds = [
+        env_seed
+        for run in range(2000)
+        for agent in range(8)
+        for incarnation in range(2)
+        for env_seed in env_seeds(agent_seed(run, agent, incarnation), 4)
+    ]
+    assert len(set(seeds)) == len(seeds)
+    assert agent_seed(3, 1, 0) == agent_seed(3, 1, 0) and env_seeds(7, 3) == env_seeds(7, 3)  # reproducible
