@@ -39,7 +39,8 @@ class RolloutAgent:
         self.metrics = AgentMetrics(agent_id)
         attack = parse_attack(config.byzantine, config.agents)
         self.attack = attack if attack is not None and attack.applies_to(agent_id) else None
-        self.attack_rng = np.random.default_rng(agent_seed(config.seed, agent_id, incarnation))
+        # its own stream: the sampler's generator is seeded with agent_seed alone
+        self.attack_rng = np.random.default_rng([agent_seed(config.seed, agent_id, incarnation), 1])
         self.node = self.node_id()
         self.sampler = Sampler(
             config.env, config.num_envs, agent_seed(config.seed, agent_id, incarnation), config.hidden, config.estimator

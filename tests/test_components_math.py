@@ -410,3 +410,13 @@ def test_nearby_runs_agents_and_restarts_draw_unrelated_environment_seeds():
     ]
     assert len(set(seeds)) == len(seeds)
     assert agent_seed(3, 1, 0) == agent_seed(3, 1, 0) and env_seeds(7, 3) == env_seeds(7, 3)  # reproducible
+
+
+def test_samplers_seeded_one_apart_start_their_environments_in_different_states():
+    from afedpg_ray.config import EstimatorConfig
+    from afedpg_ray.rollout import Sampler
+
+    first = Sampler("CartPole-v1", num_envs=2, seed=40, hidden=(8,), est=EstimatorConfig())
+    second = Sampler("CartPole-v1", num_envs=2, seed=41, hidden=(8,), est=EstimatorConfig())
+    # reset(seed=40) would seed the second environment 41, replaying the next sampler's first
+    assert not np.array_equal(first.obs[1], second.obs[0])
