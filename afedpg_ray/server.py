@@ -202,7 +202,7 @@ class ParameterServer:
         try:
             returns = np.asarray(meta.episode_returns, dtype=np.float64)
             lengths = np.asarray(meta.episode_lengths, dtype=np.float64)
-        except (TypeError, ValueError):  # None or a ragged entry: not numbers
+        except (TypeError, ValueError):  # a ragged or non-numeric entry (numpy reads None as NaN)
             return "bad_samples"
         if returns.shape != lengths.shape or returns.ndim != 1 or np.any(~(lengths >= 1)):
             return "bad_samples"
