@@ -42,15 +42,8 @@ def timed_trial(trial_config: dict[str, Any]) -> None:
     raw = merged_train_dict(trial_config)
     raw.update(out=str(Path(trial_config["runs"]) / trial_id), progress=False, address=None)
     config = config_from_dict(raw)
-    waits: list[float] = []
-
-    def timed_report(metrics: dict[str, Any]) -> None:
-        started = time.perf_counter()
-        tune.report(metrics)
-        waits.append(time.perf_counter() - started)
-
     sender = BackgroundSender(tune.report) if trial_config["way"] == "background" else None
-    sink = sender if sender is not None else timed_report
+    sink = sender if sender is not None else tune.report
     loop_waits: list[float] = []
 
     def timed_sink(metrics: dict[str, Any]) -> None:
