@@ -51,3 +51,62 @@ def placement_problem(options: dict[str, Any], nodes: list[dict[str, float]]) ->
     if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
         return asked, "no single node has that much of it all"
     return asked, BUSY
+
+
+def bundles_fit(bundles: list[dict[str, float]], nodes: list[dict[str, float]]) -> bool:
+    """Whether every bundle can be placed, each whole on one node, within the nodes' resources.
+
+    First-fit decreasing (largest CPU request first) - the heuristic a packing placement group follows;
+    it may call a tight packing impossible that an exhaustive search would find, never the reverse.
+    """
+    free = [dict(node) for node in nodes]
+    for bundle in sorted(bundles, key=lambda b: -b.get("CPU", 0.0)):
+        # Ray compares resources in units of 1e-4; the tolerance keeps 0.1 + 0.3 + ... == 0.4 an exact fit
+        node = next((n for n in free if all(n.get(k, 0.0) + 1e-6 >= v for k, v in bundle.items())), None)
+        if node is None:
+            return False
+        for name, amount in bundle.items():
+            node[name] = node.get(name, 0.0) - amount
+    return True
+
+
+def packable_share(agents: int, node_cpus: list[float], reserved: float) -> float | None:
+    """Largest CPU share per agent (in hundredths, 0.01-1) such that one bundle of ``reserved`` CPUs and
+    ``agents`` bundles of the share fit the nodes, each bundle on one node; None if not even 0.01 does.
+
+    Dividing the cluster's total CPUs by N is not enough: with two 2-CPU nodes and 8 agents, 0.48 each
+    fills both nodes to 1.92 and leaves no node room for the 0.1-CPU driver bundle.
+    """
+
+    def fits(hundredths: int) -> bool:
+        bundles = [{"CPU": reserved}] + [{"CPU": hundredths / 100}] * agents
+        return bundles_fit(bundles, [{"CPU": cpus} for cpus in node_cpus])
+
+    if not fits(1):
+        return None
+    low, high = 1, 100  # fits(low) holds; fitting is monotone in the share
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low / 100
+
+
+def _resources(amounts: dict[str, float]) -> str:
+    """``name=amount`` pairs, sorted, zeros left out."""
+    return ", ".join(f"{name}={amount:g}" for name, amount in sorted(amounts.items()) if amount)
+
+
+def unplaceable_reason(bundles: list[dict[str, float]], nodes: list[dict[str, float]]) -> str | None:
+    """Why ``bundles`` (one trial's) cannot be placed on ``nodes`` (their total resources), or None if they fit."""
+    if bundles_fit(bundles, nodes):
+        return None
+    total: dict[str, float] = {}
+    for bundle in bundles:
+        for name, amount in bundle.items():
+            total[name] = total.get(name, 0.0) + amount
+    missing = sorted({name for bundle in bundles for name in bundle if not any(name in node for node in nodes)})
+    have = "; ".join(  # only what the trial asks for: a node also lists memory in bytes, node ids, ...
+        f"node {i}: {_resources({k: node.get(k, 0.0) for k in total}) or 'none of it'}" for i, node in enumerate(nodes)
+    )
+    why = f"no node has {', '.join(map(repr, missing))}" if missing else "no packing puts each bundle on one node"
+    return f"a trial asks for {_resources(total)} in {len(bundles)} bundles ({why}; {have or 'no nodes'})"

@@ -118,6 +118,24 @@ def test_placement_problem_names_the_missing_resource():
     assert "busy" in placement_problem({"num_cpus": 1, "resources": {"fast_node": 1}}, nodes)[1]
 
 
+def test_bundles_pack_one_whole_bundle_per_node():
+    from afedpg_ray.placement import bundles_fit, packable_share, unplaceable_reason
+
+    two_nodes = [{"CPU": 2.0}, {"CPU": 2.0}]
+    # 0.1 + 8 * 0.48 = 3.94 <= 4 CPUs in all, but 4 agents fill a node to 1.92 and no node has 0.1 left
+    assert not bundles_fit([{"CPU": 0.1}] + [{"CPU": 0.48}] * 8, two_nodes)
+    assert bundles_fit([{"CPU": 0.1}] + [{"CPU": 0.47}] * 8, two_nodes)  # 0.1 + 4 * 0.47 = 1.98; 1.88
+    assert bundles_fit([{"CPU": 0.1}] + [{"CPU": 0.3}] * 3, [{"CPU": 1.0}])  # exactly full
+    assert not bundles_fit([{"CPU": 0.5, "fast": 1.0}], [{"CPU": 4.0}])
+    assert packable_share(8, [2.0, 2.0], 0.1) == 0.47
+    assert packable_share(8, [2.0], 0.1) == 0.23  # one node: floor(100 * 1.9 / 8) / 100
+    assert packable_share(1, [64.0], 0.1) == 1.0  # at most one CPU each
+    assert packable_share(4, [0.0], 0.1) is None  # a head with no CPUs and no workers yet
+    reason = unplaceable_reason([{"CPU": 0.1}, {"CPU": 1.0, "fast": 1.0}], [{"CPU": 2.0, "memory": 1e9}])
+    assert reason == "a trial asks for CPU=1.1, fast=1 in 2 bundles (no node has 'fast'; node 0: CPU=2)"
+    assert unplaceable_reason([{"CPU": 0.1}], [{"CPU": 2.0}]) is None
+
+
 def test_watch_hint_names_the_dashboard_and_a_status_command_that_works():
     from afedpg_ray.runtime import watch_hint
 

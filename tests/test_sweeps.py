@@ -227,6 +227,8 @@ def test_mean_curve_t_interval():
         (["hyper", "--grid", "eta0=0.01,0.01"], "--grid: eta0: each value may be listed once"),
         (["hyper", "--grid", "eta0=0.01", "--storage", ""], "--storage: give a path or URI"),
         (["hyper", "--grid", "eta0=0.01", "--seed", "4294967295", "--seeds", "2"], "--seeds: --seed 4294967295"),
+        (["speedup", "--resume", "--max-concurrent", "4"], "--max-concurrent: a resumed sweep keeps the value"),
+        (["speedup", "--resume", "--verbose", "0"], "--verbose: a resumed sweep keeps the value"),
     ],
 )
 def test_bad_sweep_input_is_one_line_exit_2(argv, option, tmp_path, capsys):
@@ -245,6 +247,7 @@ def test_unreachable_remote_storage_is_one_line_exit_1(tmp_path, capsys, monkeyp
 
     monkeypatch.setattr("afedpg_ray.runtime.connect", lambda address: None)
     monkeypatch.setattr(sweep_cli, "_default_agent_cpus", lambda max_agents: 0.5)
+    monkeypatch.setattr(sweep_cli, "_alive_nodes", lambda: [{"CPU": 4.0}])
     monkeypatch.setattr(sweep_cli, "run_tuner", unreachable)
     argv = ["sweep", "hyper", "--env", "CartPole-v1", "--grid", "eta0=0.01", "--storage", "s3://x/tune"]
     with pytest.raises(SystemExit) as exit_info:
@@ -489,6 +492,50 @@ def test_sigterm_stops_a_sweep_gracefully_with_how_to_resume(tmp_path):
     last = text.strip().splitlines()[-1]
     assert last.startswith("afedpg: error: terminated (SIGTERM) with ") and "rerun with --resume" in last, last
     assert "SIGTERM received" not in text  # Ray's handler (a stack dump and abort) did not run
+
+
+def test_placement_watchdog_stops_a_sweep_only_when_trials_wait_and_none_runs(monkeypatch):
+    import tune_sweeps.placement_watch as watch
+
+    clock, kills = [100.0], []
+    monkeypatch.setattr(watch.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(watch.os, "kill", lambda pid, signum: kills.append(signum))
+    monkeypatch.setattr(watch, "STOPPED", [])
+    monkeypatch.setattr(watch.PlacementWatchdog, "_reason", lambda self, trial: f"{trial.status} stuck")
+
+    class Trial:
+        def __init__(self, status):
+            self.status = status
+
+    dog = watch.PlacementWatchdog(timeout_s=10)
+    waiting, busy = [Trial("PENDING"), Trial("PENDING")], [Trial("RUNNING"), Trial("PENDING")]
+    for step, (seconds, trials) in enumerate([(0, waiting), (9, waiting), (30, busy), (31, waiting), (40, waiting)]):
+        clock[0] = 100.0 + seconds
+        dog.on_step_begin(step, trials)
+    assert kills == [] and watch.STOPPED == []  # a running trial reset the clock at 30 s: waited 9 s only
+    clock[0] = 141.0
+    dog.on_step_begin(5, waiting)
+    assert kills == [signal.SIGINT] and watch.STOPPED == ["PENDING stuck"]
+    dog.on_step_begin(6, waiting)
+    assert len(kills) == 1  # stops once
+    assert watch.PlacementWatchdog.__getstate__(dog) == {"timeout_s": 10, "_waiting_since": None}
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_sweep_no_node_can_place_stops_after_the_placement_timeout_naming_why(tmp_path, capsys):
+    import ray
+
+    argv = ["sweep", "hyper", "--env", "CartPole-v1", "--grid", "eta0=0.01", "--samples", "2000", "--agents", "2"]
+    argv += ["--batch", "200", "--agent-cpus", "0.2", "--agent-resources", '{"1": {"resources": {"no_such_node": 1}}}']
+    argv += ["--placement-timeout", "3", "--verbose", "0", "--no-tensorboard"]
+    argv += ["--address", ray.get_runtime_context().gcs_address, "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("afedpg: warning: a trial asks for") and "no node has 'no_such_node'" in err[0], err
+    assert err[-1].startswith("afedpg: error: no trial could start within --placement-timeout 3 s"), err
+    assert "no node has 'no_such_node'" in err[-1] and "--resume" in err[-1], err
 
 
 # --- afedpg plot -----------------------------------------------------------------------------------

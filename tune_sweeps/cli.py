@@ -7,6 +7,7 @@ directory and its storage before Ray starts; bad input is one line naming the op
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from afedpg_ray.cli import OneLineParser, add_train_options, config_from_args, fail, int_list
-from afedpg_ray.config import ALGORITHMS, SEED_LIMIT, ConfigError, first_line
+from afedpg_ray.config import ALGORITHMS, SEED_LIMIT, ConfigError, TrainConfig, first_line
+from afedpg_ray.placement import packable_share, unplaceable_reason
 from afedpg_ray.runlog import read_progress
 from afedpg_ray.signals import SIGTERM_RECEIVED, sigterm_as_ctrl_c
 from tune_sweeps import hyper, sample_efficiency, speedup
@@ -28,6 +30,7 @@ from tune_sweeps.trainable import (
     grid_trials,
     merged_train_dict,
     run_tuner,
+    trial_bundles,
     trial_train_config,
 )
 
@@ -46,11 +49,12 @@ def _add_sweep_options(parser: argparse.ArgumentParser, name: str, seeds: int, c
     add(
         "--max-concurrent",
         type=int,
-        default=concurrent,
         help=f"most trials at once; 0 = as many as the CPUs fit (default {concurrent})",
     )
     add("--resume", action="store_true", help="resume the interrupted sweep found at STORAGE/" + name)
-    add("--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune's progress output: 0, 1 (default) or 2")
+    add("--verbose", type=int, choices=(0, 1, 2), help="Tune's progress output: 0, 1 (default) or 2")
+    # None above tells "not given" apart: a resumed sweep keeps the values it started with
+    parser.set_defaults(default_max_concurrent=concurrent)
     add("--no-tensorboard", action="store_true", help="no TensorBoard event files in the trials' run directories")
 
 
@@ -113,7 +117,7 @@ def _seeds(args: argparse.Namespace) -> list[int]:
     """Check the numeric options every sweep shares; returns the seeds ``--seed, --seed + 1, ...``."""
     if args.seeds < 1:
         fail(f"--seeds: must be a positive integer, got {args.seeds}")
-    if args.max_concurrent < 0:
+    if args.max_concurrent is not None and args.max_concurrent < 0:
         fail(f"--max-concurrent: must be 0 (no limit) or a positive integer, got {args.max_concurrent}")
     first = args.seed if args.seed is not None else 0
     if 0 <= first < SEED_LIMIT <= first + args.seeds - 1:  # else validate() names the seed the user gave
@@ -121,16 +125,22 @@ def _seeds(args: argparse.Namespace) -> list[int]:
     return [first + i for i in range(args.seeds)]
 
 
-def _sweep_run(args: argparse.Namespace, name: str) -> tuple[SweepRun, Path]:
+def _sweep_run(args: argparse.Namespace, name: str, placement_timeout: float) -> tuple[SweepRun, Path]:
     """Check (and create) the output directory and storage, and the sweep to resume; returns both."""
     for option, value in (("--out", args.out), ("--storage", args.storage)):
         if value is not None and not value.strip():  # Path("") is the working directory
             fail(f"{option}: give a {'directory' if option == '--out' else 'path or URI'}, got an empty string")
+    if args.resume:
+        for option, value in (("--max-concurrent", args.max_concurrent), ("--verbose", args.verbose)):
+            if value is not None:  # Tune restores them with the experiment; a new value would do nothing
+                fail(f"{option}: a resumed sweep keeps the value it started with; drop {option}")
     out = _writable_dir("--out", Path(args.out))
     storage = args.storage or str(out)
     if "://" not in storage or storage.startswith("file://"):
         storage = str(_writable_dir("--storage", Path(storage.removeprefix("file://")).expanduser()))
-    sweep = SweepRun(name, storage, args.max_concurrent, args.resume, args.verbose)
+    concurrent = args.default_max_concurrent if args.max_concurrent is None else args.max_concurrent
+    verbose = 1 if args.verbose is None else args.verbose
+    sweep = SweepRun(name, storage, concurrent, args.resume, verbose, placement_timeout)
     if args.resume:
         from ray import tune
 
@@ -179,7 +189,7 @@ def _launch(
             parse_address(args.address)  # the format, before anything is written or joined
         except AddressError as err:
             fail(str(err))
-    sweep, out = _sweep_run(args, name)
+    sweep, out = _sweep_run(args, name, configs[0].placement_timeout)
     from afedpg_ray.runtime import RunError, connect
 
     try:
@@ -191,11 +201,17 @@ def _launch(
     base = trials[0]["train"]
     if base.get("agent_cpus") is None and not sweep.resume:
         base["agent_cpus"] = _default_agent_cpus(max(c.agents for c in configs))
+    if not sweep.resume:
+        _warn_unplaceable(configs, base["agent_cpus"])
     try:
         with sigterm_as_ctrl_c():
             results = run_tuner(sweep, space(), num_samples)
     except OSError as err:  # a remote --storage (s3://, gs://) is only reached here, by pyarrow
         fail(f"--storage: cannot use {sweep.storage!r} ({first_line(err)})", code=1)
+    from tune_sweeps.placement_watch import STOPPED  # imports Tune: not before Ray is up
+
+    if STOPPED:
+        fail(STOPPED[0], code=1)
     rows, errors = collect_rows(results)
     for line in errors:
         print(f"afedpg: warning: {line}", file=sys.stderr)
@@ -217,6 +233,10 @@ def _done(results: Any, expected: int = 0) -> int:
     """
     total = max(expected, len(results))
     unfinished = _unfinished(results, expected)
+    from tune_sweeps.placement_watch import STOPPED
+
+    if STOPPED:  # the watchdog stopped the sweep: say why rather than "interrupted"
+        fail(STOPPED[0], code=1)
     if unfinished:
         fail(
             f"{'terminated (SIGTERM)' if SIGTERM_RECEIVED.is_set() else 'interrupted'} with {unfinished} of {total} "
@@ -237,15 +257,45 @@ def _unfinished(results: Any, expected: int) -> int:
     return max(expected, len(results)) - results.num_terminated - results.num_errors
 
 
-def _default_agent_cpus(max_agents: int) -> float:
-    """CPUs per agent so that the largest trial fits the cluster alone (at most 1 each)."""
+def _alive_nodes() -> list[dict[str, float]]:
+    """The resources of the cluster's live nodes."""
     import ray
 
-    cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    share = math.floor(100 * min(1.0, (cpus - TRIAL_CPUS) / max_agents)) / 100
-    share = max(0.01, share)
-    print(f"each agent requests {share} CPU (set --agent-cpus to change); the cluster has {cpus:g} CPUs")
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+def _default_agent_cpus(max_agents: int) -> float:
+    """CPUs per agent so that the largest trial fits the cluster alone (at most 1 each), its bundles
+    packed onto the nodes one whole bundle per node."""
+    node_cpus = [node.get("CPU", 0.0) for node in _alive_nodes()]
+    share = packable_share(max_agents, node_cpus, TRIAL_CPUS)
+    if share is None:
+        fail(
+            f"--agent-cpus: the cluster's nodes have {sum(node_cpus):g} CPUs, too few for a trial of {max_agents} "
+            "agents (a head started with 0 CPUs before workers joined?); wait for nodes or give --agent-cpus",
+            code=1,
+        )
+    print(
+        f"each agent requests {share} CPU (set --agent-cpus to change); the cluster has {sum(node_cpus):g} CPUs "
+        f"on {len(node_cpus)} node{'s' * (len(node_cpus) != 1)}"
+    )
     return share
+
+
+def _warn_unplaceable(configs: list[TrainConfig], agent_cpus: float | None) -> None:
+    """One warning if some trial cannot be placed on the cluster's nodes as they are now (an autoscaler may
+    still add nodes; if none come, the placement watchdog stops the sweep after --placement-timeout)."""
+    nodes = _alive_nodes()
+    for config in configs:
+        bundles = trial_bundles(dataclasses.replace(config, agent_cpus=agent_cpus))
+        reason = unplaceable_reason(bundles, nodes)
+        if reason:
+            print(
+                f"afedpg: warning: {reason}; Tune will wait for nodes to join for up to --placement-timeout "
+                f"{config.placement_timeout:g} s",
+                file=sys.stderr,
+            )
+            return
 
 
 def cmd_sample_efficiency(args: argparse.Namespace) -> int:

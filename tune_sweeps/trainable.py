@@ -244,6 +244,8 @@ class SweepRun:
     """Restore the experiment at ``storage/name`` instead of starting a new one."""
     verbose: int = 1
     """Tune's verbosity: 0 silent, 1 status updates, 2 every report."""
+    placement_timeout: float = 120.0
+    """Seconds the sweep may have trials waiting for resources and none running before it stops."""
 
     @property
     def path(self) -> str:
@@ -268,8 +270,10 @@ def run_tuner(sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1
     """Fit (or restore and finish) the sweep with Ray Tune and return its ``ResultGrid``."""
     from ray import tune
 
+    from tune_sweeps.placement_watch import PlacementWatchdog
+
     trainable = make_trainable()
-    if sweep.resume:
+    if sweep.resume:  # Tune restores the options (and the watchdog) the sweep started with
         tuner = tune.Tuner.restore(sweep.path, trainable=trainable, resume_unfinished=True, restart_errored=True)
     else:
         tuner = tune.Tuner(
@@ -281,6 +285,7 @@ def run_tuner(sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1
                 storage_path=sweep.storage,
                 verbose=sweep.verbose,
                 sync_config=tune.SyncConfig(sync_artifacts=True),
+                callbacks=[PlacementWatchdog(sweep.placement_timeout)],
             ),
         )
     return tuner.fit()
