@@ -105,7 +105,9 @@ class ParameterServer:
         )
 
     def export_state(self) -> dict[str, Any]:
-        """Everything needed to continue the run exactly: parameters, momentum, counters, RNG."""
+        """The server's whole state: parameters, momentum, counters, RNG. The agents' critics and
+        environments, and gradients in flight, are not part of it: a resumed run continues from here, not bit
+        for bit."""
         return {
             "schedule_horizon": self.horizon,
             "robust": self.robust.export_state() if self.robust is not None else None,
@@ -196,23 +198,28 @@ class ParameterServer:
             return "stale_version"
         if not isinstance(grad, np.ndarray) or grad.shape != self.state.theta.shape:
             return "wrong_shape"
-        # an honest agent reports ceil(batch / num_envs) * num_envs steps
-        if not 0 < meta.samples <= self.config.batch + self.config.num_envs:
+        if grad.dtype.kind != "f":  # strings or objects would raise below; complex would lose its imaginary part
+            return "wrong_dtype"
+        # an honest agent reports ceil(batch / num_envs) * num_envs steps (a Python or numpy integer)
+        if not _is_integer(meta.samples) or not 0 < meta.samples <= self.config.batch + self.config.num_envs:
             return "bad_samples"
-        try:
-            returns = np.asarray(meta.episode_returns, dtype=np.float64)
-            lengths = np.asarray(meta.episode_lengths, dtype=np.float64)
-        except (TypeError, ValueError):  # a ragged or non-numeric entry (numpy reads None as NaN)
+        if not _numbers(meta.episode_returns) or not _numbers(meta.episode_lengths):  # numpy would read "1.5"
             return "bad_samples"
-        if returns.shape != lengths.shape or returns.ndim != 1 or np.any(~(lengths >= 1)):
+        returns = np.asarray(meta.episode_returns, dtype=np.float64)
+        lengths = np.asarray(meta.episode_lengths, dtype=np.float64)
+        if returns.shape != lengths.shape or np.any(~(lengths >= 1)):
             return "bad_samples"
-        deltas_finite = meta.obs_delta.is_finite() and (meta.return_delta is None or meta.return_delta.is_finite())
+        returns_finite = meta.return_delta is None or _stats_finite(meta.return_delta)
+        deltas_finite = _stats_finite(meta.obs_delta) and returns_finite
         # one NaN episode return would make the reported mean return NaN for the next 20 episodes
         if not np.all(np.isfinite(grad)) or not deltas_finite or not np.all(np.isfinite(returns)):
             return "non_finite"
         # merging a wrong-shaped delta raises inside this actor; a negative count or M2 makes the shared
-        # normaliser NaN for every agent
-        if not _mergeable(meta.obs_delta, self.obs_stats) or not _mergeable(meta.return_delta, self.return_stats):
+        # normaliser NaN; a count other than the samples, or an extreme mean, would take it over or overflow it
+        samples = int(meta.samples)
+        if not _mergeable(meta.obs_delta, self.obs_stats, samples, samples) or not _mergeable(
+            meta.return_delta, self.return_stats, 0, samples
+        ):
             return "bad_stats"
         if float(np.linalg.norm(grad)) > self.config.max_grad_norm:
             return "norm_too_large"
@@ -283,9 +290,9 @@ class ParameterServer:
         self.obs_stats = self.obs_stats.merge(meta.obs_delta)
         if meta.return_delta is not None:
             self.return_stats = self.return_stats.merge(meta.return_delta)
-        self.samples_total += meta.samples
+        self.samples_total += int(meta.samples)  # a numpy integer would make every later checkpoint unreadable
         self.episodes_total += len(meta.episode_returns)
-        self.recent_returns.extend(meta.episode_returns)
+        self.recent_returns.extend(float(r) for r in meta.episode_returns)
 
     def _reject(self, meta: GradientMeta, reason: str) -> tuple[Dispatch, UpdateRecord]:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -353,16 +360,46 @@ class ParameterServer:
         return 0
 
 
-def _mergeable(delta: RunningStats | None, into: RunningStats) -> bool:
-    """Whether ``delta`` (finite) can be merged into ``into``: same shapes, count >= 0, M2 >= 0."""
+def _is_integer(value: Any) -> bool:
+    """A Python or numpy integer (not a bool, not a float that happens to be whole)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _numbers(values: Any) -> bool:
+    """A tuple or list of real numbers (episode returns or lengths as an agent sends them)."""
+    return isinstance(values, tuple | list) and all(
+        isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) for v in values
+    )
+
+
+def _stats_finite(stats: Any) -> bool:
+    """``stats`` is a :class:`RunningStats` of real-valued arrays, all finite."""
+    return (
+        isinstance(stats, RunningStats)
+        and isinstance(stats.count, int | float | np.integer | np.floating)
+        and all(isinstance(a, np.ndarray) and a.dtype.kind in "fi" for a in (stats.mean, stats.m2))
+        and stats.is_finite()
+    )
+
+
+def _mergeable(delta: RunningStats | None, into: RunningStats, min_count: int, max_count: int) -> bool:
+    """Whether ``delta`` (finite) can be merged into ``into``: same shapes, ``min_count <= count <=
+    max_count``, M2 >= 0, and the merged statistics stay finite (a finite but extreme mean, 1e200, would
+    overflow the shared M2 at the next merge and blind every agent's policy for the rest of the run)."""
     if delta is None:
         return True
-    return (
+    if not (
         np.shape(delta.mean) == into.mean.shape
         and np.shape(delta.m2) == into.m2.shape
-        and float(delta.count) >= 0.0
+        and min_count <= float(delta.count) <= max_count
         and bool(np.all(np.asarray(delta.m2) >= 0.0))
-    )
+    ):
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        merged = into.merge(delta)
+        # the next merge squares a mean difference and scales it by a count: that too must stay finite
+        second_moment = np.square(merged.mean) * max(float(merged.count), 1.0)
+        return merged.is_finite() and bool(np.all(np.isfinite(merged.var)) and np.all(np.isfinite(second_moment)))
 
 
 def policy_snapshot_of(saved: dict[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,9 @@ def test_a_checkpoint_of_another_policy_is_refused_on_restore(server):
     ("make", "reason"),
     [
         (lambda s: (meta(0, 0), np.ones(s.num_params + 1)), "wrong_shape"),
+        (lambda s: (meta(0, 0), np.array(["1"] * s.num_params)), "wrong_dtype"),
+        (lambda s: (meta(0, 0), np.ones(s.num_params, dtype=complex)), "wrong_dtype"),
+        (lambda s: (meta(0, 0), np.ones(s.num_params, dtype=np.int64)), "wrong_dtype"),
         (lambda s: (meta(0, 0), np.full(s.num_params, np.nan)), "non_finite"),
         (lambda s: (meta(0, 0), np.full(s.num_params, np.inf)), "non_finite"),
         (lambda s: (meta(0, 0), np.full(s.num_params, 1e9)), "norm_too_large"),
@@ -178,7 +181,14 @@ def with_stats(m: GradientMeta, **changes) -> GradientMeta:
         (dict(samples=-64), "bad_samples"),
         (dict(samples=10**9), "bad_samples"),
         (dict(episode_returns=(1.0, 2.0)), "bad_samples"),  # two returns, one length
-        (dict(episode_returns=(None,)), "non_finite"),  # numpy reads None as NaN
+        (dict(episode_returns=(None,)), "bad_samples"),  # not a number (numpy would read it as NaN)
+        (dict(episode_returns=("1.5",)), "bad_samples"),  # numpy would read it as 1.5, _record would fail on it
+        (dict(samples=10.0), "bad_samples"),
+        (dict(obs_delta=RunningStats.of(np.ones((9, 4)))), "bad_stats"),  # counts 9 observations, reports 10 samples
+        (dict(obs_delta=RunningStats(1e15, np.full(4, 50.0), np.ones(4))), "bad_stats"),  # would own the normaliser
+        (dict(obs_delta=RunningStats(10.0, np.full(4, 1e200), np.ones(4))), "bad_stats"),  # overflows the next merge
+        (dict(return_delta=RunningStats(11.0, np.zeros(1), np.zeros(1))), "bad_stats"),
+        (dict(obs_delta=RunningStats(10.0, np.array(["a"] * 4), np.ones(4))), "non_finite"),
         (dict(episode_returns=("ten",)), "bad_samples"),
         (dict(episode_returns=((1.0, 2.0),)), "bad_samples"),
         (dict(episode_lengths=(0,)), "bad_samples"),
@@ -195,6 +205,13 @@ def test_bad_statistics_are_rejected_before_they_reach_the_normaliser(server, ch
     # the next honest gradient is still merged normally
     _, ok = server.apply(meta(0, 0), np.ones(server.num_params))
     assert ok.accepted and server.obs_stats.count == 10
+
+
+def test_numpy_integers_from_an_agent_are_stored_as_python_numbers(server):
+    """A numpy count in the server's state would make every later checkpoint fail to load."""
+    m = dataclasses.replace(meta(0, 0), samples=np.int64(10), episode_returns=(np.float32(2.5),))
+    _, record = server.apply(m, np.ones(server.num_params))
+    assert record.accepted and type(server.samples_total) is int and type(server.recent_returns[-1]) is float
 
 
 def annealed(samples: int) -> TrainConfig:
