@@ -227,6 +227,7 @@ def test_mean_curve_t_interval():
         (["hyper", "--grid", "eta0=0.01,0.01"], "--grid: eta0: each value may be listed once"),
         (["hyper", "--grid", "eta0=0.01", "--storage", ""], "--storage: give a path or URI"),
         (["hyper", "--grid", "eta0=0.01", "--seed", "4294967295", "--seeds", "2"], "--seeds: --seed 4294967295"),
+        (["speedup", "--agents", "4,8", "--agent-resources", '{"6-8": {"num_cpus": 1}}'], "6-8 is outside 0-7"),
         (["speedup", "--resume", "--max-concurrent", "4"], "--max-concurrent: a resumed sweep keeps the value"),
         (["speedup", "--resume", "--verbose", "0"], "--verbose: a resumed sweep keeps the value"),
     ],
@@ -492,6 +493,37 @@ def test_sigterm_stops_a_sweep_gracefully_with_how_to_resume(tmp_path):
     last = text.strip().splitlines()[-1]
     assert last.startswith("afedpg: error: terminated (SIGTERM) with ") and "rerun with --resume" in last, last
     assert "SIGTERM received" not in text  # Ray's handler (a stack dump and abort) did not run
+
+
+def test_agent_resource_ranges_number_the_largest_trials_agents(tmp_path, capsys, monkeypatch):
+    import tune_sweeps.cli as sweep_cli
+    from tune_sweeps.trainable import groups_within
+
+    fast, slow = {"first": 0, "last": 3, "num_cpus": 1.0}, {"first": 4, "last": 7, "num_cpus": 0.25}
+    assert groups_within([fast, slow], 8) == [fast, slow]
+    assert groups_within([fast, slow], 4) == [fast]
+    assert groups_within([fast, slow], 2) == [{**fast, "last": 1}]
+    # the paper's sweep with fast and slow agents pinned: every trial validates (it refused N = 4 before)
+    seen: list[list[list[dict]]] = []
+
+    def capture(sweep, space, num_samples=1):
+        from tune_sweeps.trainable import trial_bundles, trial_train_config
+
+        for variant in space["variants"]:
+            trial = {"train": space["train"], "variants": space["variants"], "variant": variant, "seed": 0}
+            seen.append(trial_bundles(trial_train_config(trial)))
+        raise OSError("stop before Tune")
+
+    monkeypatch.setattr("afedpg_ray.runtime.connect", lambda address: None)
+    monkeypatch.setattr(sweep_cli, "_alive_nodes", lambda: [{"CPU": 16.0}])
+    monkeypatch.setattr(sweep_cli, "run_tuner", capture)
+    argv = ["sweep", "speedup", "--env", "CartPole-v1", "--agents", "4,8", "--algos", "afedpg", "--agent-cpus", "0.5"]
+    argv += ["--agent-resources", '{"0-3": {"num_cpus": 1}, "4-7": {"num_cpus": 0.25}}', "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 1 and "stop before Tune" in capsys.readouterr().err
+    cpus = sorted([bundle["CPU"] for bundle in bundles[1:]] for bundles in seen)
+    assert cpus == [[1.0] * 4, [1.0] * 4 + [0.25] * 4]
 
 
 def test_placement_watchdog_stops_a_sweep_only_when_trials_wait_and_none_runs(monkeypatch):

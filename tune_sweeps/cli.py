@@ -163,10 +163,12 @@ def _check_counts(counts: tuple[int, ...]) -> None:
         fail(f"--agents: each agent count may be listed once, got {','.join(map(str, counts))}")
 
 
-def _base(args: argparse.Namespace, first_trial: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The validated train options shared by every trial (as a plain dict)."""
+def _base(args: argparse.Namespace, variants: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """The validated train options shared by every trial (as a plain dict), checked with the variant of
+    the most agents: ``--agent-resources`` ranges number that trial's agents (smaller trials keep theirs)."""
     extra = {"address": None, "out": None, "progress": False, "tensorboard": not args.no_tensorboard}
-    return config_from_args(args, {**extra, **first_trial, "seed": seed}).to_dict()
+    largest = max(variants, key=lambda variant: variant.get("agents", 0), default={})
+    return config_from_args(args, {**extra, **largest, "seed": seed}).to_dict()
 
 
 def _launch(
@@ -309,7 +311,7 @@ def cmd_sample_efficiency(args: argparse.Namespace) -> int:
     variants = sample_efficiency.variants(args.agents, args.samples_per_agent, args.algo)
     too_small = f"--samples-per-agent: must be at least --batch (one gradient), got {args.samples_per_agent}"
     try:
-        base = _base(args, next(iter(variants.values())), seeds[0])
+        base = _base(args, list(variants.values()), seeds[0])
     except ConfigError as err:  # a trial's --samples is N x --samples-per-agent: name the option the user gave
         if err.option == "--samples":
             fail(too_small)
@@ -337,7 +339,7 @@ def cmd_speedup(args: argparse.Namespace) -> int:
         fail(f"--target: must be a finite return, got {args.target}")
     seeds = _seeds(args)
     variants = speedup.variants(args.algos, args.agents)
-    base = _base(args, next(iter(variants.values())), seeds[0])
+    base = _base(args, list(variants.values()), seeds[0])
     trials = grid_trials(base, variants, seeds)
     rows, results, out = _launch(args, speedup.NAME, trials, lambda: grid_space(base, variants, seeds))
     ran = merged_train_dict(rows[0]["config"])  # what the trials ran (a resumed sweep keeps its options)
@@ -356,7 +358,7 @@ def cmd_hyper(args: argparse.Namespace) -> int:
     axes = [hyper.parse_axis(spec, parser) for spec in args.grid]
     hyper.check_axes(axes, args.random, args.seeds)
     seeds = _seeds(args)
-    base = _base(args, {}, seeds[0])
+    base = _base(args, [], seeds[0])
     random = args.random is not None
     trials = hyper.trial_configs(base, axes, seeds)
 

@@ -56,7 +56,22 @@ def merged_train_dict(trial_config: dict[str, Any]) -> dict[str, Any]:
             raw.setdefault("estimator", {})[key] = value
         elif key in _TRAIN_FIELDS:
             raw[key] = value
+    if raw.get("agent_resources") and isinstance(raw.get("agents"), int):
+        raw["agent_resources"] = groups_within(raw["agent_resources"], raw["agents"])
     return raw
+
+
+def groups_within(groups: list[Any], agents: int) -> list[Any]:
+    """A sweep's ``--agent-resources`` ranges number the agents of its largest trial (the CLI checks them
+    against it); a trial of ``agents`` agents keeps the groups, or the parts of groups, it has."""
+    kept = []
+    for group in groups:
+        if isinstance(group, dict) and isinstance(group.get("first"), int) and isinstance(group.get("last"), int):
+            if group["first"] >= agents:
+                continue
+            group = {**group, "last": min(group["last"], agents - 1)}
+        kept.append(group)  # anything malformed goes on to validation, which names it
+    return kept
 
 
 def trial_train_config(trial_config: dict[str, Any]) -> TrainConfig:
