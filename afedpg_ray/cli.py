@@ -192,8 +192,13 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> TrainConfig:
-    """Merge defaults, the per-environment table and the given options into a validated config."""
+def config_from_args(
+    args: argparse.Namespace, extra: dict[str, Any] | None = None, refuse_ignored: bool = True
+) -> TrainConfig:
+    """Merge defaults, the per-environment table and the given options into a validated config.
+
+    ``refuse_ignored`` refuses a given option this config would ignore (a sweep checks each trial instead).
+    """
     raw: dict[str, Any] = {}
     est: dict[str, Any] = {}
     given = {k.replace("-", "_"): v for k, v in vars(args).items() if v is not None}
@@ -213,7 +218,8 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
     raw.update(extra or {})
     raw["estimator"] = est
     config = config_from_dict(raw)
-    refuse_ignored_options(given, config)
+    if refuse_ignored:
+        refuse_ignored_options(given, config)
     return config
 
 
@@ -233,6 +239,11 @@ def refuse_ignored_options(given: dict[str, Any], config: TrainConfig) -> None:
         raise ConfigError(
             "--schedule", "a3c's Adam step anneals with linear only (theory's rates are NIGT's); use linear or constant"
         )
+    if "lr" in given and config.algo != "a3c":
+        raise ConfigError("--lr", f"only a3c's Adam step uses it; {config.algo} steps with --eta0")
+    for name in ("eta0", "alpha0"):
+        if name in given and config.algo == "a3c":
+            raise ConfigError(f"--{name}", "a3c takes a plain Adam step of size --lr (no NIGT step or momentum weight)")
     if "log_std_init" in given and has_discrete_actions(config.env):
         raise ConfigError("--log-std-init", f"{config.env} has discrete actions (no Gaussian log-std); drop it")
 

@@ -192,6 +192,16 @@ MAX_AGENTS = 4096
 MAX_PLACEMENT_TIMEOUT_S = 86400.0
 MAX_HIDDEN, MAX_LAYERS = 16384, 16
 """Largest policy layer width and depth: beyond them the flat parameter vector stops fitting in memory."""
+MAX_HIDDEN_WEIGHTS = 50_000_000
+"""Largest number of hidden-to-hidden weights (width and depth limits alone allow 4e9: 32 GB a vector)."""
+MAX_NUM_ENVS = 4096
+"""Largest --num-envs: every environment of an agent is alive at once in its process."""
+MAX_STEP = 1000.0
+"""Largest --eta0, --lr, --critic-lr and --entropy-coef: a step of norm 1000 (parameters are O(1)) is a typo."""
+MAX_CRITIC_EPOCHS = 1000
+"""Largest --critic-epochs: each is a pass over the whole batch, every iteration."""
+MIN_ROBUST_AGENTS = 3
+"""--robust filter compares each agent with the median of all agents: with one or two there is no majority."""
 MAX_AGENT_CPUS = 1024
 MAX_BATCH = 1_000_000
 """Largest --batch: an agent holds a whole batch (observations, actions, log-probs) in memory, and a
@@ -212,6 +222,12 @@ def _positive(option: str, value: Any, integer: bool = False) -> None:
 def _non_negative(option: str, value: Any) -> None:
     if not _is_number(value) or value < 0:
         raise ConfigError(option, f"must be a non-negative number, got {value!r}")
+
+
+def _at_most(option: str, value: float, limit: float, why: str) -> None:
+    """Refuse ``value`` above ``limit`` (``value`` already checked to be a number), saying ``why``."""
+    if value > limit:
+        raise ConfigError(option, f"must be at most {limit:g} ({why}), got {value!r}")
 
 
 def _in_unit(option: str, value: Any, low_open: bool = True) -> None:
@@ -293,6 +309,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     _positive("--samples", config.samples, integer=True)
     _positive("--batch", config.batch, integer=True)
     _positive("--num-envs", config.num_envs, integer=True)
+    _at_most("--num-envs", config.num_envs, MAX_NUM_ENVS, "every environment of an agent is alive at once")
     if config.batch < config.num_envs:
         raise ConfigError("--batch", f"must be at least --num-envs ({config.num_envs}), got {config.batch}")
     if config.batch > MAX_BATCH:
@@ -327,7 +344,16 @@ def validate(config: TrainConfig) -> TrainConfig:
             f"at most {MAX_LAYERS} layers of at most {MAX_HIDDEN} units (the server and every agent hold the "
             f"policy), got {config.hidden!r}",
         )
+    hidden_weights = sum(a * b for a, b in zip(config.hidden, config.hidden[1:], strict=False))
+    if hidden_weights > MAX_HIDDEN_WEIGHTS:
+        raise ConfigError(
+            "--hidden",
+            f"{hidden_weights:,} hidden-to-hidden weights, more than {MAX_HIDDEN_WEIGHTS:,} (the server and every "
+            f"agent hold several copies of the policy), got {config.hidden!r}",
+        )
     _positive("--checkpoint-every", config.checkpoint_every, integer=True)
+    if config.address is not None and not str(config.address).strip():  # it would quietly start a local Ray
+        raise ConfigError("--address", "give auto, host:port or ray://host:port, got an empty string")
     if config.address:
         from afedpg_ray.address import AddressError, parse_address  # local import: address imports nothing of ours
 
@@ -345,6 +371,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         )
     _positive("--eta0", config.eta0)
     _positive("--lr", config.lr)
+    for option, value in (("--eta0", config.eta0), ("--lr", config.lr)):
+        _at_most(option, value, MAX_STEP, "a step that large is a typo")
     _positive("--max-grad-norm", config.max_grad_norm)
     _in_unit("--alpha0", config.alpha0)
     if config.alpha_end is not None:
@@ -392,17 +420,32 @@ def validate(config: TrainConfig) -> TrainConfig:
     _in_unit("--gamma", est.gamma)
     _in_unit("--gae-lambda", est.gae_lambda, low_open=False)
     _positive("--critic-lr", est.critic_lr)
+    _at_most("--critic-lr", est.critic_lr, MAX_STEP, "a step that large is a typo")
     _positive("--critic-epochs", est.critic_epochs, integer=True)
+    _at_most("--critic-epochs", est.critic_epochs, MAX_CRITIC_EPOCHS, "each is a pass over the whole batch")
     _non_negative("--entropy-coef", est.entropy_coef)
+    _at_most("--entropy-coef", est.entropy_coef, MAX_STEP, "the bonus would drown the return")
     if not _is_number(est.log_std_init) or abs(est.log_std_init) > LOG_STD_LIMIT:
         raise ConfigError("--log-std-init", f"must be a number in [-20, 20], got {est.log_std_init!r}")
     for flag in ("critic", "normalize_advantages", "normalize_obs", "scale_rewards"):
         if not isinstance(getattr(est, flag), bool):  # a JSON string "false" would be truthy
             raise ConfigError(f"--{flag.replace('_', '-')}", f"must be true or false, got {getattr(est, flag)!r}")
-    parse_profile(config.hetero, config.agents, config.seed)
+    slowdowns = parse_profile(config.hetero, config.agents, config.seed)
+    if config.iteration_time is not None and config.iteration_time * max(slowdowns) > MAX_WAIT_S:
+        raise ConfigError(
+            "--iteration-time",
+            f"the slowest agent would take {config.iteration_time * max(slowdowns):g} s an iteration "
+            f"(--hetero {config.hetero} x {config.iteration_time:g} s); keep it at most {MAX_WAIT_S:g} s",
+        )
     parse_attack(config.byzantine, config.agents)
     if config.robust not in ROBUST_CHOICES:
         raise ConfigError("--robust", f"unknown defence {config.robust!r}; choose one of {', '.join(ROBUST_CHOICES)}")
+    if config.robust == "filter" and config.agents < MIN_ROBUST_AGENTS:  # it would never reject anything
+        raise ConfigError(
+            "--robust",
+            f"the filter compares each agent with the median of all agents and needs at least {MIN_ROBUST_AGENTS} "
+            f"agents, got {config.agents}",
+        )
     check_env_id(config.env)
     return config
 

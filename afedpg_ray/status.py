@@ -47,6 +47,8 @@ def connect(address: str, timeout: float) -> None:
     printed and the process exits with code 2 at once: a half-finished ``ray.init`` cannot be
     cancelled, and the interpreter's exit handlers would wait for it.
     """
+    if address == "local":  # ray.init would start a new, empty cluster: no run could be found in it
+        raise StatusError("--address: 'local' starts a new Ray instance; give the running cluster's (auto, host:port)")
     try:
         probe_address(address, min(PROBE_TIMEOUT_S, timeout))
     except AddressError as err:

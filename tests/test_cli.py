@@ -92,6 +92,19 @@ from afedpg_ray.cli import main
         (["--resume", ""], "--resume"),
         (["--out", ""], "--out"),
         (["--out", "  "], "--out"),
+        (["--address", ""], "--address"),  # would quietly start a local Ray
+        (["--lr", "0.01"], "--lr"),  # afedpg steps with --eta0
+        (["--algo", "a3c", "--eta0", "0.1"], "--eta0"),
+        (["--algo", "a3c", "--alpha0", "0.5"], "--alpha0"),
+        (["--agents", "2", "--robust", "filter"], "--robust"),  # no majority to compare with
+        (["--eta0", "1e308"], "--eta0"),  # theta would overflow within three updates
+        (["--algo", "a3c", "--lr", "5000"], "--lr"),
+        (["--critic-lr", "1e300"], "--critic-lr"),
+        (["--entropy-coef", "1e300"], "--entropy-coef"),
+        (["--critic-epochs", "1000000000"], "--critic-epochs"),
+        (["--hidden", "16384,16384,16384"], "--hidden"),  # 537M hidden weights: GBs per copy
+        (["--num-envs", "100000", "--batch", "100000"], "--num-envs"),
+        (["--hetero", "linear:1000", "--iteration-time", "3600"], "--iteration-time"),  # 1000 hours
     ],
 )
 def test_bad_train_input_is_one_line_exit_2(argv, option, capsys, monkeypatch):

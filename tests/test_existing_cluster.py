@@ -186,6 +186,7 @@ def test_train_with_unreachable_address_fails_quickly():
         (["status", "--address", "127.0.0.1:1", "--timeout", "-1"], "--timeout"),
         (["status", "--address", "127.0.0.1:1", "--prefix", ""], "--prefix"),
         (["status", "--address", "127.0.0.1:1"], "cannot reach Ray at '127.0.0.1:1'"),
+        (["status", "--address", "local"], "'local' starts a new Ray instance"),
     ],
 )
 def test_status_bad_input_is_one_line_exit_2(argv, message, capsys):

@@ -228,6 +228,11 @@ def test_mean_curve_t_interval():
         (["hyper", "--grid", "eta0=0.01", "--storage", ""], "--storage: give a path or URI"),
         (["hyper", "--grid", "eta0=0.01", "--seed", "4294967295", "--seeds", "2"], "--seeds: --seed 4294967295"),
         (["speedup", "--agents", "4,8", "--agent-resources", '{"6-8": {"num_cpus": 1}}'], "6-8 is outside 0-7"),
+        (["speedup", "--algos", "afedpg,afedpg"], "--algos: each rule may be listed once"),
+        (["speedup", "--algos", "afedpg,vanilla", "--lr", "0.01"], "--lr: only a3c"),  # ignored by every trial
+        (["hyper", "--grid", "log_std_init=-1,0"], "--log-std-init"),  # CartPole: the whole axis does nothing
+        (["hyper", "--grid", "gae_lambda=0.9,0.95", "--critic", "false"], "--gae-lambda"),
+        (["hyper", "--grid", "schedule=constant,theory", "--algo", "a3c"], "--schedule"),
         (["speedup", "--resume", "--max-concurrent", "4"], "--max-concurrent: a resumed sweep keeps the value"),
         (["speedup", "--resume", "--verbose", "0"], "--verbose: a resumed sweep keeps the value"),
     ],
@@ -524,6 +529,24 @@ def test_agent_resource_ranges_number_the_largest_trials_agents(tmp_path, capsys
     assert exit_info.value.code == 1 and "stop before Tune" in capsys.readouterr().err
     cpus = sorted([bundle["CPU"] for bundle in bundles[1:]] for bundles in seen)
     assert cpus == [[1.0] * 4, [1.0] * 4 + [0.25] * 4]
+
+
+def test_an_option_some_trials_use_is_kept(tmp_path, capsys, monkeypatch):
+    """``--schedule theory`` does nothing for a3c but drives afedpg: a sweep of both keeps it (it was refused
+    or accepted depending on which rule --algos listed first)."""
+    import tune_sweeps.cli as sweep_cli
+
+    def stop(*args, **kwargs):
+        raise OSError("stop before Tune")
+
+    monkeypatch.setattr("afedpg_ray.runtime.connect", lambda address: None)
+    monkeypatch.setattr(sweep_cli, "_alive_nodes", lambda: [{"CPU": 16.0}])
+    monkeypatch.setattr(sweep_cli, "run_tuner", stop)
+    for algos in ("a3c,afedpg", "afedpg,a3c"):
+        argv = ["sweep", "speedup", "--env", "CartPole-v1", "--algos", algos, "--schedule", "theory"]
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--agent-cpus", "0.5", "--out", str(tmp_path)])
+        assert exit_info.value.code == 1 and "stop before Tune" in capsys.readouterr().err
 
 
 def test_placement_watchdog_stops_a_sweep_only_when_trials_wait_and_none_runs(monkeypatch):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from afedpg_ray.cli import OneLineParser, add_train_options, config_from_args, fail, int_list
+from afedpg_ray.cli import OneLineParser, add_train_options, config_from_args, fail, int_list, refuse_ignored_options
 from afedpg_ray.config import ALGORITHMS, SEED_LIMIT, ConfigError, TrainConfig, first_line
 from afedpg_ray.placement import packable_share, unplaceable_reason
 from afedpg_ray.runlog import read_progress
@@ -168,7 +168,25 @@ def _base(args: argparse.Namespace, variants: list[dict[str, Any]], seed: int) -
     the most agents: ``--agent-resources`` ranges number that trial's agents (smaller trials keep theirs)."""
     extra = {"address": None, "out": None, "progress": False, "tensorboard": not args.no_tensorboard}
     largest = max(variants, key=lambda variant: variant.get("agents", 0), default={})
-    return config_from_args(args, {**extra, **largest, "seed": seed}).to_dict()
+    return config_from_args(args, {**extra, **largest, "seed": seed}, refuse_ignored=False).to_dict()
+
+
+def _refuse_ignored(args: argparse.Namespace, trials: list[dict[str, Any]], configs: list[TrainConfig]) -> None:
+    """Refuse an option that does nothing: a command-line option every trial would ignore (as ``afedpg
+    train`` refuses it), or a grid value its own trial ignores (``--grid log_std_init=...`` on CartPole).
+    An option that applies to some trials (``--schedule theory`` beside a3c) is kept."""
+    given = {name: value for name, value in vars(args).items() if value is not None}
+    ignored: list[ConfigError] = []
+    for trial, config in zip(trials, configs, strict=True):
+        variant = trial.get("variants", {}).get(trial.get("variant"), {})
+        own = {**variant, **{k: v for k, v in trial.items() if k not in ("train", "variants", "variant")}}
+        refuse_ignored_options(own, config)
+        try:
+            refuse_ignored_options(given, config)
+        except ConfigError as err:
+            ignored.append(err)
+    if ignored and len(ignored) == len(configs):
+        raise ignored[0]
 
 
 def _launch(
@@ -184,6 +202,7 @@ def _launch(
     space once the shared base (``trials[0]["train"]``) has its agent CPUs.
     """
     configs = [trial_train_config(trial) for trial in trials]  # raises ConfigError before Ray starts
+    _refuse_ignored(args, trials, configs)
     from afedpg_ray.address import AddressError, parse_address
 
     if args.address:
@@ -330,6 +349,8 @@ def cmd_speedup(args: argparse.Namespace) -> int:
     _check_counts(args.agents)
     if not args.algos:
         fail(f"--algos: give at least one rule, e.g. {','.join(PAPER_ALGOS)}")
+    if len(set(args.algos)) != len(args.algos):  # a repeat would run once and be reported as asked
+        fail(f"--algos: each rule may be listed once, got {','.join(args.algos)}")
     unknown = [a for a in args.algos if a not in ALGORITHMS]
     if unknown:
         fail(f"--algos: unknown algorithm {unknown[0]!r}; choose from {', '.join(ALGORITHMS)}")
