@@ -44,19 +44,21 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise SystemExit(code)
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def _items(text: str, kind: type, what: str) -> tuple[Any, ...]:
+    """Comma-separated values of ``kind``; an empty item (``64,,64``, ``""``) is refused, not skipped."""
     try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        return tuple(kind(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return _items(text, float, "numbers")
 
 
 def int_list(text: str) -> tuple[int, ...]:
     """Parse comma-separated integers such as ``1,2,4,8`` (an argparse type)."""
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    return _items(text, int, "integers")
 
 
 def _bounded(text: str, kind: type, allow_zero: bool) -> Any:
@@ -105,11 +107,15 @@ def parse_agent_resources(text: str) -> tuple[AgentResources, ...]:
         ) from None
     if not isinstance(raw, dict):
         raise ConfigError("--agent-resources", 'must be a JSON object mapping agent ranges like "0-3" to requests')
+    keys = [key for key, _ in json.loads(text, object_pairs_hook=list)]
+    repeated = [key for key in keys if keys.count(key) > 1]
+    if repeated:  # json keeps the last of repeated keys: the earlier request would vanish
+        raise ConfigError("--agent-resources", f"agent range {repeated[0]!r} is given twice")
     groups = []
     for key, request in raw.items():
-        first, _, last = str(key).partition("-")
+        first, dash, last = str(key).partition("-")
         try:
-            lo, hi = int(first), int(last or first)
+            lo, hi = int(first), int(last if dash else first)
         except ValueError:
             raise ConfigError("--agent-resources", f'agent range {key!r} must look like "3" or "0-3"') from None
         known = ", ".join(AGENT_RESOURCE_KEYS)
@@ -244,6 +250,9 @@ def refuse_ignored_options(given: dict[str, Any], config: TrainConfig) -> None:
     for name in ("eta0", "alpha0"):
         if name in given and config.algo == "a3c":
             raise ConfigError(f"--{name}", "a3c takes a plain Adam step of size --lr (no NIGT step or momentum weight)")
+    covered = {i for g in config.agent_resources if g.num_cpus is not None for i in range(g.first, g.last + 1)}
+    if "agent_cpus" in given and len(covered) == config.agents:
+        raise ConfigError("--agent-cpus", "every agent's --agent-resources group sets num_cpus; drop --agent-cpus")
     if "log_std_init" in given and has_discrete_actions(config.env):
         raise ConfigError("--log-std-init", f"{config.env} has discrete actions (no Gaussian log-std); drop it")
 

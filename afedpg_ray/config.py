@@ -255,6 +255,15 @@ def _check_agent_resources(groups: tuple[AgentResources, ...], agents: int) -> N
             raise ConfigError("--agent-resources", f"agent range {span} must be integers")
         if not 0 <= group.first <= group.last < agents:
             raise ConfigError("--agent-resources", f"agent range {span} is outside 0-{agents - 1}")
+    claimed: dict[int, str] = {}
+    for group in groups:  # an agent in two groups would silently get a mix of both requests
+        span = f"{group.first}" if group.first == group.last else f"{group.first}-{group.last}"
+        for agent_id in range(group.first, group.last + 1):
+            if agent_id in claimed:
+                raise ConfigError(
+                    "--agent-resources", f"agent {agent_id} is in two groups ({claimed[agent_id]} and {span})"
+                )
+            claimed[agent_id] = span
         if group.num_cpus is not None:
             _ray_quantity(f"agents {span}: num_cpus", group.num_cpus)
         memory = group.memory

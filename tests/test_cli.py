@@ -93,6 +93,12 @@ from afedpg_ray.cli import main
         (["--out", ""], "--out"),
         (["--out", "  "], "--out"),
         (["--address", ""], "--address"),  # would quietly start a local Ray
+        (["--agent-resources", '{"0-": {"num_cpus": 1}}'], "--agent-resources"),  # read as agent 0
+        (["--agent-resources", '{"0": {"num_cpus": 1}, "0": {"num_cpus": 2}}'], "given twice"),
+        (["--agent-resources", '{"0-2": {"num_cpus": 1}, "2-3": {"num_cpus": 2}}'], "agent 2 is in two groups"),
+        (["--hidden", "64,,64"], "--hidden"),  # the empty item was dropped: one layer
+        (["--comm-delay", ""], "--comm-delay"),
+        (["--agents", "2", "--agent-cpus", "0.5", "--agent-resources", '{"0-1": {"num_cpus": 1}}'], "--agent-cpus"),
         (["--lr", "0.01"], "--lr"),  # afedpg steps with --eta0
         (["--algo", "a3c", "--eta0", "0.1"], "--eta0"),
         (["--algo", "a3c", "--alpha0", "0.5"], "--alpha0"),

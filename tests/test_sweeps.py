@@ -226,6 +226,7 @@ def test_mean_curve_t_interval():
         (["sample-efficiency", "--samples-per-agent", "1000", "--storage", "bogus://x", "--resume"], "--storage"),
         (["hyper", "--grid", "eta0=0.01,0.01"], "--grid: eta0: each value may be listed once"),
         (["hyper", "--grid", "eta0=0.01", "--storage", ""], "--storage: give a path or URI"),
+        (["hyper", "--grid", "eta0=0.01", "--storage", "file://"], "--storage: give a path after file://"),
         (["hyper", "--grid", "eta0=0.01", "--seed", "4294967295", "--seeds", "2"], "--seeds: --seed 4294967295"),
         (["speedup", "--agents", "4,8", "--agent-resources", '{"6-8": {"num_cpus": 1}}'], "6-8 is outside 0-7"),
         (["speedup", "--algos", "afedpg,afedpg"], "--algos: each rule may be listed once"),

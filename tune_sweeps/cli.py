@@ -136,6 +136,8 @@ def _sweep_run(args: argparse.Namespace, name: str, placement_timeout: float) ->
                 fail(f"{option}: a resumed sweep keeps the value it started with; drop {option}")
     out = _writable_dir("--out", Path(args.out))
     storage = args.storage or str(out)
+    if storage == "file://":  # Path("") would be the working directory
+        fail("--storage: give a path after file://, e.g. file:///mnt/nfs/afedpg-sweeps")
     if "://" not in storage or storage.startswith("file://"):
         storage = str(_writable_dir("--storage", Path(storage.removeprefix("file://")).expanduser()))
     concurrent = args.default_max_concurrent if args.max_concurrent is None else args.max_concurrent
