@@ -438,3 +438,12 @@ def test_samplers_seeded_one_apart_start_their_environments_in_different_states(
     second = Sampler("CartPole-v1", num_envs=2, seed=41, hidden=(8,), est=EstimatorConfig())
     # reset(seed=40) would seed the second environment 41, replaying the next sampler's first
     assert not np.array_equal(first.obs[1], second.obs[0])
+
+
+def test_run_tag_is_the_actor_name_prefix():
+    from afedpg_ray.metrics import run_tag
+
+    assert run_tag("afedpg-server") == "afedpg"
+    assert run_tag("afedpg-server-r2") == "afedpg"  # a restored server keeps its run
+    assert run_tag("afedpg-3f2a1_00001-agent-7-r1") == "afedpg-3f2a1_00001"  # a sweep trial's restarted agent
+    assert run_tag("") == ""

@@ -61,6 +61,16 @@ def test_server_metrics(rows):
 
 def test_rejections_are_counted_by_reason(rows):
     assert values(rows, "ray_afedpg_rejected_updates_total", reason="non_finite") == [1.0]
+    # that server was an actor named metrics-reject-server: its run is metrics-reject, not the training's
+    assert values(rows, "ray_afedpg_rejected_updates_total", reason="non_finite", run="metrics-reject") == [1.0]
+
+
+def test_every_series_names_its_run(rows):
+    """Concurrent sweep trials are told apart by the run tag (the actors' name prefix), not summed."""
+    runs = {tags.get("run") for _, name, tags, _ in rows if name.startswith("ray_afedpg_")}
+    assert {"placement", "metrics-reject"} <= runs and None not in runs and "" not in runs, runs
+    assert values(rows, "ray_afedpg_server_version", run="placement")  # train(name_prefix="placement")
+    assert values(rows, "ray_afedpg_agent_iteration_seconds_count", run="placement", agent="0")
 
 
 def test_agent_iteration_seconds_come_from_the_agents_nodes(rows):
@@ -82,4 +92,4 @@ def test_grafana_dashboard_queries_only_exported_names(rows):
     assert queried and queried <= exported, queried - exported
     for base in ("server_version", "updates", "update_delay", "agent_iteration_seconds", "return_mean", "rejected"):
         assert any(name.startswith(f"ray_afedpg_{base}") for name in queried), base
-    assert all('SessionName=~"$SessionName"' in expr for expr in exprs)
+    assert all('SessionName=~"$SessionName", run=~"$run"' in expr for expr in exprs)
