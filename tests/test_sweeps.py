@@ -706,6 +706,18 @@ def test_bad_plot_input_is_one_line_exit_2(setup, extra, message, tmp_path, caps
     assert "progress.csv" not in message or str(tmp_path / "progress.csv") in err  # the CSV is named by its path
 
 
+@pytest.mark.parametrize("name", ["speedup.csv", "results.csv"])
+@pytest.mark.parametrize("text", ["", "trial_id,algo,agents\n"])
+def test_a_sweep_csv_without_rows_is_refused_not_drawn_empty(name, text, tmp_path, capsys):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"afedpg: error: RUN_OR_SWEEP_DIR: {tmp_path / name} has no rows to plot") and len(err.splitlines()) == 1
+    assert not list(tmp_path.glob("*.png"))
+
+
 def test_bad_sweep_csv_is_named(tmp_path, capsys):
     (tmp_path / "speedup.csv").write_text("trial_id,algo\nt1,afedpg\n")  # none of the columns a sweep writes
     with pytest.raises(SystemExit) as exit_info:

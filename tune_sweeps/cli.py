@@ -7,6 +7,7 @@ directory and its storage before Ray starts; bad input is one line naming the op
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import math
 import os
@@ -414,6 +415,13 @@ def _checked_csv(csv_path: Path, read: Callable[[Any], Any], arg: Any) -> Any:
         fail(f"RUN_OR_SWEEP_DIR: {csv_path} is not a CSV afedpg wrote ({type(err).__name__}: {first_line(err)})")
 
 
+def _require_rows(csv_path: Path) -> None:
+    """Exit 2 naming ``csv_path`` if it holds no data row (an empty figure would pass for a result)."""
+    with csv_path.open(newline="") as handle:
+        if sum(1 for _ in csv.reader(handle)) < 2:
+            fail(f"RUN_OR_SWEEP_DIR: {csv_path} has no rows to plot (a sweep stopped before any trial reported?)")
+
+
 def _plottable_run(progress: Path) -> bool:
     """Whether a run's progress.csv has afedpg's columns (else exit 2 naming it) and at least one update."""
     rows = _checked_csv(progress, read_progress, progress)
@@ -437,9 +445,11 @@ def _plot(args: argparse.Namespace) -> int:
             fail(f"RUN_OR_SWEEP_DIR: {text!r} is not a directory")
         found = False
         if (path / sample_efficiency.RESULTS_CSV).is_file():
+            _require_rows(path / sample_efficiency.RESULTS_CSV)
             print(_checked_csv(path / sample_efficiency.RESULTS_CSV, sample_efficiency.redraw, path))
             found = drew_sweep = True
         if (path / "speedup.csv").is_file():
+            _require_rows(path / "speedup.csv")
             print(_checked_csv(path / "speedup.csv", speedup.redraw, path))
             found = drew_sweep = True
         if (path / "progress.csv").is_file():
