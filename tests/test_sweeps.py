@@ -714,7 +714,8 @@ def test_a_sweep_csv_without_rows_is_refused_not_drawn_empty(name, text, tmp_pat
         main(["plot", str(tmp_path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"afedpg: error: RUN_OR_SWEEP_DIR: {tmp_path / name} has no rows to plot") and len(err.splitlines()) == 1
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"afedpg: error: RUN_OR_SWEEP_DIR: {tmp_path / name} has no rows to plot")
     assert not list(tmp_path.glob("*.png"))
 
 
