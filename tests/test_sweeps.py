@@ -208,6 +208,11 @@ def test_mean_curve_t_interval():
         (["sample-efficiency", "--algo", "ppo", "--samples-per-agent", "100"], "--algo"),
         (["sample-efficiency", "--samples-per-agent", "0"], "--samples-per-agent"),
         (["sample-efficiency", "--samples-per-agent", "500", "--batch", "1000"], "--samples-per-agent"),
+        (
+            ["sample-efficiency", "--samples-per-agent", "1500", "--algo", "rennala", "--collect", "2"]
+            + ["--agents", "1,2"],
+            "--samples-per-agent: 1500 gives the 1-agent trial 1500 steps, less than one update (2 x --batch 1000",
+        ),
         (["sample-efficiency", "--agents", "1,x", "--samples-per-agent", "100"], "--agents"),
         (["sample-efficiency", "--env", "Nope-v0", "--samples-per-agent", "1000"], "--env"),
         (["speedup", "--algos", "afedpg,ppo"], "--algos"),

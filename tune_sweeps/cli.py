@@ -341,6 +341,18 @@ def cmd_sample_efficiency(args: argparse.Namespace) -> int:
     if args.samples_per_agent < base["batch"]:  # smaller N-trials would overshoot their budget
         fail(too_small)
     trials = grid_trials(base, variants, seeds)
+    for trial in trials[:: len(seeds)]:  # one per N: rennala's --collect may need more than one batch per trial
+        try:
+            trial_train_config(trial)
+        except ConfigError as err:
+            if err.option != "--samples":
+                raise
+            agents = variants[trial["variant"]]["agents"]
+            update = str(err).partition("(")[2].partition(")")[0]  # "2 x --batch 1000 = 2000 steps"
+            fail(
+                f"--samples-per-agent: {args.samples_per_agent} gives the {agents}-agent trial "
+                f"{agents * args.samples_per_agent} steps, less than one update ({update})"
+            )
     rows, results, out = _launch(args, sample_efficiency.NAME, trials, lambda: grid_space(base, variants, seeds))
     csv_path, png = sample_efficiency.write_outputs(rows, out)
     print(f"wrote {csv_path} and {png} ({len(rows)} reports)")
