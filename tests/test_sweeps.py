@@ -103,7 +103,7 @@ def test_sample_efficiency_sweep_end_to_end(tmp_path, capsys):
     (out / "results.csv").unlink()
     code = main(
         ["sweep", "sample-efficiency", "--agents", "1,2", "--seeds", "1", "--samples-per-agent", str(budget)]
-        + ["--out", str(out), "--resume", "--verbose", "0"]
+        + ["--out", str(out), "--resume"]  # --verbose is the one the sweep started with
     )
     assert code == 0
     resumed = read_csv(out / "results.csv")
@@ -528,7 +528,7 @@ def test_agent_resource_ranges_number_the_largest_trials_agents(tmp_path, capsys
     monkeypatch.setattr("afedpg_ray.runtime.connect", lambda address: None)
     monkeypatch.setattr(sweep_cli, "_alive_nodes", lambda: [{"CPU": 16.0}])
     monkeypatch.setattr(sweep_cli, "run_tuner", capture)
-    argv = ["sweep", "speedup", "--env", "CartPole-v1", "--agents", "4,8", "--algos", "afedpg", "--agent-cpus", "0.5"]
+    argv = ["sweep", "speedup", "--env", "CartPole-v1", "--agents", "4,8", "--algos", "afedpg"]
     argv += ["--agent-resources", '{"0-3": {"num_cpus": 1}, "4-7": {"num_cpus": 0.25}}', "--out", str(tmp_path)]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
