@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -248,16 +249,37 @@ def load_policy(run_dir: Path) -> tuple[Policy, RunningStats | None, str]:
         why = str(err).removeprefix("--env: ")
         raise ValueError(f"{path}: cannot rebuild the policy's environment: {why}") from None
     try:
-        policy, _ = build_policy(env_id, tuple(payload["hidden"]), payload["log_std_init"])
-        set_flat(policy, np.asarray(payload["theta"]))
+        policy, obs_dim = build_policy(env_id, tuple(payload["hidden"]), payload["log_std_init"])
+        theta = _finite_array(payload["theta"], "theta")
+        if theta.size and np.abs(theta).max() > np.finfo(np.float32).max:  # the policy's float32 makes it inf
+            raise ValueError("theta holds values beyond float32's range")
+        set_flat(policy, theta)
         stats = None
         if payload.get("normalize_obs", True):
-            var = np.asarray(payload["obs_var"])
+            mean = _finite_array(payload["obs_mean"], "obs_mean", obs_dim)
+            var = _finite_array(payload["obs_var"], "obs_var", obs_dim)
             count = float(payload["obs_count"])
-            stats = RunningStats(count, np.asarray(payload["obs_mean"]), var * count)
+            if (var < 0).any():
+                raise ValueError("obs_var has negative variances")
+            if not math.isfinite(count) or count < 0:
+                raise ValueError(f"obs_count is {count}, not a count")
+            stats = RunningStats(count, mean, var * count)
     except Exception as err:  # noqa: BLE001 - any failure to read it means the file is unusable
         raise ValueError(f"{path}: corrupt or incompatible policy file ({first_line(err)})") from None
     return policy, stats, env_id
+
+
+def _finite_array(value: Any, name: str, size: int | None = None) -> np.ndarray:
+    """``value`` as a flat float array of finite numbers (of ``size`` if given), else ValueError naming it:
+    NaN parameters or statistics would fail only later, deep inside torch or the normaliser."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu" or array.ndim != 1:
+        raise ValueError(f"{name} is not a flat array of numbers")
+    if size is not None and array.size != size:
+        raise ValueError(f"{name} has {array.size} values, the environment's observations {size}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or inf")
+    return array.astype(np.float64)
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
