@@ -190,16 +190,22 @@ def load_resumable(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
     no policy.pt: then it stopped (Ctrl-C, SIGTERM) after its final checkpoint but before writing it,
     and the resume only finishes it (no update is applied; policy.pt and summary.json are written).
     """
-    state = load_checkpoint(run_dir)
+    state = load_checkpoint(run_dir)  # its entries are consistent with each other; here, with the config
     path = run_dir / CHECKPOINT_FILE
     saved = state.get("num_params")  # absent only in hand-made test checkpoints
-    if saved is not None:
-        policy, _ = build_policy(config.env, config.hidden, config.estimator.log_std_init)
-        if int(saved) != num_params(policy):
-            raise CheckpointError(
-                f"{path}: its policy has {int(saved)} parameters, but {config.env} with hidden sizes "
-                f"{list(config.hidden)} has {num_params(policy)}; it belongs to another run"
-            )
+    if saved is None and state["rule_state"].get("theta") is not None:
+        saved = np.asarray(state["rule_state"]["theta"]).size
+    policy, obs_dim = build_policy(config.env, config.hidden, config.estimator.log_std_init)
+    if saved is not None and int(saved) != num_params(policy):
+        raise CheckpointError(
+            f"{path}: its policy has {int(saved)} parameters, but {config.env} with hidden sizes "
+            f"{list(config.hidden)} has {num_params(policy)}; it belongs to another run"
+        )
+    if state.get("obs_stats") is not None and np.asarray(state["obs_stats"][1]).size != obs_dim:
+        raise CheckpointError(
+            f"{path}: its observation statistics have {np.asarray(state['obs_stats'][1]).size} dimensions, "
+            f"but {config.env}'s observations {obs_dim}; it belongs to another run"
+        )
     spent = int(state.get("samples_total", 0))
     if config.samples <= spent and (run_dir / POLICY_FILE).is_file():
         raise CheckpointError(

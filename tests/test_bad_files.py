@@ -100,3 +100,107 @@ def test_a_policy_with_nonsense_numbers_is_a_corrupt_file_not_a_traceback(damage
     assert exit_info.value.code == 2
     err = one_error_line(capsys)
     assert "policy.pt: corrupt or incompatible policy file" in err and what in err, err
+
+
+# -- checkpoint.pt ------------------------------------------------------------------------------------
+
+
+def resumable_run(tmp_path: Path) -> tuple[Path, dict]:
+    """A run directory a driver crash leaves: config.json, a real server checkpoint at update 0, the
+    progress.csv header; returns it and the checkpoint's state."""
+    from afedpg_ray.checkpoint import save_checkpoint
+    from afedpg_ray.runlog import RunLog
+    from afedpg_ray.server import ParameterServer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = TrainConfig(out=str(run), agents=2, batch=100, num_envs=2, samples=2000, progress=False)
+    config.save(run / "config.json")
+    RunLog(run, config.samples, show_progress=False, tensorboard=False).close()
+    state = {**ParameterServer(config).export_state(), "progress_rows": 0}
+    save_checkpoint(run, state)
+    return run, state
+
+
+def resume(run: Path) -> list[str]:
+    return ["train", "--resume", str(run), "--no-progress", "--no-tensorboard"]
+
+
+def test_an_intact_checkpoint_passes_the_checks(tmp_path, monkeypatch):
+    def ray_started(*args, **kwargs):
+        raise RuntimeError("passed the checks")
+
+    monkeypatch.setattr("afedpg_ray.train.connect", ray_started)
+    run, _ = resumable_run(tmp_path)
+    with pytest.raises(RuntimeError, match="passed the checks"):
+        main(resume(run))
+
+
+def damage_checkpoint(state: dict, damage: str) -> None:
+    rule = state["rule_state"]
+    if damage == "nan_theta":
+        rule["theta"] = np.full_like(rule["theta"], np.nan)
+    elif damage == "short_theta":
+        rule["theta"] = rule["theta"][:-10]
+    elif damage == "inf_theta_prev":
+        rule["theta_prev"][0] = np.inf
+    elif damage == "long_momentum":
+        rule["momentum"] = np.zeros(len(rule["theta"]) + 1)
+    elif damage == "nan_point":
+        rule["point"][5] = np.nan
+    elif damage == "text_theta":
+        rule["theta"] = "theta"
+    elif damage == "negative_version":
+        rule["version"] = -3
+    elif damage == "negative_samples":
+        state["samples_total"] = -100
+    elif damage == "negative_rows":
+        state["progress_rows"] = -1
+    elif damage == "nan_obs_stats":
+        count, mean, m2 = state["obs_stats"]
+        state["obs_stats"] = (count, np.full_like(mean, np.nan), m2)
+    elif damage == "negative_obs_count":
+        _, mean, m2 = state["obs_stats"]
+        state["obs_stats"] = (-5.0, mean, m2)
+    elif damage == "negative_return_m2":
+        count, mean, m2 = state["return_stats"]
+        state["return_stats"] = (10.0, mean, m2 - 1.0)
+    elif damage == "foreign_obs_stats":
+        state["obs_stats"] = (0.0, np.zeros(7), np.zeros(7))
+    else:
+        raise AssertionError(damage)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "nan_theta",
+        "short_theta",
+        "inf_theta_prev",
+        "long_momentum",
+        "nan_point",
+        "text_theta",
+        "negative_version",
+        "negative_samples",
+        "negative_rows",
+        "nan_obs_stats",
+        "negative_obs_count",
+        "negative_return_m2",
+        "foreign_obs_stats",
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_before_ray_starts_or_a_file_changes(damage, tmp_path, capsys, monkeypatch):
+    from afedpg_ray.checkpoint import save_checkpoint
+
+    monkeypatch.setattr("afedpg_ray.train.connect", no_ray)
+    run, state = resumable_run(tmp_path)
+    (run / "progress.csv").write_text((run / "progress.csv").read_text() + "1,0.5,0,0,100,0,nan,True,,,,,\n")
+    damage_checkpoint(state, damage)
+    save_checkpoint(run, state)
+    before = snapshot(run)
+    with pytest.raises(SystemExit) as exit_info:
+        main(resume(run))
+    assert exit_info.value.code == 2
+    err = one_error_line(capsys)
+    assert f"{run / 'checkpoint.pt'}: " in err and ("damaged checkpoint" in err or "belongs to another run" in err), err
+    assert snapshot(run) == before
