@@ -19,7 +19,7 @@ from afedpg_ray.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpo
 from afedpg_ray.config import ConfigError, TrainConfig, check_env_id, first_line, load_config
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
-from afedpg_ray.runlog import RunLog, cut_progress
+from afedpg_ray.runlog import RunLog, cut_progress, progress_problem
 from afedpg_ray.runtime import RayRunner, connect, status_address, watch_hint
 from afedpg_ray.server import policy_snapshot_of
 from afedpg_ray.signals import SIGTERM_RECEIVED, Terminated, sigterm_raises_terminated
@@ -184,9 +184,11 @@ def cut_to_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
 def load_resumable(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
     """The checkpoint ``config`` can continue from, or :class:`CheckpointError` saying why not.
 
-    Checked before anything is written: the policy must have the checkpoint's number of parameters
-    (a checkpoint copied from another run, or a config.json edited by hand, is refused here rather than
-    inside the server), and the budget must exceed what the run has already spent - unless the run has
+    Checked before anything is written: the checkpoint must be intact (finite parameters, counts that
+    are counts), the policy must have its number of parameters and observation size (a checkpoint
+    copied from another run, or a config.json edited by hand, is refused here rather than inside the
+    server), progress.csv (cut and appended to) must be afedpg's, and the budget must exceed what the
+    run has already spent - unless the run has
     no policy.pt: then it stopped (Ctrl-C, SIGTERM) after its final checkpoint but before writing it,
     and the resume only finishes it (no update is applied; policy.pt and summary.json are written).
     """
@@ -205,6 +207,13 @@ def load_resumable(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: its observation statistics have {np.asarray(state['obs_stats'][1]).size} dimensions, "
             f"but {config.env}'s observations {obs_dim}; it belongs to another run"
+        )
+    progress = run_dir / "progress.csv"
+    problem = progress_problem(progress)
+    if problem:  # cut_to_checkpoint would rewrite it in afedpg's columns, and the log fail to parse it
+        raise CheckpointError(
+            f"{progress}: {problem}; restore the run's own file, or move this one aside to resume without "
+            "the rows before the checkpoint"
         )
     spent = int(state.get("samples_total", 0))
     if config.samples <= spent and (run_dir / POLICY_FILE).is_file():

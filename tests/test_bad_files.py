@@ -194,7 +194,9 @@ def test_a_damaged_checkpoint_is_refused_before_ray_starts_or_a_file_changes(dam
 
     monkeypatch.setattr("afedpg_ray.train.connect", no_ray)
     run, state = resumable_run(tmp_path)
-    (run / "progress.csv").write_text((run / "progress.csv").read_text() + "1,0.5,0,0,100,0,nan,True,,,,,\n")
+    (run / "progress.csv").write_text(
+        (run / "progress.csv").read_text() + "1,0.5,0,0,100,0,nan,True,,nan,nan,nan,nan\n"
+    )
     damage_checkpoint(state, damage)
     save_checkpoint(run, state)
     before = snapshot(run)
@@ -204,3 +206,53 @@ def test_a_damaged_checkpoint_is_refused_before_ray_starts_or_a_file_changes(dam
     err = one_error_line(capsys)
     assert f"{run / 'checkpoint.pt'}: " in err and ("damaged checkpoint" in err or "belongs to another run" in err), err
     assert snapshot(run) == before
+
+
+# -- progress.csv -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "step,reward\n1,2.0\n2,3.5\n",  # another program's CSV
+        "update,accepted\n5,True\n",  # afedpg's names, but not its columns
+        "{header}\nfive,0.1,0,0,100,0,nan,True,,nan,nan,nan,nan\n",  # a value that does not parse
+        "{header}\n1,0.1,0,0,100,0,nan,True\n",  # a short row
+        "{header}\n1,0.1,0,0,100,0,nan,True,,nan,nan,nan,nan,extra\n",  # a long row
+        "{header}\n1,0.1,0,0,100,0,nan,maybe,,nan,nan,nan,nan\n",  # accepted is neither True nor False
+        b"\xff\xfe\x00binary",
+    ],
+)
+def test_a_progress_file_in_another_format_is_refused_before_it_is_cut(text, tmp_path, capsys, monkeypatch):
+    from afedpg_ray.runlog import PROGRESS_COLUMNS
+
+    monkeypatch.setattr("afedpg_ray.train.connect", no_ray)
+    run, _ = resumable_run(tmp_path)
+    if isinstance(text, bytes):
+        (run / "progress.csv").write_bytes(text)
+    else:
+        (run / "progress.csv").write_text(text.format(header=",".join(PROGRESS_COLUMNS)))
+    before = snapshot(run)
+    with pytest.raises(SystemExit) as exit_info:
+        main(resume(run))
+    assert exit_info.value.code == 2
+    err = one_error_line(capsys)
+    assert f"{run / 'progress.csv'}: " in err, err
+    assert snapshot(run) == before
+
+
+def test_a_progress_file_afedpg_wrote_passes_the_checks(tmp_path, monkeypatch):
+    from afedpg_ray.messages import UpdateRecord
+    from afedpg_ray.runlog import RunLog
+
+    def ray_started(*args, **kwargs):
+        raise RuntimeError("passed the checks")
+
+    monkeypatch.setattr("afedpg_ray.train.connect", ray_started)
+    run, _ = resumable_run(tmp_path)
+    log = RunLog(run, 2000, show_progress=False, tensorboard=False, append=True)
+    log.record(UpdateRecord(1, 0.5, 0, 0, 100, 1, 12.0, True, alpha=0.2, eta=0.01, grad_norm=3.0))
+    log.record(UpdateRecord(1, 0.6, 1, 1, 100, 1, float("nan"), False, "norm_too_large"))
+    log.close()
+    with pytest.raises(RuntimeError, match="passed the checks"):
+        main(resume(run))
