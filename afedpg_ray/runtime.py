@@ -243,18 +243,31 @@ class RayRunner:
             server = server.remote(self.config, self.start)
         except ValueError:  # the dead server's name may not be released yet
             name = f"{self.prefix}-server-r{self.stats.server_restores}"
-            server = ray.remote(ParameterServer).options(name=name, **options).remote(self.config, self.start)
+            try:
+                server = ray.remote(ParameterServer).options(name=name, **options).remote(self.config, self.start)
+            except ValueError as err:  # Ray refused the actor itself, not only its name
+                raise RunError(f"Ray refused to create the parameter server: {first_line(err)}") from None
         self.server = server
         if self.last_state is not None:
             self._server_call(server.restore.remote(self.last_state))
         return server
 
     def _make_agent(self, slot: AgentSlot) -> Any:
+        """Create ``slot``'s agent actor; a request Ray refuses (e.g. a TPU count that is no chip
+        configuration, which config validation could not ask Ray about) is a :class:`RunError`."""
         i = slot.agent_id
         name = f"{self.prefix}-agent-{i}" if slot.restarts == 0 else f"{self.prefix}-agent-{i}-r{slot.restarts}"
-        actor_cls = ray.remote(RolloutAgent).options(name=name, **slot.options)
         incarnation = self.incarnation + slot.restarts
-        return actor_cls.remote(i, self.config, self.slowdowns[i], self.comm_delays[i], incarnation)
+        try:
+            actor_cls = ray.remote(RolloutAgent).options(name=name, **slot.options)
+            return actor_cls.remote(i, self.config, self.slowdowns[i], self.comm_delays[i], incarnation)
+        except (ValueError, TypeError) as err:
+            asked = {k: v for k, v in slot.options.items() if k != "max_restarts"}
+            raise RunError(
+                f"--agent-resources: Ray refused agent {i}'s request {asked}: {first_line(err)}"
+                if any(group.first <= i <= group.last for group in self.config.agent_resources)
+                else f"Ray refused to create agent {i} ({asked}): {first_line(err)}"
+            ) from None
 
     def _check_placement(self) -> None:
         """Fail with the agent and its request named if an agent cannot be placed in time."""

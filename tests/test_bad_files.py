@@ -7,13 +7,14 @@ counters, another program's CSV) must be refused when it is read, not turn into 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from afedpg_ray.cli import main
-from afedpg_ray.config import TrainConfig
+from afedpg_ray.config import AgentResources, TrainConfig
 
 AGENT_REQUEST_RAY_REFUSES = '{"0": {"resources": {"TPU": 3}}}'
 """Ray refuses any TPU count that is not a chip configuration (1, 2, 4 or 8) when the actor is created."""
@@ -256,3 +257,60 @@ def test_a_progress_file_afedpg_wrote_passes_the_checks(tmp_path, monkeypatch):
     log.close()
     with pytest.raises(RuntimeError, match="passed the checks"):
         main(resume(run))
+
+
+# -- --agent-resources Ray refuses --------------------------------------------------------------------
+
+
+def test_an_agent_request_ray_refuses_is_one_line_before_ray_starts(capsys, monkeypatch):
+    monkeypatch.setattr("afedpg_ray.train.connect", no_ray)
+    argv = ["train", "--agents", "2", "--samples", "2000", "--batch", "1000"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--agent-resources", AGENT_REQUEST_RAY_REFUSES, "--no-progress"])
+    assert exit_info.value.code == 2
+    err = one_error_line(capsys)
+    assert "--agent-resources" in err and "agents 0" in err and "'TPU' was set to 3" in err, err
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_an_actor_ray_refuses_to_create_is_a_run_error_naming_agent_resources(tmp_path, monkeypatch):
+    from afedpg_ray import runtime
+    from afedpg_ray.train import train
+
+    real_options = runtime.agent_options
+
+    def tpu_request(config, agent_id, cluster_cpus):  # as if the config check had let it through
+        options = real_options(config, agent_id, cluster_cpus)
+        return {**options, "resources": {"TPU": 3}} if agent_id == 1 else options
+
+    monkeypatch.setattr(runtime, "agent_options", tpu_request)
+    config = TrainConfig(
+        agents=2,
+        hetero="none",
+        batch=100,
+        num_envs=2,
+        samples=2000,
+        agent_resources=(AgentResources(1, 1, num_cpus=0.01),),
+        progress=False,
+        tensorboard=False,
+        out=str(tmp_path / "run"),
+    )
+    with pytest.raises(runtime.RunError) as failed:
+        train(config)
+    message = str(failed.value)
+    assert "\n" not in message and "agent 1" in message and "'TPU' was set to 3" in message, message
+    assert "--agent-resources" in message
+    assert released("afedpg-server") and released("afedpg-agent-0")  # the refused run freed its names
+
+
+def released(name: str, timeout: float = 10.0) -> bool:
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name)
+        except ValueError:
+            return True
+        time.sleep(0.1)
+    return False
