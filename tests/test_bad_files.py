@@ -7,6 +7,8 @@ counters, another program's CSV) must be refused when it is read, not turn into 
 
 from __future__ import annotations
 
+import gc
+import logging
 import time
 from pathlib import Path
 
@@ -314,3 +316,57 @@ def released(name: str, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+# -- failing agents -----------------------------------------------------------------------------------
+
+
+class RayErrorLog(logging.Handler):
+    """Collects what Ray's driver logs at ERROR (its "Unhandled error" reports come through this logger;
+    its stream handler writes to the stderr of the session's start, which pytest's capfd does not see)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_failing_agent_is_reported_by_its_error_and_leaves_no_unhandled_ray_errors(tmp_path, monkeypatch):
+    # The agent's step raises inside torch (NaN parameters make an invalid distribution): the run's last
+    # line must quote that exception, not the tail of its message (a tensor's repr), and the step's second
+    # return (the gradient the driver never reads) must not surface later as Ray's "Unhandled error".
+    from afedpg_ray import runtime, train
+    from afedpg_ray.server import ParameterServer
+
+    config = TrainConfig(
+        agents=1,
+        hetero="none",
+        batch=100,
+        num_envs=2,
+        samples=2000,
+        progress=False,
+        tensorboard=False,
+        out=str(tmp_path / "run"),
+    )
+    state = ParameterServer(config).export_state()
+    state["rule_state"]["theta"] = np.full_like(state["rule_state"]["theta"], np.nan)
+    state["rule_state"]["point"] = state["rule_state"]["theta"].copy()
+    monkeypatch.setattr(train, "load_resumable", lambda run_dir, config: state)  # past the checkpoint's checks
+    monkeypatch.setattr(runtime, "MAX_AGENT_RESTARTS", 0)  # the first failure retires the only agent
+    ray_log = RayErrorLog()
+    logging.getLogger("ray._private.worker").addHandler(ray_log)
+    try:
+        with pytest.raises(runtime.RunError) as failed:
+            train.train(config, resume=True)
+        message = str(failed.value)
+        del failed  # the traceback holds the loop's frame, and with it the references
+        gc.collect()
+        time.sleep(3)  # Ray reports an unread error once its reference is freed, from its own thread
+    finally:
+        logging.getLogger("ray._private.worker").removeHandler(ray_log)
+    assert message.startswith("every agent failed; last error: ValueError: Expected parameter logits"), message
+    assert "\n" not in message
+    assert not [m for m in ray_log.messages if "Unhandled error" in m], ray_log.messages
