@@ -91,8 +91,15 @@ def state_problem(state: dict[str, Any]) -> str | None:
     if extra is not None:
         if not isinstance(extra, dict):
             return "rule state extra is not a mapping of arrays"
-        for name, value in extra.items():
-            problem = _array_problem(f"rule state {name}", value, size)
+        for name, value in extra.items():  # parameter-sized arrays, or scalars (rennala's count)
+            try:
+                array = np.asarray(value)
+            except Exception:  # noqa: BLE001 - an object numpy cannot take is no array
+                return f"rule state {name} is not an array"
+            scalar = array.ndim == 0
+            problem = _array_problem(
+                f"rule state {name}", array.reshape(1) if scalar else array, None if scalar else size
+            )
             if problem:
                 return problem
     for name in ("obs_stats", "return_stats"):

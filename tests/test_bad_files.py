@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from afedpg_ray.checkpoint import CheckpointError
 from afedpg_ray.cli import main
 from afedpg_ray.config import AgentResources, TrainConfig
 
@@ -137,6 +138,45 @@ def test_an_intact_checkpoint_passes_the_checks(tmp_path, monkeypatch):
     run, _ = resumable_run(tmp_path)
     with pytest.raises(RuntimeError, match="passed the checks"):
         main(resume(run))
+
+
+@pytest.mark.parametrize("algo", ["afedpg", "vanilla", "a3c", "rennala", "fedpg", "pg"])
+def test_checkpoints_of_every_rule_after_updates_pass_the_checks(algo, tmp_path):
+    # the rules keep their own state in rule_state (a3c's second moment, rennala's collected sum and count)
+    from afedpg_ray.checkpoint import load_checkpoint, save_checkpoint
+    from afedpg_ray.messages import GradientMeta
+    from afedpg_ray.normalizer import RunningStats
+    from afedpg_ray.server import ParameterServer
+
+    agents = 1 if algo == "pg" else 3
+    robust = "filter" if algo == "afedpg" else "none"
+    config = TrainConfig(algo=algo, agents=agents, batch=64, num_envs=2, samples=10_000, robust=robust)
+    server = ParameterServer(config)
+    rng = np.random.default_rng(0)
+
+    def meta(agent: int) -> GradientMeta:
+        stats = RunningStats.of(rng.normal(size=(64, 4)))
+        return GradientMeta(agent, server.agent_versions[agent], 64, (10.0,), (10,), stats, 0.01, 0.0, 1.0)
+
+    for step in range(agents + 1):  # rennala: one collection stepped, the next begun
+        if config.synchronous:
+            server.dispatch_round(list(range(agents)))
+            server.apply_round([meta(a) for a in range(agents)], *[rng.normal(size=server.num_params)] * agents)
+        else:
+            server.dispatch(step % agents)
+            server.apply(meta(step % agents), rng.normal(size=server.num_params))
+    assert server.rejected == {}
+    if algo == "rennala":
+        assert int(server.state.extra["collected_count"]) == 1
+    state = {**server.export_state(), "progress_rows": agents + 1}
+    save_checkpoint(tmp_path, state)
+    assert load_checkpoint(tmp_path)["rule_state"]["version"] == server.state.version
+    if state["rule_state"]["extra"]:  # and a NaN in the rule's own state is damage too
+        name = next(iter(state["rule_state"]["extra"]))
+        state["rule_state"]["extra"][name] = np.asarray(state["rule_state"]["extra"][name]) * np.nan
+        save_checkpoint(tmp_path, state)
+        with pytest.raises(CheckpointError, match=f"damaged checkpoint \\(rule state {name} holds NaN or inf\\)"):
+            load_checkpoint(tmp_path)
 
 
 def damage_checkpoint(state: dict, damage: str) -> None:
