@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from afedpg_ray.config import first_line
@@ -15,7 +18,7 @@ CHECKPOINT_FORMAT = 1
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or belongs to another model; the message names the file."""
+    """A checkpoint is missing, unreadable, damaged or belongs to another model; the message names the file."""
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
@@ -51,4 +54,124 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: damaged checkpoint (no update version in its rule state)")
     if not isinstance(state.get("samples_total", 0), int) or not (rows is None or isinstance(rows, int)):
         raise CheckpointError(f"{path}: damaged checkpoint (sample or row counts are not integers)")
+    problem = state_problem(state)
+    if problem:
+        raise CheckpointError(f"{path}: damaged checkpoint ({problem})")
     return state
+
+
+COUNTERS = ("samples_total", "episodes_total", "superseded", "progress_rows")
+"""Counters a checkpoint may hold (older or hand-made ones lack some): non-negative integers."""
+RULE_ARRAYS = ("theta", "theta_prev", "momentum", "point")
+"""The rule state's parameter-sized arrays (``momentum`` and ``point`` may be None)."""
+
+
+def state_problem(state: dict[str, Any]) -> str | None:
+    """What makes a loaded checkpoint unusable, or None: what it holds is checked, not that it holds
+    everything (older checkpoints lack some entries). Unchecked, a NaN theta or a negative counter passes
+    into the server and fails only after Ray has started and progress.csv has been cut."""
+    rule = state["rule_state"]
+    if rule["version"] < 0:
+        return f"update version {rule['version']} is negative"
+    for name in COUNTERS:
+        value = state.get(name)
+        if value is not None and (not _is_count(value) or value < 0):
+            return f"{name} is {value!r}, not a count"
+    size = state.get("num_params")
+    if size is not None and (not _is_count(size) or size < 1):
+        return f"num_params is {size!r}, not a count"
+    for name in RULE_ARRAYS:
+        if rule.get(name) is None:
+            continue
+        problem = _array_problem(f"rule state {name}", rule[name], size)
+        if problem:
+            return problem
+        size = np.asarray(rule[name]).size  # the others must match the first
+    extra = rule.get("extra")
+    if extra is not None:
+        if not isinstance(extra, dict):
+            return "rule state extra is not a mapping of arrays"
+        for name, value in extra.items():  # parameter-sized arrays, or scalars (rennala's count)
+            try:
+                array = np.asarray(value)
+            except Exception:  # noqa: BLE001 - an object numpy cannot take is no array
+                return f"rule state {name} is not an array"
+            scalar = array.ndim == 0
+            problem = _array_problem(
+                f"rule state {name}", array.reshape(1) if scalar else array, None if scalar else size
+            )
+            if problem:
+                return problem
+    for name in ("obs_stats", "return_stats"):
+        if state.get(name) is not None:
+            problem = _stats_problem(name, state[name])
+            if problem:
+                return problem
+    robust = state.get("robust")
+    if robust is not None:
+        problem = _robust_problem(robust, size)
+        if problem:
+            return problem
+    horizon = state.get("schedule_horizon")
+    if horizon is not None and (not _is_count(horizon) or horizon < 1):
+        return f"schedule_horizon is {horizon!r}, not a number of updates"
+    elapsed = state.get("elapsed")
+    if elapsed is not None and not (_is_number(elapsed) and math.isfinite(elapsed) and elapsed >= 0):
+        return f"elapsed is {elapsed!r}, not a number of seconds"
+    return None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _array_problem(name: str, value: Any, size: int | None) -> str | None:
+    """Why ``value`` is not a flat array of ``size`` (if given) finite numbers, or None."""
+    try:
+        array = np.asarray(value)
+    except Exception:  # noqa: BLE001 - an object numpy cannot take is no array
+        return f"{name} is not an array"
+    if array.dtype.kind not in "fiu" or array.ndim != 1:
+        return f"{name} is not a flat array of numbers"
+    if size is not None and array.size != size:
+        return f"{name} has {array.size} values, not {size}"
+    if not np.isfinite(array).all():
+        return f"{name} holds NaN or inf"
+    return None
+
+
+def _stats_problem(name: str, stats: Any) -> str | None:
+    """Why ``stats`` is not a normaliser's (count, mean, M2) with a finite count >= 0, finite means and
+    finite M2 >= 0 of one size, or None."""
+    if not isinstance(stats, (tuple, list)) or len(stats) != 3:
+        return f"{name} is not a (count, mean, M2) triple"
+    count, mean, m2 = stats
+    if not _is_number(count) or not math.isfinite(count) or count < 0:
+        return f"{name} count is {count!r}, not a count"
+    problem = _array_problem(f"{name} mean", mean, None) or _array_problem(f"{name} M2", m2, np.asarray(mean).size)
+    if problem:
+        return problem
+    if (np.asarray(m2) < 0).any():
+        return f"{name} M2 has negative entries"
+    return None
+
+
+def _robust_problem(robust: Any, size: int | None) -> str | None:
+    """Why the robust filter's per-agent state is unusable, or None."""
+    try:
+        directions, norms, seen = robust["directions"], robust["norms"], robust["seen"]
+        for agent, direction in directions.items():
+            problem = _array_problem(f"robust filter direction of agent {agent}", direction, size)
+            if problem:
+                return problem
+        if not all(_is_number(n) and math.isfinite(n) and n >= 0 for n in norms.values()):
+            return "robust filter norms are not finite non-negative numbers"
+        if not all(_is_count(n) and n >= 0 for n in seen.values()):
+            return "robust filter counts are not counts"
+    except (TypeError, KeyError, AttributeError):
+        return "robust filter state is not per-agent directions, norms and counts"
+    return None

@@ -283,6 +283,22 @@ def _check_agent_resources(groups: tuple[AgentResources, ...], agents: int) -> N
                     "--agent-resources", f"agents {span}: {name} is not allowed in resources; use num_cpus"
                 )
             _ray_quantity(f"agents {span}: resource {name!r}", amount)
+        _ray_accepts(group, span)
+
+
+def _ray_accepts(group: AgentResources, span: str) -> None:
+    """Ask Ray's own option check (pure, no cluster needed) about the request ``agent_options`` will make:
+    Ray knows rules this module does not, such as the TPU counts that form a chip configuration, and would
+    otherwise refuse them only when the agents are created, after the run has started."""
+    try:  # a private module: a Ray that moved it still refuses the request, at actor creation (RunError)
+        from ray._common.ray_option_utils import validate_actor_options
+    except ImportError:
+        return
+    options: dict[str, Any] = {"num_cpus": group.num_cpus, "memory": group.memory, "resources": group.resources}
+    try:
+        validate_actor_options({k: v for k, v in options.items() if v is not None and v != {}}, in_options=True)
+    except Exception as err:  # noqa: BLE001 - ValueError mostly, but any refusal is the request's fault
+        raise ConfigError("--agent-resources", f"agents {span}: Ray refuses the request: {first_line(err)}") from None
 
 
 def agent_resources_from_dict(raw: Any) -> AgentResources:

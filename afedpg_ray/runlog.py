@@ -224,6 +224,56 @@ def _progress_bar(total: int, initial: int) -> Any:
     return tqdm(total=total, initial=initial, unit="step", unit_scale=True, dynamic_ncols=True, desc="samples")
 
 
+INT_COLUMNS = ("update", "agent", "delay", "samples_total", "episodes_total")
+FLOAT_COLUMNS = ("wall_time", "return_mean", "alpha", "eta", "grad_norm", "agent_iteration_seconds")
+
+
+def progress_problem(path: Path) -> str | None:
+    """Why ``path`` is not a progress.csv afedpg wrote (its columns, each row's values), or None (also if
+    it does not exist). A resume checks it before cutting it: cut_progress rewrites whatever it finds with
+    afedpg's columns, and the log that appends to it parses every row."""
+    if not path.is_file():
+        return None
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames
+            if columns is None:
+                return None  # empty: the header is written when the log opens it
+            if sorted(columns) != sorted(PROGRESS_COLUMNS):
+                unknown = [c for c in columns if c not in PROGRESS_COLUMNS]
+                missing = [c for c in PROGRESS_COLUMNS if c not in columns]
+                what = f"unknown column {unknown[0]!r}" if unknown else f"no {missing[0]!r} column"
+                if not unknown and not missing:
+                    what = "a repeated column"
+                return f"not a progress.csv afedpg wrote ({what})"
+            for number, row in enumerate(reader, start=2):
+                problem = _row_problem(row)
+                if problem:
+                    return f"line {number}: {problem}"
+    except (UnicodeDecodeError, csv.Error) as err:
+        return f"not a progress.csv afedpg wrote ({type(err).__name__}: {err})"
+    except OSError as err:
+        return f"cannot read it ({err.strerror or err})"
+    return None
+
+
+def _row_problem(row: dict[Any, Any]) -> str | None:
+    """Why one progress.csv row (as ``csv.DictReader`` reads it) is not one afedpg wrote, or None."""
+    if None in row:
+        return "more values than columns"
+    if any(value is None for value in row.values()):
+        return "fewer values than columns"
+    for column in INT_COLUMNS + FLOAT_COLUMNS:
+        try:
+            int(row[column]) if column in INT_COLUMNS else float(row[column])
+        except ValueError:
+            return f"{column} is {row[column]!r}, not a number"
+    if row["accepted"] not in ("True", "False"):
+        return f"accepted is {row['accepted']!r}, not True or False"
+    return None
+
+
 def read_progress(path: Path) -> list[dict[str, str]]:
     """Rows of a progress.csv as dicts of strings."""
     with path.open(newline="") as handle:

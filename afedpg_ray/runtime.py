@@ -47,6 +47,9 @@ arrival resets the count."""
 SERVER_PROBE_S = 30.0
 """How long the driver waits for the server to answer when an agent's task failed: no answer means the
 failure was the server's (its reply, the agent's input, is lost), not the agent's."""
+FAILED_REPLY_READ_S = 1.0
+"""How long the driver waits for a failed agent step's gradient reference to hold its error (both returns
+of a failed task land together, so it is there at once; the bound is for a reply lost with its node)."""
 NAME_RELEASE_S = 5.0
 """How long a run waits for its actor names to be released: a run that just finished in this process, or
 whose driver crashed (``--resume``), holds them until Ray has reclaimed its actors."""
@@ -243,18 +246,31 @@ class RayRunner:
             server = server.remote(self.config, self.start)
         except ValueError:  # the dead server's name may not be released yet
             name = f"{self.prefix}-server-r{self.stats.server_restores}"
-            server = ray.remote(ParameterServer).options(name=name, **options).remote(self.config, self.start)
+            try:
+                server = ray.remote(ParameterServer).options(name=name, **options).remote(self.config, self.start)
+            except ValueError as err:  # Ray refused the actor itself, not only its name
+                raise RunError(f"Ray refused to create the parameter server: {first_line(err)}") from None
         self.server = server
         if self.last_state is not None:
             self._server_call(server.restore.remote(self.last_state))
         return server
 
     def _make_agent(self, slot: AgentSlot) -> Any:
+        """Create ``slot``'s agent actor; a request Ray refuses (e.g. a TPU count that is no chip
+        configuration, which config validation could not ask Ray about) is a :class:`RunError`."""
         i = slot.agent_id
         name = f"{self.prefix}-agent-{i}" if slot.restarts == 0 else f"{self.prefix}-agent-{i}-r{slot.restarts}"
-        actor_cls = ray.remote(RolloutAgent).options(name=name, **slot.options)
         incarnation = self.incarnation + slot.restarts
-        return actor_cls.remote(i, self.config, self.slowdowns[i], self.comm_delays[i], incarnation)
+        try:
+            actor_cls = ray.remote(RolloutAgent).options(name=name, **slot.options)
+            return actor_cls.remote(i, self.config, self.slowdowns[i], self.comm_delays[i], incarnation)
+        except (ValueError, TypeError) as err:
+            asked = {k: v for k, v in slot.options.items() if k != "max_restarts"}
+            raise RunError(
+                f"--agent-resources: Ray refused agent {i}'s request {asked}: {first_line(err)}"
+                if any(group.first <= i <= group.last for group in self.config.agent_resources)
+                else f"Ray refused to create agent {i} ({asked}): {first_line(err)}"
+            ) from None
 
     def _check_placement(self) -> None:
         """Fail with the agent and its request named if an agent cannot be placed in time."""
@@ -392,14 +408,14 @@ class RayRunner:
         if slot.restarts > MAX_AGENT_RESTARTS:
             slot.alive = False
             self.stats.dropped.append(slot.agent_id)
-            message = f"gave up after {MAX_AGENT_RESTARTS} restarts: {_ray_error_line(err)}"
+            message = f"gave up after {MAX_AGENT_RESTARTS} restarts: {_task_error_line(err)}"
             self._fault("agent_dropped", slot.agent_id, message)
             if not any(s.alive for s in self.slots):
-                raise RunError(f"every agent failed; last error: {_ray_error_line(err)}")
+                raise RunError(f"every agent failed; last error: {_task_error_line(err)}")
             return
         backoff = min(8.0, 0.5 * 2 ** (slot.restarts - 1))
         slot.retry_at = time.monotonic() + backoff
-        message = f"restart {slot.restarts} in {backoff:.1f}s after: {_ray_error_line(err)}"
+        message = f"restart {slot.restarts} in {backoff:.1f}s after: {_task_error_line(err)}"
         self._fault("agent_restart", slot.agent_id, message)
 
     def _restart_due(self) -> list[AgentSlot]:
@@ -571,6 +587,7 @@ class RayRunner:
                 try:
                     meta = ray.get(meta_ref)
                 except RayError as err:
+                    _read_failed(grad_ref)
                     if self._classify_agent_failure(slot, err):
                         meta_ref, grad_ref = self._submit(slot, self.server.dispatch.remote(slot.agent_id))
                         pending[meta_ref] = (slot, grad_ref)
@@ -612,6 +629,7 @@ class RayRunner:
                     metas.append(ray.get(meta_ref))
                     grads.append(grad_ref)
                 except RayError as err:
+                    _read_failed(grad_ref)
                     self._classify_agent_failure(slot, err)
             if not metas:
                 dispatch_ref = None
@@ -663,8 +681,22 @@ def _input_lost(err: BaseException) -> bool:
     return isinstance(err, RayTaskError) and isinstance(err, ObjectLostError)
 
 
-def _task_error_line(err: RayTaskError) -> str:
-    """The first line of the exception raised inside a Ray task (``str(err)`` starts with Ray's traceback)."""
+def _read_failed(ref: Any) -> None:
+    """Read a failed agent step's other return, its gradient, and drop the error it holds.
+
+    Both returns of a failed step hold the error, and Ray logs an "Unhandled error" traceback for every
+    error object freed unread: a failing agent would spam the terminal with each failure twice over.
+    """
+    try:
+        ray.get(ref, timeout=FAILED_REPLY_READ_S)
+    except RayError:  # the step's error, as expected (or GetTimeoutError: nothing more to do)
+        pass
+
+
+def _task_error_line(err: BaseException) -> str:
+    """The first line of the exception raised inside a Ray task (``str(err)`` starts with Ray's traceback,
+    and its last line is the tail of the exception's message, e.g. a tensor's repr); for an error that is
+    not a task's (an actor that died, a memory kill), :func:`_ray_error_line`."""
     cause = getattr(err, "cause", None)
     if isinstance(cause, BaseException):
         lines = str(cause).strip().splitlines()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from afedpg_ray.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpo
 from afedpg_ray.config import ConfigError, TrainConfig, check_env_id, first_line, load_config
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
-from afedpg_ray.runlog import RunLog, cut_progress
+from afedpg_ray.runlog import RunLog, cut_progress, progress_problem
 from afedpg_ray.runtime import RayRunner, connect, status_address, watch_hint
 from afedpg_ray.server import policy_snapshot_of
 from afedpg_ray.signals import SIGTERM_RECEIVED, Terminated, sigterm_raises_terminated
@@ -183,22 +184,37 @@ def cut_to_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
 def load_resumable(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
     """The checkpoint ``config`` can continue from, or :class:`CheckpointError` saying why not.
 
-    Checked before anything is written: the policy must have the checkpoint's number of parameters
-    (a checkpoint copied from another run, or a config.json edited by hand, is refused here rather than
-    inside the server), and the budget must exceed what the run has already spent - unless the run has
+    Checked before anything is written: the checkpoint must be intact (finite parameters, counts that
+    are counts), the policy must have its number of parameters and observation size (a checkpoint
+    copied from another run, or a config.json edited by hand, is refused here rather than inside the
+    server), progress.csv (cut and appended to) must be afedpg's, and the budget must exceed what the
+    run has already spent - unless the run has
     no policy.pt: then it stopped (Ctrl-C, SIGTERM) after its final checkpoint but before writing it,
     and the resume only finishes it (no update is applied; policy.pt and summary.json are written).
     """
-    state = load_checkpoint(run_dir)
+    state = load_checkpoint(run_dir)  # its entries are consistent with each other; here, with the config
     path = run_dir / CHECKPOINT_FILE
     saved = state.get("num_params")  # absent only in hand-made test checkpoints
-    if saved is not None:
-        policy, _ = build_policy(config.env, config.hidden, config.estimator.log_std_init)
-        if int(saved) != num_params(policy):
-            raise CheckpointError(
-                f"{path}: its policy has {int(saved)} parameters, but {config.env} with hidden sizes "
-                f"{list(config.hidden)} has {num_params(policy)}; it belongs to another run"
-            )
+    if saved is None and state["rule_state"].get("theta") is not None:
+        saved = np.asarray(state["rule_state"]["theta"]).size
+    policy, obs_dim = build_policy(config.env, config.hidden, config.estimator.log_std_init)
+    if saved is not None and int(saved) != num_params(policy):
+        raise CheckpointError(
+            f"{path}: its policy has {int(saved)} parameters, but {config.env} with hidden sizes "
+            f"{list(config.hidden)} has {num_params(policy)}; it belongs to another run"
+        )
+    if state.get("obs_stats") is not None and np.asarray(state["obs_stats"][1]).size != obs_dim:
+        raise CheckpointError(
+            f"{path}: its observation statistics have {np.asarray(state['obs_stats'][1]).size} dimensions, "
+            f"but {config.env}'s observations {obs_dim}; it belongs to another run"
+        )
+    progress = run_dir / "progress.csv"
+    problem = progress_problem(progress)
+    if problem:  # cut_to_checkpoint would rewrite it in afedpg's columns, and the log fail to parse it
+        raise CheckpointError(
+            f"{progress}: {problem}; restore the run's own file, or move this one aside to resume without "
+            "the rows before the checkpoint"
+        )
     spent = int(state.get("samples_total", 0))
     if config.samples <= spent and (run_dir / POLICY_FILE).is_file():
         raise CheckpointError(
@@ -248,16 +264,37 @@ def load_policy(run_dir: Path) -> tuple[Policy, RunningStats | None, str]:
         why = str(err).removeprefix("--env: ")
         raise ValueError(f"{path}: cannot rebuild the policy's environment: {why}") from None
     try:
-        policy, _ = build_policy(env_id, tuple(payload["hidden"]), payload["log_std_init"])
-        set_flat(policy, np.asarray(payload["theta"]))
+        policy, obs_dim = build_policy(env_id, tuple(payload["hidden"]), payload["log_std_init"])
+        theta = _finite_array(payload["theta"], "theta")
+        if theta.size and np.abs(theta).max() > np.finfo(np.float32).max:  # the policy's float32 makes it inf
+            raise ValueError("theta holds values beyond float32's range")
+        set_flat(policy, theta)
         stats = None
         if payload.get("normalize_obs", True):
-            var = np.asarray(payload["obs_var"])
+            mean = _finite_array(payload["obs_mean"], "obs_mean", obs_dim)
+            var = _finite_array(payload["obs_var"], "obs_var", obs_dim)
             count = float(payload["obs_count"])
-            stats = RunningStats(count, np.asarray(payload["obs_mean"]), var * count)
+            if (var < 0).any():
+                raise ValueError("obs_var has negative variances")
+            if not math.isfinite(count) or count < 0:
+                raise ValueError(f"obs_count is {count}, not a count")
+            stats = RunningStats(count, mean, var * count)
     except Exception as err:  # noqa: BLE001 - any failure to read it means the file is unusable
         raise ValueError(f"{path}: corrupt or incompatible policy file ({first_line(err)})") from None
     return policy, stats, env_id
+
+
+def _finite_array(value: Any, name: str, size: int | None = None) -> np.ndarray:
+    """``value`` as a flat float array of finite numbers (of ``size`` if given), else ValueError naming it:
+    NaN parameters or statistics would fail only later, deep inside torch or the normaliser."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu" or array.ndim != 1:
+        raise ValueError(f"{name} is not a flat array of numbers")
+    if size is not None and array.size != size:
+        raise ValueError(f"{name} has {array.size} values, the environment's observations {size}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or inf")
+    return array.astype(np.float64)
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:

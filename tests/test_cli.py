@@ -371,7 +371,11 @@ def finished_run(tmp_path, num_params: int | None = None):
     real = count(build_policy(config.env, config.hidden, config.estimator.log_std_init)[0])
     state = {"rule_state": {"version": 5}, "samples_total": 5000, "progress_rows": 1}
     save_checkpoint(run, {**state, "num_params": real if num_params is None else num_params})
-    (run / "progress.csv").write_text("update,accepted\n5,True\n")
+    # one row as afedpg writes it: a resume refuses a progress.csv in another format
+    header = "update,wall_time,agent,delay,samples_total,episodes_total,return_mean,accepted,reason,alpha,eta"
+    (run / "progress.csv").write_text(
+        f"{header},grad_norm,agent_iteration_seconds\n5,9.5,0,0,5000,40,21.0,True,,1,0.01,2,1\n"
+    )
     (run / "policy.pt").write_bytes(b"")  # written last: its presence is what marks the run finished
     return run
 
