@@ -624,17 +624,20 @@ class RayRunner:
                 dispatch_ref = self.server.dispatch_round.remote([slot.agent_id for slot in live])
             submitted = [(slot, *self._submit(slot, dispatch_ref)) for slot in live]
             metas, grads = [], []
+            input_lost = False
             for slot, meta_ref, grad_ref in submitted:
                 try:
                     metas.append(ray.get(meta_ref))
                     grads.append(grad_ref)
                 except RayError as err:
                     _read_failed(grad_ref)
-                    self._classify_agent_failure(slot, err)
+                    input_lost |= self._classify_agent_failure(slot, err)
             if not metas:
                 dispatch_ref = None
                 continue
             dispatch_ref, records_ref = self.server.apply_round.options(num_returns=2).remote(metas, *grads)
+            if input_lost:  # that agent sat the round out: only dispatch_round registers it at the next point
+                dispatch_ref = None
             try:
                 records = self._server_call(records_ref)
             except GradientLostError as lost:  # the round never ran; the next one starts from a fresh dispatch

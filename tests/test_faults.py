@@ -259,3 +259,31 @@ def test_a_lost_gradient_drops_one_update_and_the_server_keeps_its_state(tmp_pat
     rows = progress(run_dir)
     updates = sorted({int(r["update"]) for r in rows})
     assert updates == list(range(1, updates[-1] + 1)) and updates[-1] == result.updates
+
+
+def test_a_fedpg_agent_whose_input_was_lost_rejoins_the_next_round_without_a_rejection(tmp_path, monkeypatch):
+    """Agent 1's third round input is unreadable (its owner died): it sits that round out and must be
+    registered at the next round's point; before, its next gradient was rejected once as stale."""
+
+    @ray.remote(num_cpus=0)
+    class Owner:
+        def make(self) -> list:
+            return [ray.put(np.zeros(4, dtype=np.float32))]
+
+    owner = Owner.remote()
+    [orphan] = ray.get(owner.make.remote())
+    ray.kill(owner)
+    submitted = [0]
+    real_submit = runtime.RayRunner._submit
+
+    def submit(self, slot, dispatch_ref):
+        if slot.agent_id == 1:
+            submitted[0] += 1
+            if submitted[0] == 3:
+                return real_submit(self, slot, orphan)
+        return real_submit(self, slot, dispatch_ref)
+
+    monkeypatch.setattr(runtime.RayRunner, "_submit", submit)
+    result = train(config(tmp_path, algo="fedpg", samples=3000))
+    assert submitted[0] > 4 and result.samples_total >= 3000  # agent 1 kept taking part after the lost input
+    assert result.rejected == {} and result.restarts == {}  # no stale gradient, no restart: it was not its fault
