@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _ray_util import released
 
 from afedpg_ray.checkpoint import CheckpointError
 from afedpg_ray.cli import main
@@ -343,22 +344,6 @@ def test_an_actor_ray_refuses_to_create_is_a_run_error_naming_agent_resources(tm
     assert "\n" not in message and "agent 1" in message and "'TPU' was set to 3" in message, message
     assert "--agent-resources" in message
     assert released("afedpg-server") and released("afedpg-agent-0")  # the refused run freed its names
-
-
-def released(name: str, timeout: float = 10.0) -> bool:
-    import ray
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor(name)
-        except ValueError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
-# -- failing agents -----------------------------------------------------------------------------------
 
 
 class RayErrorLog(logging.Handler):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+from _ray_util import orphan_ref
 
 from afedpg_ray import runtime
 from afedpg_ray.cli import main
@@ -216,19 +217,10 @@ def test_bad_gradients_from_a_real_agent_are_rejected_and_counted(tmp_path, byza
 def lose_gradient(monkeypatch, agent_id: int, submission: int) -> list[int]:
     """Make ``agent_id``'s gradient of its ``submission``-th step unreadable, as when the node holding it dies.
 
-    The reference handed to the server is replaced by one whose owner (a throwaway actor) is dead, so the
-    server's task fails with Ray's ``OwnerDiedError``, the same error class as for an object lost with its
-    node; a single machine has no node to lose. Returns the list the wrapper counts submissions in.
+    The reference handed to the server is replaced by one whose owner is dead, so the server's task fails
+    with Ray's ``OwnerDiedError``. Returns the list the wrapper counts submissions in.
     """
-
-    @ray.remote(num_cpus=0)
-    class Owner:
-        def make(self) -> list:
-            return [ray.put(np.zeros(4, dtype=np.float32))]
-
-    owner = Owner.remote()
-    [orphan] = ray.get(owner.make.remote())
-    ray.kill(owner)
+    orphan = orphan_ref()
     submitted = [0]
     real_submit = runtime.RayRunner._submit
 
@@ -265,14 +257,7 @@ def test_a_fedpg_agent_whose_input_was_lost_rejoins_the_next_round_without_a_rej
     """Agent 1's third round input is unreadable (its owner died): it sits that round out and must be
     registered at the next round's point; before, its next gradient was rejected once as stale."""
 
-    @ray.remote(num_cpus=0)
-    class Owner:
-        def make(self) -> list:
-            return [ray.put(np.zeros(4, dtype=np.float32))]
-
-    owner = Owner.remote()
-    [orphan] = ray.get(owner.make.remote())
-    ray.kill(owner)
+    orphan = orphan_ref()
     submitted = [0]
     real_submit = runtime.RayRunner._submit
 

@@ -9,10 +9,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from _ray_util import released
 
 from afedpg_ray import runlock
 from afedpg_ray.checkpoint import load_checkpoint, save_checkpoint
@@ -237,20 +237,6 @@ def test_a_run_whose_every_gradient_is_rejected_ends_with_run_error(tmp_path, al
     assert saved["rule_state"]["version"] == 0 and len(thetas) == 2
     assert all(np.array_equal(theta, saved["rule_state"]["theta"]) for theta in thetas)
     assert released("afedpg-server") and released("afedpg-agent-0")  # the failed run freed its names
-
-
-def released(name: str, timeout: float = 10.0) -> bool:
-    """Whether no actor holds ``name`` (Ray releases a killed actor's name within moments)."""
-    import ray
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor(name)
-        except ValueError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.mark.usefixtures("ray_session")
