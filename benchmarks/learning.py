@@ -206,11 +206,24 @@ def check_run_dirs(path: Path, rows: list[dict]) -> None:
     """
     for row in rows:
         run_dir = Path(row["run_dir"])
-        if not (run_dir / "progress.csv").is_file() and saved_curve(run_dir) is None:
+        if own_curve(run_dir) is None and not (run_dir / "progress.csv").is_file() and saved_curve(run_dir) is None:
             raise GridError(
                 f"{path}: run {row['env']} {row['algo']} seed {row['seed']} has no {run_dir}/progress.csv "
                 f"and no curve in {run_dir.parent.parent}/curves.csv; restore its run directory or delete its row"
             )
+
+
+OWN_CURVES: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+"""The curves in the ``curves.csv`` of the results directory being written, by run name (loaded by
+:func:`main`; a run trained again drops out): a run it holds is read from there first. It is this
+report's own record: a run pooled from another directory whose run directory was later rerun in place
+(Walker2d's PG, session 7) must keep the curve its ``learning.csv`` row describes, on the training
+machine as in a fresh checkout."""
+
+
+def own_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """``run_dir``'s curve in :data:`OWN_CURVES`, or None."""
+    return OWN_CURVES.get(run_dir.name)
 
 
 def saved_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -218,8 +231,7 @@ def saved_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
     Run directories stay on the machine that trained them (``runs/`` is not committed), so in a fresh
     checkout ``--report`` and the comparisons read the curves instead. They are on a grid of 1% of the
-    budget, which holds the ordering fractions and the plots' points; samples-to-target read from them
-    are rounded up to that grid.
+    budget, the grid every sample-indexed number is read on (:data:`CURVE_POINTS`), so both give the same.
     """
     return _saved_curves(run_dir.parent.parent / "curves.csv").get(run_dir.name)
 
@@ -246,8 +258,12 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 def curve(run_dir: Path, grid: np.ndarray) -> np.ndarray:
     """Return-vs-samples of one run interpolated onto ``grid`` (from :func:`saved_curve` if its run
-    directory is not on this machine)."""
-    if (run_dir / "progress.csv").is_file():
+    directory is not on this machine), unless this report's own ``curves.csv`` already holds it."""
+    own = own_curve(run_dir)
+    if own is not None:
+        x, y = own
+        x, y = x[np.isfinite(y)], y[np.isfinite(y)]
+    elif (run_dir / "progress.csv").is_file():
         progress = read_progress(run_dir / "progress.csv")
         rows = [r for r in progress if r["accepted"] == "True" and r["return_mean"] != "nan"]
         x = np.array([float(r["samples_total"]) for r in rows])
@@ -261,7 +277,13 @@ def curve(run_dir: Path, grid: np.ndarray) -> np.ndarray:
     return np.interp(grid, x, y, left=np.nan) if len(x) else np.full(len(grid), np.nan)
 
 
-def write_curves(path: Path, rows: list[dict], samples: int, points: int = 100) -> None:
+CURVE_POINTS = 100
+"""Points per run in ``curves.csv`` (every 1% of the budget): the saved curves, and the grid every
+sample-indexed statistic reads, so a fresh checkout (curves only) and the training machine (full
+``progress.csv``) compute the same numbers."""
+
+
+def write_curves(path: Path, rows: list[dict], samples: int, points: int = CURVE_POINTS) -> None:
     """Every run's return vs samples on a common grid of ``points`` (the data behind the plots)."""
     grid = np.linspace(0, samples, points + 1)[1:]
     table = []
@@ -346,8 +368,12 @@ def seed_band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def samples_per_agent_to(rows: list[dict], threshold: float, samples: int) -> tuple[float, float, int]:
     """Samples per agent until ``threshold`` is reached, two ways: where the seed-mean training curve
     of ``rows`` first reaches it, and the median over seeds of where each seed's own curve first does
-    (with how many seeds reached; see :func:`median_reach`). NaN where it is never reached."""
-    grid = np.linspace(0, samples, 201)[1:]
+    (with how many seeds reached; see :func:`median_reach`). NaN where it is never reached.
+
+    Read on the saved curves' 1% grid: a finer grid read from ``progress.csv`` found brief crossings
+    that a fresh checkout's curves cannot show, so the two disagreed (by up to a seed reaching or not).
+    """
+    grid = np.linspace(0, samples, CURVE_POINTS + 1)[1:]
     per_agent = grid / int(rows[0]["agents"])
     curves = np.array([curve(Path(r["run_dir"]), grid) for r in rows])
     mean_reach = first_crossing(seed_band(curves)[0], per_agent, threshold)
@@ -535,7 +561,7 @@ def ordering_along_run(rows: list[dict], env: str, pairs: list[tuple[str, str]],
     return f"- Ordering along the run (at {fractions} of the budget): " + "; ".join(cells)
 
 
-def run_averages(rows: list[dict], env: str, algo: str, samples: int, points: int = 100) -> list[float]:
+def run_averages(rows: list[dict], env: str, algo: str, samples: int, points: int = CURVE_POINTS) -> list[float]:
     """Each seed's training return averaged over the whole run (area under its curve / budget), on the
     same ``points``-point grid as curves.csv; the stretch before its first finished episode is skipped."""
     grid = np.linspace(0, samples, points + 1)[1:]
@@ -640,6 +666,9 @@ def run_grid(args: argparse.Namespace) -> None:
     if not args.out.strip():  # Path("") is the working directory
         raise GridError("--out: give a directory for learning.csv and the runs")
     out = Path(args.out)
+    OWN_CURVES.clear()
+    if (out / "curves.csv").is_file():
+        OWN_CURVES.update(_saved_curves(out / "curves.csv"))
     if args.report and not (out / "learning.csv").is_file():  # before mkdir: a mistyped --out stays uncreated
         raise GridError(f"--report: no learning.csv in {out}; give the --out of an earlier learning.py run")
     envs, algos = parse_names("--envs", args.envs), parse_names("--algos", args.algos)
@@ -670,6 +699,7 @@ def run_grid(args: argparse.Namespace) -> None:
                 if args.report or (env, algo, str(seed)) in results:  # long grids survive interruption
                     continue
                 row = run_one(env, algo, seed, args, out)
+                OWN_CURVES.pop(Path(row["run_dir"]).name, None)  # a rerun of a deleted row: its new curve
                 results[(env, algo, str(seed))] = row
                 forget_evaluations(out / "eval.csv", {(env, algo, str(seed))})
                 print(json.dumps(row), flush=True)
