@@ -111,11 +111,13 @@ def watch_hint(status_at: str, dashboard: str | None, prefix: str, token_auth: b
     """One line telling where to watch a run: the Ray dashboard and the ``afedpg status`` command.
 
     With token authentication (Ray's default for local instances since 2.59) the command needs
-    RAY_AUTH_MODE=token: Ray sends its token to an explicit address only then.
+    RAY_AUTH_MODE=token: Ray sends its token to an explicit address only then; the dashboard asks a
+    browser for the token.
     """
     token = "RAY_AUTH_MODE=token " if token_auth else ""
     status = f"{token}afedpg status --address {status_at}" + ("" if prefix == "afedpg" else f" --prefix {prefix}")
-    board = f"Ray dashboard http://{dashboard.removeprefix('http://')}; " if dashboard else ""
+    asks = " (it asks for the token that `ray get-auth-token` prints)" if token_auth else ""
+    board = f"Ray dashboard http://{dashboard.removeprefix('http://')}{asks}; " if dashboard else ""
     return f"watch: {board}straggler table: {status}"
 
 

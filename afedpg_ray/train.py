@@ -133,7 +133,8 @@ def _train_connected(
         version = resume_state["rule_state"]["version"]
         log.event("resumed", None, f"resumed at update {version}, {initial_samples} samples", prior_wall)
         horizon = resume_state.get("schedule_horizon")  # absent in older checkpoints
-        if horizon is not None and int(horizon) != config.expected_updates:
+        uses_horizon = config.schedule == "linear" or config.alpha_end is not None  # constant, theory: no horizon
+        if uses_horizon and horizon is not None and int(horizon) != config.expected_updates:
             message = (
                 f"--samples {config.samples} buys {config.expected_updates} updates; "
                 f"the schedule horizon was kept at {int(horizon)} updates"
@@ -216,11 +217,22 @@ def load_resumable(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
             "the rows before the checkpoint"
         )
     spent = int(state.get("samples_total", 0))
-    if config.samples <= spent and (run_dir / POLICY_FILE).is_file():
+    # finishing a run stopped after its final checkpoint: no policy.pt yet, and the budget it was given
+    finishing = not (run_dir / POLICY_FILE).is_file() and config.samples >= _saved_budget(run_dir)
+    if config.samples <= spent and not finishing:
         raise CheckpointError(
-            f"{run_dir} has already trained {spent} samples of its budget; pass a larger --samples to continue it"
+            f"{run_dir} has already trained {spent} samples (its last checkpoint); --samples is the new total "
+            f"budget, so pass more than {spent} to continue it"
         )
     return state
+
+
+def _saved_budget(run_dir: Path) -> int:
+    """The ``samples`` budget in ``run_dir``'s config.json (0 if it cannot be read: the CLI refuses such a run)."""
+    try:
+        return int(json.loads((run_dir / "config.json").read_text())["samples"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def save_resumed_config(run_dir: Path, config: TrainConfig) -> None:

@@ -390,6 +390,8 @@ def snapshot(run):
         (["--out", "{run}"], "already holds a run"),  # a fresh run would overwrite it
         (["--resume", "{run}", "--samples", "4000"], "already trained 5000 samples"),
         (["--resume", "{run}"], "already trained 5000 samples"),  # finished: nothing left to do
+        # interrupted (no policy.pt) with a budget below what it trained: it "finished" without an update
+        (["--resume", "{run}", "--samples", "4000", "@no-policy"], "already trained 5000 samples"),
         (["--resume", "{run}", "--samples", "9000", "@foreign"], "belongs to another run"),
         (["--resume", "{run}", "--samples", "9000", "@list-config"], "expected a JSON object"),
     ],
@@ -402,6 +404,8 @@ def test_a_refused_train_leaves_the_run_directory_as_it_was(argv, message, tmp_p
     run = finished_run(tmp_path, num_params=5708 if "@foreign" in argv else None)
     if "@list-config" in argv:
         (run / "config.json").write_text("[]")
+    if "@no-policy" in argv:
+        (run / "policy.pt").unlink()
     before = snapshot(run)
     with pytest.raises(SystemExit) as exit_info:
         main(["train", *[a.format(run=run) for a in argv if not a.startswith("@")], "--no-progress"])

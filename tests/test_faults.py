@@ -113,10 +113,12 @@ def test_killed_server_is_restored_from_its_checkpoint(tmp_path, algo):
 
 
 def start_driver(run_dir: Path, rows: int = 22) -> subprocess.Popen:
-    """``afedpg train`` (CartPole, checkpoint every 5 updates) in a subprocess, once it has ``rows`` updates."""
+    """``afedpg train`` (CartPole, ``linear`` schedule, checkpoint every 5 updates) in a subprocess, once it has
+    ``rows`` updates."""
     address = ray.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "afedpg_ray.cli", "train", "--env", "CartPole-v1", "--agents", "2"]
     cmd += ["--batch", "100", "--num-envs", "2", "--samples", "200000", "--checkpoint-every", "5"]
+    cmd += ["--schedule", "linear"]  # a schedule with a horizon: a resume with a new budget keeps it
     cmd += ["--hetero", "none", "--no-progress", "--no-tensorboard", "--out", str(run_dir), "--address", address]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
