@@ -37,6 +37,8 @@ class RunLog:
         self._events_file, self._events = _csv_writer(events_path, EVENT_COLUMNS, append)
         self._tb = _tensorboard_writer(out_dir / "tb") if tensorboard else None
         self._bar = _progress_bar(total_samples, initial_samples) if show_progress else None
+        if self._bar is not None:  # Ray starts the actors and each builds its environments: tens of seconds
+            self._bar.set_postfix_str("starting agents; the first gradient follows their set-up")
         self._samples_seen = initial_samples
         # (monotonic time, server version) of recent accepted gradients: the rate counts server updates,
         # which for fedpg and rennala take several gradients each.
