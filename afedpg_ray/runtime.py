@@ -25,7 +25,7 @@ from afedpg_ray.agent import RolloutAgent
 from afedpg_ray.checkpoint import save_checkpoint
 from afedpg_ray.config import TrainConfig, first_line
 from afedpg_ray.heterogeneity import parse_profile
-from afedpg_ray.messages import SUPERSEDED, UpdateRecord
+from afedpg_ray.messages import SUPERSEDED, GradientMeta, UpdateRecord
 from afedpg_ray.placement import BUSY, agent_options, placement_problem
 from afedpg_ray.runlog import RunLog
 from afedpg_ray.server import ParameterServer
@@ -39,6 +39,9 @@ RECORD_BATCH = 16
 RECORD_LAG_S = 0.1
 """The loop logs the server's records once this many are waiting or this long has passed: checking
 after every update costs a ``ray.wait`` per update, about a fifth of the loop at 300 updates/s."""
+STOP_CHECKPOINT_S = 10.0
+"""How long a run stopped by Ctrl-C or SIGTERM waits for the server's state to take a final checkpoint (a job
+scheduler's grace period before SIGKILL is usually 30 s or more)."""
 REJECTED_STREAK_PER_AGENT = 20
 """The run fails after this many consecutive rejected arrivals per agent (times ``--agents``). The budget
 counts accepted samples only, so a run whose every gradient is rejected (a too small --max-grad-norm, NaN
@@ -187,6 +190,8 @@ class RayRunner:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._saving: Future | None = None
         self._records: deque[tuple[Any, int, int]] = deque()
+        self._round: Any = None
+        """The synchronous loop's last round's records, until they are logged."""
         """Update records not yet logged, with the samples each update carries and its sender, oldest first."""
         self._last_drain = time.monotonic()
         self.incarnation = int(resume_state["rule_state"]["version"]) if resume_state else 0
@@ -492,6 +497,10 @@ class RayRunner:
                     break
                 except ServerLostError as lost:
                     self._restore_server(str(lost))
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Terminated): keep what was trained, then stop
+            self.log.event("stopped", None, self._checkpoint_on_stop(), self._elapsed())
+            self._kill_actors()
+            raise
         except BaseException:
             self._kill_actors()  # a failed run frees its names and resources for the next run on the cluster
             raise
@@ -545,13 +554,16 @@ class RayRunner:
             count = next((i for i, ref in enumerate(refs) if ref not in done), len(refs))
         due = False
         while count > 0 or (due and self._records):  # a due checkpoint first logs every submitted update
-            ref, _samples, agent_id = self._records.popleft()
-            count -= 1
+            ref, _samples, agent_id = self._records[0]  # popped once read: a Ctrl-C in the read leaves it queued
             try:
                 record = self._server_call(ref)
             except GradientLostError as lost:
+                self._records.popleft()
+                count -= 1
                 self._fault("gradient_lost", agent_id, f"update dropped, its gradient was lost on the way: {lost}")
                 continue
+            self._records.popleft()
+            count -= 1
             due = self._after_update(record) or due
         if due:
             self._checkpoint()
@@ -582,17 +594,21 @@ class RayRunner:
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             if not ready:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=self._wait_timeout())
+            if self._budget_spent(block=False):
+                continue  # the replies stay in flight, like every other agent's work at the end
+            arrivals: list[tuple[Any, Any, AgentSlot, Any]] = []
             for meta_ref in ready:
-                if self._budget_spent(block=False):
-                    break  # the rest stay in flight, like every other agent's work at the end
                 slot, grad_ref = pending.pop(meta_ref)
                 try:
-                    meta = ray.get(meta_ref)
+                    arrivals.append((ray.get(meta_ref), meta_ref, slot, grad_ref))
                 except RayError as err:
                     _read_failed(grad_ref)
                     if self._classify_agent_failure(slot, err):
                         meta_ref, grad_ref = self._submit(slot, self.server.dispatch.remote(slot.agent_id))
                         pending[meta_ref] = (slot, grad_ref)
+            for meta, meta_ref, slot, grad_ref in in_arrival_order(arrivals):
+                if self._budget_spent(block=False):
+                    pending[meta_ref] = (slot, grad_ref)  # stays in flight, like every other agent's work at the end
                     continue
                 dispatch_ref, record_ref = self.server.apply.options(num_returns=2).remote(meta, grad_ref)
                 next_meta_ref, next_grad_ref = self._submit(slot, dispatch_ref)
@@ -637,18 +653,66 @@ class RayRunner:
             if not metas:
                 dispatch_ref = None
                 continue
-            dispatch_ref, records_ref = self.server.apply_round.options(num_returns=2).remote(metas, *grads)
+            dispatch_ref, self._round = self.server.apply_round.options(num_returns=2).remote(metas, *grads)
             if input_lost:  # that agent sat the round out: only dispatch_round registers it at the next point
                 dispatch_ref = None
             try:
-                records = self._server_call(records_ref)
+                if self._log_round():
+                    self._checkpoint()
             except GradientLostError as lost:  # the round never ran; the next one starts from a fresh dispatch
                 self._fault("gradient_lost", None, f"round dropped, a gradient was lost on the way: {lost}")
                 dispatch_ref = None
-                continue
-            due = [self._after_update(record) for record in records]
-            if any(due):
-                self._checkpoint()
+
+    def _log_round(self) -> bool:
+        """Log the records of the round submitted last (if not yet logged); returns whether a checkpoint is due."""
+        if self._round is None:
+            return False
+        try:
+            records = self._server_call(self._round)
+        except GradientLostError:
+            self._round = None
+            raise
+        self._round = None
+        return any([self._after_update(record) for record in records])
+
+    def _checkpoint_on_stop(self) -> str:
+        """After Ctrl-C or SIGTERM: log the updates the server has applied and checkpoint them, so that a
+        resume redoes none. Returns what happened, for the log: the checkpoint's version, or why the last
+        periodic checkpoint stands (no answer within ``STOP_CHECKPOINT_S``, a second Ctrl-C, a failure)."""
+        kept = int(self.last_state["rule_state"]["version"]) if self.last_state else 0
+        stands = f"the last checkpoint, at update {kept}, stands"
+        if self.server is None:
+            return f"no server to checkpoint; {stands}"
+        try:
+            state_ref = self.server.export_state.remote()  # runs after every update already submitted
+            ready, _ = ray.wait([state_ref], num_returns=1, timeout=STOP_CHECKPOINT_S)
+            if not ready:
+                return f"the server did not answer within {STOP_CHECKPOINT_S:g} s; {stands}"
+            self._drain_records(block=True)  # their records are ready: the server ran them before the export
+            self._log_round()
+            state = ray.get(state_ref)
+            version = int(state["rule_state"]["version"])
+            if version != self._last_update:  # stopped between submitting an update and queueing its record
+                return f"the server is at update {version}, the log at {self._last_update}; {stands}"
+            state["progress_rows"] = self.log.rows
+            self._flush_checkpoint()
+            save_checkpoint(self.run_dir, state)
+            self.last_state = state
+            return f"final checkpoint at update {version}"
+        except KeyboardInterrupt:
+            return f"stopped again while taking the final checkpoint; {stands}"
+        except Exception as err:  # noqa: BLE001 - any failure: the last checkpoint stands
+            return f"no final checkpoint ({first_line(err)}); {stands}"
+
+
+def in_arrival_order(arrivals: list[tuple[GradientMeta, Any, Any, Any]]) -> list[tuple[GradientMeta, Any, Any, Any]]:
+    """Replies found ready together, ``(meta, ...)`` tuples, in the order their agents sent them.
+
+    ``ray.wait`` lists ready references in the order they were passed (dispatch order): a reply that
+    waited behind the driver (draining records, a checkpoint) would otherwise be applied before one sent
+    earlier, and its delay counted differently from the order the gradients really arrived in.
+    """
+    return sorted(arrivals, key=lambda arrival: arrival[0].sent_at)
 
 
 def rejection_message(rejected: list[UpdateRecord], config: TrainConfig) -> str:

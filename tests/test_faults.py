@@ -112,12 +112,12 @@ def test_killed_server_is_restored_from_its_checkpoint(tmp_path, algo):
     assert len(rolled_back) == 1 and f"past update {version}" in rolled_back[0]
 
 
-def start_driver(run_dir: Path, rows: int = 22) -> subprocess.Popen:
+def start_driver(run_dir: Path, rows: int = 22, checkpoint_every: int = 5) -> subprocess.Popen:
     """``afedpg train`` (CartPole, ``linear`` schedule, checkpoint every 5 updates) in a subprocess, once it has
     ``rows`` updates."""
     address = ray.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "afedpg_ray.cli", "train", "--env", "CartPole-v1", "--agents", "2"]
-    cmd += ["--batch", "100", "--num-envs", "2", "--samples", "200000", "--checkpoint-every", "5"]
+    cmd += ["--batch", "100", "--num-envs", "2", "--samples", "200000", "--checkpoint-every", str(checkpoint_every)]
     cmd += ["--schedule", "linear"]  # a schedule with a horizon: a resume with a new budget keeps it
     cmd += ["--hetero", "none", "--no-progress", "--no-tensorboard", "--out", str(run_dir), "--address", address]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -132,16 +132,25 @@ def start_driver(run_dir: Path, rows: int = 22) -> subprocess.Popen:
     ("sent", "code", "what"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")]
 )
 def test_ctrl_c_or_sigterm_stops_the_driver_with_how_to_resume(sent, code, what, tmp_path):
+    from afedpg_ray.checkpoint import load_checkpoint
+
     run_dir = tmp_path / "run"
-    proc = start_driver(run_dir, rows=12)
+    proc = start_driver(run_dir, rows=12, checkpoint_every=10_000)  # no periodic checkpoint after the first
     proc.send_signal(sent)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr.decode()[-2000:]
     last = stderr.decode().strip().splitlines()[-1]
     assert last == f"afedpg: error: {what}; continue the run with: afedpg train --resume {run_dir}", last
+    # a final checkpoint holds every update logged: a resume redoes none of them
+    rows = progress(run_dir)
+    state = load_checkpoint(run_dir)
+    assert state["rule_state"]["version"] == int(rows[-1]["update"]) >= 12 and state["progress_rows"] == len(rows)
+    stopped = [e["message"] for e in events(run_dir) if e["kind"] == "stopped"]
+    assert stopped == [f"final checkpoint at update {rows[-1]['update']}"], stopped
     # the run stopped cleanly: resumable, and its actors are gone (a rerun may take their names)
-    done = int(progress(run_dir)[-1]["samples_total"])  # how far it got before the signal stopped it
+    done = int(rows[-1]["samples_total"])  # how far it got before the signal stopped it
     assert main(["train", "--resume", str(run_dir), "--samples", str(done + 1000), "--no-progress"]) == 0
+    assert progress(run_dir)[: len(rows)] == rows  # nothing cut: the resume continued from the last row
 
 
 def test_driver_sigkill_then_resume_continues_counters(tmp_path):

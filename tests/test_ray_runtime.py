@@ -53,6 +53,27 @@ def test_linear4_fast_agents_deliver_more_and_delays_are_recorded(tmp_path):
     assert result.samples_total >= 3200 and result.mean_delay > 0
 
 
+def test_replies_ready_together_are_applied_in_the_order_they_were_sent(tmp_path):
+    # Agents 0-3 are dispatched in that order at the start, but agent i's reply leaves it after a modelled
+    # communication delay of 0.3 * (3 - i) s: agent 3's first. The first record the driver logs holds it
+    # for 1.5 s, so every other reply is ready when it looks again: ray.wait would list them in dispatch
+    # order (0, 1, 2), the agents sent them in the order 2, 1, 0.
+    import time
+
+    held = []
+
+    def hold_once(record):
+        if not held:
+            held.append(record.agent)
+            time.sleep(1.5)
+
+    config = tiny(tmp_path, hetero="none", comm_delay=(0.9, 0.6, 0.3, 0.0), samples=64 * 8)
+    progress = rows(train(config, on_record=hold_once).out_dir)
+    assert held == [3]
+    first_seen = list(dict.fromkeys(int(r["agent"]) for r in progress))
+    assert first_seen[0] == 3 and [a for a in first_seen if a != 3] == [2, 1, 0], first_seen
+
+
 def test_staleness_power_weighs_each_arrival_by_its_recorded_delay(tmp_path):
     result = train(tiny(tmp_path, algo="vanilla", hetero="linear:4", iteration_time=0.05, staleness_power=1.0))
     progress = rows(result.out_dir)
