@@ -260,6 +260,28 @@ def progress_problem(path: Path) -> str | None:
     return None
 
 
+def progress_shortfall(path: Path, version: int, keep_rows: int | None = None) -> str | None:
+    """How ``path`` falls short of the rows logged before the checkpoint at ``version`` (which recorded
+    ``keep_rows`` of them), or None (also if it does not exist: a resume then starts a new file).
+
+    A resume keeps the first ``keep_rows`` rows and appends after them; fewer (a truncated file, or
+    another run's) would leave a silent gap in the log, its update numbers jumping. Older checkpoints
+    (no row count) compare the last row's update: every update up to ``version`` was logged before it.
+    Call it on a file :func:`progress_problem` has accepted.
+    """
+    if not path.is_file():
+        return None
+    rows = read_progress(path)
+    if keep_rows is not None:
+        if len(rows) < keep_rows:
+            return f"has {len(rows)} row{'' if len(rows) == 1 else 's'} but the checkpoint was taken after {keep_rows}"
+        return None
+    last = int(rows[-1]["update"]) if rows else 0
+    if last < version:
+        return f"ends at update {last} but the checkpoint was taken at update {version}"
+    return None
+
+
 def _row_problem(row: dict[Any, Any]) -> str | None:
     """Why one progress.csv row (as ``csv.DictReader`` reads it) is not one afedpg wrote, or None."""
     if None in row:
