@@ -106,6 +106,8 @@ def entries_problem(state: dict[str, Any]) -> str | None:
     for name in REQUIRED_RULE_ENTRIES:
         if name not in rule:
             return f"no {name} in its rule state"
+    if rule.get("point") is None:  # every rule sets it (theta_0 at the start); the server dispatches it
+        return "no point in its rule state"
     unknown = sorted(str(name) for name in rule if name not in RULE_ENTRIES)
     if unknown:  # e.g. a newer afedpg's: RuleState(**rule_state) would raise inside the server
         return f"unknown entry {unknown[0]!r} in its rule state"

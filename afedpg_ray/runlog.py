@@ -165,6 +165,12 @@ class RunLog:
         if self._tb is not None:
             self._tb.flush()
 
+    def sync_progress(self) -> None:
+        """Make the progress.csv rows written so far durable. Line buffering hands each row to the OS at once
+        (a killed driver loses none), but a power loss could still lose them after a checkpoint that counts
+        them was written, and a resume refuses a progress.csv shorter than its checkpoint."""
+        os.fsync(self._progress_file.fileno())
+
     def close(self) -> None:
         """Flush and close everything."""
         self.flush()

@@ -367,7 +367,12 @@ class RayRunner:
         self.last_state = self._server_call(self.server.export_state.remote())
         self.last_state["progress_rows"] = self.log.rows  # every submitted update is logged by now
         self._flush_checkpoint()  # one write at a time, in order; surfaces a failed write
-        self._saving = self._writer.submit(save_checkpoint, self.run_dir, self.last_state)
+        self._saving = self._writer.submit(self._save, self.last_state)
+
+    def _save(self, state: dict[str, Any]) -> None:
+        """Write ``state`` as the checkpoint, once the progress.csv rows it counts are on disk."""
+        self.log.sync_progress()
+        save_checkpoint(self.run_dir, state)
 
     def _flush_checkpoint(self) -> None:
         """Wait until the last checkpoint taken is on disk."""
@@ -696,7 +701,7 @@ class RayRunner:
                 return f"the server is at update {version}, the log at {self._last_update}; {stands}"
             state["progress_rows"] = self.log.rows
             self._flush_checkpoint()
-            save_checkpoint(self.run_dir, state)
+            self._save(state)
             self.last_state = state
             return f"final checkpoint at update {version}"
         except KeyboardInterrupt:

@@ -107,6 +107,17 @@ def test_a_rule_state_with_an_unknown_entry_is_refused_on_load(tmp_path):
     assert refusal(tmp_path).endswith("damaged checkpoint (unknown entry 'second_moment' in its rule state)")
 
 
+@pytest.mark.parametrize("point", ["missing", None])
+def test_a_rule_state_without_a_point_to_dispatch_is_refused_on_load(point, tmp_path):
+    state = server_state()
+    if point == "missing":
+        del state["rule_state"]["point"]
+    else:
+        state["rule_state"]["point"] = None  # restore takes it, the server's first dispatch would assert
+    save_checkpoint(tmp_path, state)
+    assert refusal(tmp_path).endswith("damaged checkpoint (no point in its rule state)")
+
+
 @pytest.mark.parametrize("name", OPTIONAL_ENTRIES)
 def test_a_checkpoint_without_an_optional_entry_still_loads(name, tmp_path):
     state = server_state(progress_rows=0)
