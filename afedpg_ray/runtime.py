@@ -190,9 +190,16 @@ class RayRunner:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._saving: Future | None = None
         self._records: deque[tuple[Any, int, int]] = deque()
-        self._round: Any = None
-        """The synchronous loop's last round's records, until they are logged."""
         """Update records not yet logged, with the samples each update carries and its sender, oldest first."""
+        self._round: Any = None
+        """The synchronous loop's last round's records (a reference), until they are read."""
+        self._round_records: deque[UpdateRecord] = deque()
+        """That round's records read but not yet logged."""
+        self._restoring = False
+        self._saved_version: int | None = int(resume_state["rule_state"]["version"]) if resume_state else None
+        """Version of the last checkpoint on disk (written by the writer thread)."""
+        self._server_rows = log.rows
+        """progress.csv rows when the current server was created: it emits one record per later row."""
         self._last_drain = time.monotonic()
         self.incarnation = int(resume_state["rule_state"]["version"]) if resume_state else 0
         self.samples_total = int(resume_state["samples_total"]) if resume_state else 0
@@ -373,6 +380,7 @@ class RayRunner:
         """Write ``state`` as the checkpoint, once the progress.csv rows it counts are on disk."""
         self.log.sync_progress()
         save_checkpoint(self.run_dir, state)
+        self._saved_version = int(state["rule_state"]["version"])
 
     def _flush_checkpoint(self) -> None:
         """Wait until the last checkpoint taken is on disk."""
@@ -383,6 +391,10 @@ class RayRunner:
     def _restore_server(self, reason: str) -> None:
         """Recreate the server from the last checkpoint (bounded retries, then give up); a new server that
         dies during its own restore counts as one more death and is retried the same way."""
+        self._restoring = True  # until the log is rolled back: a stop meanwhile keeps the checkpoint on disk
+        self._flush_checkpoint()  # its writer fsyncs progress.csv, which the rollback replaces
+        self._records.clear()  # the dead server's replies: the loop starts afresh
+        self._round, self._round_records = None, deque()
         while True:
             self.stats.server_restores += 1
             if self.stats.server_restores > MAX_SERVER_RESTORES:
@@ -397,13 +409,15 @@ class RayRunner:
         version = int(self.last_state["rule_state"]["version"])
         self.samples_total = int(self.last_state["samples_total"])
         self._rejected.clear()
-        self._last_update = version
-        self._fault("server_restored", None, f"server died ({reason}); restored at update {version}")
         # updates logged after the checkpoint were lost with the server and will be applied again
         dropped = self.log.rollback(version, self.samples_total, self.last_state.get("progress_rows"))
+        self._last_update = version
+        self._server_rows = self.log.rows
+        self._fault("server_restored", None, f"server died ({reason}); restored at update {version}")
         if dropped:
             message = f"dropped {dropped} progress.csv rows past update {version} (lost with the server)"
             self.log.event("progress_rolled_back", None, message, self._elapsed())
+        self._restoring = False
 
     def _fault(self, kind: str, agent: int | None, message: str) -> None:
         """Log a fault in events.csv and count it in the server's metrics (fire and forget)."""
@@ -504,14 +518,12 @@ class RayRunner:
                     self._restore_server(str(lost))
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Terminated): keep what was trained, then stop
             self.log.event("stopped", None, self._checkpoint_on_stop(), self._elapsed())
-            self._kill_actors()
-            raise
-        except BaseException:
-            self._kill_actors()  # a failed run frees its names and resources for the next run on the cluster
             raise
         finally:
             self._writer.shutdown(wait=True)  # no idle writer thread per run (Tune runs many in one process)
-        self._kill_actors()  # the final checkpoint holds everything the caller needs
+            # finished (the final checkpoint holds everything the caller needs), failed or stopped: free the
+            # names and resources for the next run on the cluster
+            self._kill_actors()
         return self.stats
 
     def shutdown(self) -> None:
@@ -528,10 +540,14 @@ class RayRunner:
             ray.kill(self.server, no_restart=True)
 
     def _after_update(self, record: UpdateRecord) -> bool:
-        """Log one update record; returns whether a checkpoint is due after it."""
-        self.log.record(record)
+        """Log one update record; returns whether a checkpoint is due after it.
+
+        The driver's counters move before the row is written: a Ctrl-C in the log's slower part (progress
+        bar, TensorBoard, listeners) then finds them consistent with the rows, and the final checkpoint is
+        taken."""
         if not record.accepted and record.reason != SUPERSEDED:
             self._rejected.append(record)
+            self.log.record(record)
             if len(self._rejected) >= REJECTED_STREAK_PER_AGENT * self.config.agents:
                 raise RunError(rejection_message(self._rejected, self.config))
             return False
@@ -539,6 +555,7 @@ class RayRunner:
         self.samples_total = max(self.samples_total, record.samples_total)  # superseded samples were spent too
         # due once per update reached: fedpg's round and rennala's collection log several rows per update
         stepped, self._last_update = record.update != self._last_update, record.update
+        self.log.record(record)
         return stepped and record.accepted and record.update % self.config.checkpoint_every == 0
 
     def _drain_records(self, block: bool) -> None:
@@ -616,9 +633,9 @@ class RayRunner:
                     pending[meta_ref] = (slot, grad_ref)  # stays in flight, like every other agent's work at the end
                     continue
                 dispatch_ref, record_ref = self.server.apply.options(num_returns=2).remote(meta, grad_ref)
+                self._records.append((record_ref, meta.samples, slot.agent_id))
                 next_meta_ref, next_grad_ref = self._submit(slot, dispatch_ref)
                 pending[next_meta_ref] = (slot, next_grad_ref)
-                self._records.append((record_ref, meta.samples, slot.agent_id))
 
     def _budget_spent(self, block: bool = True) -> bool:
         """Whether the sample budget is spent; with ``block``, decided on applied updates only.
@@ -670,44 +687,57 @@ class RayRunner:
 
     def _log_round(self) -> bool:
         """Log the records of the round submitted last (if not yet logged); returns whether a checkpoint is due."""
-        if self._round is None:
-            return False
-        try:
-            records = self._server_call(self._round)
-        except GradientLostError:
-            self._round = None
-            raise
-        self._round = None
-        return any([self._after_update(record) for record in records])
+        if self._round is not None:
+            try:
+                records = self._server_call(self._round)
+            finally:
+                self._round = None  # read, or lost with its gradient: either way not to be read again
+            self._round_records.extend(records)
+        due = False
+        while self._round_records:  # a Ctrl-C in one record's logging leaves the rest queued
+            due = self._after_update(self._round_records.popleft()) or due
+        return due
 
     def _checkpoint_on_stop(self) -> str:
         """After Ctrl-C or SIGTERM: log the updates the server has applied and checkpoint them, so that a
         resume redoes none. Returns what happened, for the log: the checkpoint's version, or why the last
-        periodic checkpoint stands (no answer within ``STOP_CHECKPOINT_S``, a second Ctrl-C, a failure)."""
-        kept = int(self.last_state["rule_state"]["version"]) if self.last_state else 0
-        stands = f"the last checkpoint, at update {kept}, stands"
-        if self.server is None:
-            return f"no server to checkpoint; {stands}"
+        one written stands (no answer within ``STOP_CHECKPOINT_S``, a second Ctrl-C, a server restore under
+        way, a log that does not hold every record the server emitted - a stop between submitting an
+        update and logging it)."""
         try:
+            if self._restoring:
+                return f"stopped during a server restore; {self._stands()}"
+            if self.server is None:
+                return f"no server; {self._stands()}"
             state_ref = self.server.export_state.remote()  # runs after every update already submitted
-            ready, _ = ray.wait([state_ref], num_returns=1, timeout=STOP_CHECKPOINT_S)
+            emitted_ref = self.server.emitted.remote()
+            ready, _ = ray.wait([emitted_ref], num_returns=1, timeout=STOP_CHECKPOINT_S)
             if not ready:
-                return f"the server did not answer within {STOP_CHECKPOINT_S:g} s; {stands}"
+                return f"the server did not answer within {STOP_CHECKPOINT_S:g} s; {self._stands()}"
             self._drain_records(block=True)  # their records are ready: the server ran them before the export
             self._log_round()
-            state = ray.get(state_ref)
+            state, emitted = ray.get([state_ref, emitted_ref])
+            logged = self.log.rows - self._server_rows
             version = int(state["rule_state"]["version"])
-            if version != self._last_update:  # stopped between submitting an update and queueing its record
-                return f"the server is at update {version}, the log at {self._last_update}; {stands}"
+            if emitted != logged:
+                return f"the server emitted {emitted} records, the log holds {logged}; {self._stands()}"
+            if version != self._last_update:
+                return f"the server is at update {version}, the log at {self._last_update}; {self._stands()}"
             state["progress_rows"] = self.log.rows
             self._flush_checkpoint()
             self._save(state)
             self.last_state = state
             return f"final checkpoint at update {version}"
         except KeyboardInterrupt:
-            return f"stopped again while taking the final checkpoint; {stands}"
-        except Exception as err:  # noqa: BLE001 - any failure: the last checkpoint stands
-            return f"no final checkpoint ({first_line(err)}); {stands}"
+            return f"stopped again while taking the final checkpoint; {self._stands()}"
+        except Exception as err:  # noqa: BLE001 - any failure: the last checkpoint written stands
+            return f"no final checkpoint ({first_line(err)}); {self._stands()}"
+
+    def _stands(self) -> str:
+        """Which checkpoint a resume continues from when no final one was taken."""
+        if self._saved_version is None:
+            return "no checkpoint was written"
+        return f"the last checkpoint, at update {self._saved_version}, stands"
 
 
 def in_arrival_order(arrivals: list[tuple[GradientMeta, Any, Any, Any]]) -> list[tuple[GradientMeta, Any, Any, Any]]:

@@ -127,6 +127,8 @@ def _train_connected(
     log = RunLog(
         out_dir, config.samples, config.progress, config.tensorboard, append=resuming, initial_samples=initial_samples
     )
+    if resume_state is not None:  # the rows the cut kept (none if progress.csv was moved aside): a server
+        resume_state["progress_rows"] = log.rows  # restored before the next checkpoint rolls back to these
     log.note(watch_hint(status_address(config.address), dashboard, name_prefix, token_auth_on()))
     prior_wall = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0  # training time before the resume
     if resume_state is not None:

@@ -53,13 +53,23 @@ def test_linear4_fast_agents_deliver_more_and_delays_are_recorded(tmp_path):
     assert result.samples_total >= 3200 and result.mean_delay > 0
 
 
-def test_replies_ready_together_are_applied_in_the_order_they_were_sent(tmp_path):
+def test_replies_ready_together_are_applied_in_the_order_they_were_sent(tmp_path, monkeypatch):
     # Agents 0-3 are dispatched in that order at the start, but agent i's reply leaves it after a modelled
-    # communication delay of 3 - i seconds: agent 3's first, then 2, 1, 0, a second apart (more than the
-    # agents' start-up skew). The first record the driver logs (agent 3's) holds it for 4 s, so the others'
-    # replies are ready together when it looks again: ray.wait lists them in dispatch order (0, 1, 2).
+    # communication delay of 3 - i seconds. The first record the driver logs holds it for 4 s, so several
+    # replies are ready together when it looks again, and ray.wait lists them in dispatch order. Each batch
+    # the loop orders is recorded; the rows must follow the agents' send times within it.
     import time
 
+    from afedpg_ray import runtime
+
+    batches: list[list[tuple[float, int]]] = []
+    order = runtime.in_arrival_order
+
+    def recorded(arrivals):
+        batches.append([(meta.sent_at, meta.agent_id) for meta, *_ in arrivals])
+        return order(arrivals)
+
+    monkeypatch.setattr(runtime, "in_arrival_order", recorded)
     held = []
 
     def hold_once(record):
@@ -69,9 +79,12 @@ def test_replies_ready_together_are_applied_in_the_order_they_were_sent(tmp_path
 
     # budget: agent 3 may send several replies before the first record is logged
     config = tiny(tmp_path, hetero="none", comm_delay=(3.0, 2.0, 1.0, 0.0), samples=64 * 16)
-    progress = rows(train(config, on_record=hold_once).out_dir)
-    first_seen = list(dict.fromkeys(int(r["agent"]) for r in progress))
-    assert [agent for agent in first_seen if agent != 3] == [2, 1, 0], first_seen
+    agents = [int(r["agent"]) for r in rows(train(config, on_record=hold_once).out_dir)]
+    reordered = [batch for batch in batches if batch != sorted(batch)]
+    assert reordered, batches  # the hold made replies ready together out of their send order
+    for batch in reordered:
+        sent_order = [agent for _, agent in sorted(batch)]
+        assert any(agents[i : i + len(batch)] == sent_order for i in range(len(agents))), (sent_order, agents)
 
 
 def test_staleness_power_weighs_each_arrival_by_its_recorded_delay(tmp_path):
