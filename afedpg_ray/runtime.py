@@ -29,7 +29,7 @@ from afedpg_ray.messages import SUPERSEDED, GradientMeta, UpdateRecord
 from afedpg_ray.placement import BUSY, agent_options, placement_problem
 from afedpg_ray.runlog import RunLog
 from afedpg_ray.server import ParameterServer
-from afedpg_ray.signals import ctrl_c_deferred
+from afedpg_ray.signals import ctrl_c_deferred, stops_held
 
 MAX_AGENT_RESTARTS = 3
 """Restarts per agent before the run continues without it."""
@@ -584,9 +584,10 @@ class RayRunner:
                 count -= 1
                 self._fault("gradient_lost", agent_id, f"update dropped, its gradient was lost on the way: {lost}")
                 continue
-            self._records.popleft()
-            count -= 1
-            due = self._after_update(record) or due
+            with stops_held():  # a record taken off the queue is logged
+                self._records.popleft()
+                count -= 1
+                due = self._after_update(record) or due
         if due:
             self._checkpoint()
 
@@ -632,8 +633,9 @@ class RayRunner:
                 if self._budget_spent(block=False):
                     pending[meta_ref] = (slot, grad_ref)  # stays in flight, like every other agent's work at the end
                     continue
-                dispatch_ref, record_ref = self.server.apply.options(num_returns=2).remote(meta, grad_ref)
-                self._records.append((record_ref, meta.samples, slot.agent_id))
+                with stops_held():  # an update submitted is queued for the log
+                    dispatch_ref, record_ref = self.server.apply.options(num_returns=2).remote(meta, grad_ref)
+                    self._records.append((record_ref, meta.samples, slot.agent_id))
                 next_meta_ref, next_grad_ref = self._submit(slot, dispatch_ref)
                 pending[next_meta_ref] = (slot, next_grad_ref)
 
@@ -675,7 +677,8 @@ class RayRunner:
             if not metas:
                 dispatch_ref = None
                 continue
-            dispatch_ref, self._round = self.server.apply_round.options(num_returns=2).remote(metas, *grads)
+            with stops_held():  # a round submitted is queued for the log
+                dispatch_ref, self._round = self.server.apply_round.options(num_returns=2).remote(metas, *grads)
             if input_lost:  # that agent sat the round out: only dispatch_round registers it at the next point
                 dispatch_ref = None
             try:
@@ -694,8 +697,9 @@ class RayRunner:
                 self._round = None  # read, or lost with its gradient: either way not to be read again
             self._round_records.extend(records)
         due = False
-        while self._round_records:  # a Ctrl-C in one record's logging leaves the rest queued
-            due = self._after_update(self._round_records.popleft()) or due
+        while self._round_records:
+            with stops_held():  # a record taken off the queue is logged
+                due = self._after_update(self._round_records.popleft()) or due
         return due
 
     def _checkpoint_on_stop(self) -> str:

@@ -83,3 +83,32 @@ def ctrl_c_deferred() -> Iterator[None]:
         yield
     if pressed:
         raise KeyboardInterrupt
+
+
+@contextmanager
+def stops_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM inside the block and deliver them again when it ends (main thread only).
+
+    For a few steps that must not be cut in two - an update submitted to the server and queued for the log,
+    a record taken off that queue and written - so that a stop finds the log holding every update the
+    server applied and can take a final checkpoint. Wrap no blocking call in it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not None:  # None: a handler not installed from Python, left alone
+            previous[signum] = signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):  # the handlers in place again decide what each one does
+            os.kill(os.getpid(), signum)

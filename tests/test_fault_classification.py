@@ -229,3 +229,29 @@ def test_a_failing_agent_backs_off_then_is_dropped_and_a_run_with_none_left_stop
         runner._agent_failed(slots[1], RuntimeError("node lost"))
     with pytest.raises(RunError, match="every agent failed; last error: node lost"):
         runner._agent_failed(slots[1], RuntimeError("node lost"))
+
+
+def test_stops_held_delivers_ctrl_c_and_sigterm_when_the_block_ends():
+    import os
+    import signal
+
+    from afedpg_ray.signals import SIGTERM_RECEIVED, Terminated, sigterm_raises_terminated, stops_held
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with stops_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("after the signal")  # the block is not cut in two
+        steps.append("after the block")
+    assert steps == ["after the signal"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    with sigterm_raises_terminated():
+        with pytest.raises(Terminated):
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                steps.append("after SIGTERM")
+        assert SIGTERM_RECEIVED.is_set() and steps[-1] == "after SIGTERM"
+    with pytest.raises(KeyboardInterrupt):  # an exception leaving the block does not swallow the signal
+        with stops_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            raise ValueError("the block failed")
