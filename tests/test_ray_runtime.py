@@ -152,6 +152,32 @@ def test_records_are_logged_once_in_order_and_checkpoints_match_the_log(tmp_path
     assert int(load_checkpoint(Path(result.out_dir))["rule_state"]["version"]) == accepted[-1]
 
 
+def test_each_checkpoint_is_written_after_the_rows_it_counts_are_fsynced(tmp_path, monkeypatch):
+    # A power loss after a checkpoint must not leave progress.csv shorter than the rows the checkpoint
+    # counts (a resume refuses that): every save follows an fsync of progress.csv holding those rows.
+    from afedpg_ray import runtime
+    from afedpg_ray.runlog import RunLog
+
+    calls: list[tuple[str, int]] = []
+    sync, save = RunLog.sync_progress, runtime.save_checkpoint
+
+    def recorded_sync(self):
+        sync(self)
+        calls.append(("fsync", self.rows))
+
+    def recorded_save(run_dir, state):
+        calls.append(("save", state["progress_rows"]))
+        return save(run_dir, state)
+
+    monkeypatch.setattr(RunLog, "sync_progress", recorded_sync)
+    monkeypatch.setattr(runtime, "save_checkpoint", recorded_save)
+    train(tiny(tmp_path, agents=2, samples=1280, checkpoint_every=4))
+    saves = [i for i, (kind, _) in enumerate(calls) if kind == "save"]
+    assert len(saves) >= 4  # the first, every 4 updates, the final one
+    for i in saves:
+        assert calls[i - 1][0] == "fsync" and calls[i - 1][1] >= calls[i][1], calls
+
+
 def test_an_unplaceable_agent_is_reported_early_then_fails_at_the_timeout(tmp_path, monkeypatch):
     from afedpg_ray import runtime
     from afedpg_ray.runtime import RunError
