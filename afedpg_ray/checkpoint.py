@@ -93,7 +93,7 @@ RULE_ENTRIES = frozenset(f.name for f in dataclasses.fields(RuleState))
 COUNTERS = ("samples_total", "episodes_total", "superseded", "progress_rows")
 """Counters a checkpoint holds (the last two may be absent in older ones): non-negative integers."""
 RULE_ARRAYS = ("theta", "theta_prev", "momentum", "point")
-"""The rule state's parameter-sized arrays (``momentum`` and ``point`` may be None)."""
+"""The rule state's parameter-sized arrays (``momentum`` may be None: no arrival yet)."""
 
 
 def entries_problem(state: dict[str, Any]) -> str | None:
