@@ -8,6 +8,7 @@ tests drive those decisions of :class:`~afedpg_ray.runtime.RayRunner` directly, 
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import pytest
 import ray
@@ -100,12 +101,14 @@ class FakeLog:
 
     def __init__(self) -> None:
         self.events: list[str] = []
+        self.rows = 9  # two rows past the checkpoint's 7, until the rollback
 
     def event(self, kind: str, agent: int | None, message: str, elapsed: float) -> None:
         self.events.append(kind)
 
     def rollback(self, version: int, samples: int, rows: int | None) -> int:
-        return 0
+        dropped, self.rows = self.rows - rows, rows
+        return dropped
 
 
 def restoring_runner(monkeypatch, deaths: int) -> RayRunner:
@@ -126,6 +129,8 @@ def restoring_runner(monkeypatch, deaths: int) -> RayRunner:
         log=FakeLog(),
         start=time.time(),
         _rejected=[],
+        _saving=None,
+        _records=deque(),
         _make_server=make_server,
         _fault=lambda kind, agent, message: None,
     )
@@ -137,6 +142,8 @@ def test_a_server_that_dies_during_its_restore_is_restored_again(monkeypatch):
     runner._restore_server("killed")
     assert runner.server == "server" and runner.stats.server_restores == 3
     assert (runner.samples_total, runner._last_update) == (700, 7)
+    # the log is back at the checkpoint's rows, and the new server's records are counted from there
+    assert runner.log.rows == runner._server_rows == 7 and not runner._restoring
 
 
 def test_restores_are_bounded_even_when_each_new_server_dies(monkeypatch):
