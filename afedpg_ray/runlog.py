@@ -65,22 +65,31 @@ class RunLog:
         self._listeners.append(callback)
 
     def record(self, rec: UpdateRecord) -> None:
-        """Log one server update (accepted or rejected)."""
+        """Log one server update (accepted or rejected): :meth:`write_row`, then :meth:`notify`."""
+        self.write_row(rec)
+        self.notify(rec)
+
+    def write_row(self, rec: UpdateRecord) -> None:
+        """The record's progress.csv row and the counters a checkpoint relies on: quick, nothing that blocks."""
         row = dataclasses.asdict(rec)
         self._progress.writerow(row)
         self.rows += 1
         self.superseded += rec.reason == SUPERSEDED
         self.last = rec
-        if not rec.accepted and rec.reason != SUPERSEDED and rec.reason not in self._rejection_reasons:
-            self._rejection_reasons.add(rec.reason)  # logged once per reason; progress.csv has every one
-            self.event(
-                "rejected", rec.agent, f"first gradient rejected for {rec.reason} (update {rec.update})", rec.wall_time
-            )
         if rec.accepted:
             self.accepted += 1
             self.delay_sum += rec.delay
             self._times.append((time.monotonic(), rec.update))
             self._delays.append(rec.delay)
+
+    def notify(self, rec: UpdateRecord) -> None:
+        """What follows a written row: the first rejection's event, TensorBoard, the progress bar and the
+        listeners (these may be slow, or block)."""
+        if not rec.accepted and rec.reason != SUPERSEDED and rec.reason not in self._rejection_reasons:
+            self._rejection_reasons.add(rec.reason)  # logged once per reason; progress.csv has every one
+            self.event(
+                "rejected", rec.agent, f"first gradient rejected for {rec.reason} (update {rec.update})", rec.wall_time
+            )
         if self._tb is not None and rec.accepted:
             step = rec.samples_total
             if not math.isnan(rec.return_mean):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from afedpg_ray.messages import SUPERSEDED, GradientMeta, UpdateRecord
 from afedpg_ray.placement import BUSY, agent_options, placement_problem
 from afedpg_ray.runlog import RunLog
 from afedpg_ray.server import ParameterServer
-from afedpg_ray.signals import ctrl_c_deferred, stops_held
+from afedpg_ray.signals import ctrl_c_deferred, stops_held, stops_holdable
 
 MAX_AGENT_RESTARTS = 3
 """Restarts per agent before the run continues without it."""
@@ -507,6 +508,11 @@ class RayRunner:
     def run(self) -> LoopStats:
         """Drive the loop (asynchronous or synchronous) until the sample budget is spent."""
         loop = self._run_sync if self.config.synchronous else self._run_async
+        with stops_holdable():
+            return self._run(loop)
+
+    def _run(self, loop: Callable[[], None]) -> LoopStats:
+        """:meth:`run`, with Ctrl-C and SIGTERM holdable."""
         try:
             while True:
                 try:
@@ -539,23 +545,32 @@ class RayRunner:
         if self.server is not None:
             ray.kill(self.server, no_restart=True)
 
-    def _after_update(self, record: UpdateRecord) -> bool:
-        """Log one update record; returns whether a checkpoint is due after it.
+    def _after_update(self, record: UpdateRecord, take: Callable[[], object]) -> bool:
+        """Log one update record, calling ``take`` to remove it from its queue; returns whether a checkpoint
+        is due after it.
 
-        The driver's counters move before the row is written: a Ctrl-C in the log's slower part (progress
-        bar, TensorBoard, listeners) then finds them consistent with the rows, and the final checkpoint is
-        taken."""
+        Taking it, the driver's counters and its progress.csv row happen under :func:`stops_held`, so a
+        Ctrl-C finds all or none of them done; the slower part of logging (progress bar, TensorBoard,
+        listeners) follows outside."""
+        with stops_held():
+            take()
+            due = self._account(record)
+        self.log.notify(record)
+        if len(self._rejected) >= REJECTED_STREAK_PER_AGENT * self.config.agents:
+            raise RunError(rejection_message(self._rejected, self.config))
+        return due
+
+    def _account(self, record: UpdateRecord) -> bool:
+        """The driver's counters and the record's row; whether a checkpoint is due after it."""
         if not record.accepted and record.reason != SUPERSEDED:
             self._rejected.append(record)
-            self.log.record(record)
-            if len(self._rejected) >= REJECTED_STREAK_PER_AGENT * self.config.agents:
-                raise RunError(rejection_message(self._rejected, self.config))
+            self.log.write_row(record)
             return False
         self._rejected.clear()
         self.samples_total = max(self.samples_total, record.samples_total)  # superseded samples were spent too
         # due once per update reached: fedpg's round and rennala's collection log several rows per update
         stepped, self._last_update = record.update != self._last_update, record.update
-        self.log.record(record)
+        self.log.write_row(record)
         return stepped and record.accepted and record.update % self.config.checkpoint_every == 0
 
     def _drain_records(self, block: bool) -> None:
@@ -584,10 +599,8 @@ class RayRunner:
                 count -= 1
                 self._fault("gradient_lost", agent_id, f"update dropped, its gradient was lost on the way: {lost}")
                 continue
-            with stops_held():  # a record taken off the queue is logged
-                self._records.popleft()
-                count -= 1
-                due = self._after_update(record) or due
+            count -= 1
+            due = self._after_update(record, self._records.popleft) or due
         if due:
             self._checkpoint()
 
@@ -692,14 +705,15 @@ class RayRunner:
         """Log the records of the round submitted last (if not yet logged); returns whether a checkpoint is due."""
         if self._round is not None:
             try:
-                records = self._server_call(self._round)
-            finally:
-                self._round = None  # read, or lost with its gradient: either way not to be read again
+                records = self._server_call(self._round)  # a Ctrl-C while waiting leaves it to be read again
+            except GradientLostError:
+                self._round = None  # the round never ran
+                raise
+            self._round = None
             self._round_records.extend(records)
         due = False
         while self._round_records:
-            with stops_held():  # a record taken off the queue is logged
-                due = self._after_update(self._round_records.popleft()) or due
+            due = self._after_update(self._round_records[0], self._round_records.popleft) or due
         return due
 
     def _checkpoint_on_stop(self) -> str:
@@ -719,7 +733,10 @@ class RayRunner:
             if not ready:
                 return f"the server did not answer within {STOP_CHECKPOINT_S:g} s; {self._stands()}"
             self._drain_records(block=True)  # their records are ready: the server ran them before the export
-            self._log_round()
+            try:
+                self._log_round()
+            except GradientLostError:
+                pass  # that round never ran: nothing to log
             state, emitted = ray.get([state_ref, emitted_ref])
             logged = self.log.rows - self._server_rows
             version = int(state["rule_state"]["version"])
@@ -739,6 +756,10 @@ class RayRunner:
 
     def _stands(self) -> str:
         """Which checkpoint a resume continues from when no final one was taken."""
+        try:
+            self._flush_checkpoint()  # a periodic checkpoint being written lands first
+        except Exception:  # noqa: BLE001 - a failed write: the one before it stands
+            pass
         if self._saved_version is None:
             return "no checkpoint was written"
         return f"the last checkpoint, at update {self._saved_version}, stands"

@@ -242,23 +242,36 @@ def test_stops_held_delivers_ctrl_c_and_sigterm_when_the_block_ends():
     import os
     import signal
 
-    from afedpg_ray.signals import SIGTERM_RECEIVED, Terminated, sigterm_raises_terminated, stops_held
+    from afedpg_ray.signals import SIGTERM_RECEIVED, Terminated, sigterm_raises_terminated, stops_held, stops_holdable
 
     steps = []
-    with pytest.raises(KeyboardInterrupt):
-        with stops_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            steps.append("after the signal")  # the block is not cut in two
-        steps.append("after the block")
-    assert steps == ["after the signal"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-    with sigterm_raises_terminated():
-        with pytest.raises(Terminated):
+    with sigterm_raises_terminated(), stops_holdable():
+        with pytest.raises(KeyboardInterrupt):
             with stops_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                steps.append("after the signal")  # the block is not cut in two
+            steps.append("after the block")
+        assert steps == ["after the signal"]
+        with pytest.raises(Terminated):  # both held: SIGTERM (exit 143) is delivered
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGTERM)
-                steps.append("after SIGTERM")
-        assert SIGTERM_RECEIVED.is_set() and steps[-1] == "after SIGTERM"
-    with pytest.raises(KeyboardInterrupt):  # an exception leaving the block does not swallow the signal
-        with stops_held():
+                steps.append("after both")
+        assert SIGTERM_RECEIVED.is_set() and steps[-1] == "after both"
+        with pytest.raises(KeyboardInterrupt):  # sent twice: the user insists, delivered at once
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+                steps.append("not reached")
+        assert steps[-1] == "after both"
+        with pytest.raises(ValueError):  # the block's own exception goes on; the held Ctrl-C is dropped
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                raise ValueError("the block failed")
+        with stops_held():  # nothing held is left over for the next block
+            steps.append("clean")
+    SIGTERM_RECEIVED.clear()  # a later run in this process was not terminated
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    with stops_held():  # outside stops_holdable nothing is held
+        with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-            raise ValueError("the block failed")

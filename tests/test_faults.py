@@ -151,19 +151,21 @@ def test_a_ctrl_c_while_logging_takes_a_final_checkpoint_that_matches_the_log(tm
 
 
 def test_a_ctrl_c_between_an_update_and_its_row_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    # The server applied update 12 but the driver never logged it: a final checkpoint would count an update
-    # progress.csv lacks, so the last one written stands and the resume redoes the updates after it.
+    # The server applied update 12 but its row was never written (here the log fails as it writes it):
+    # a final checkpoint would count an update progress.csv lacks, so the last one written stands and the
+    # resume redoes the updates after it.
     from afedpg_ray.checkpoint import load_checkpoint
+    from afedpg_ray.runlog import RunLog
     from afedpg_ray.train import TrainingInterrupted
 
-    after_update = runtime.RayRunner._after_update
+    write_row = RunLog.write_row
 
     def interrupted_at_12(self, record):
         if record.update == 12 and record.accepted:
             raise KeyboardInterrupt
-        return after_update(self, record)
+        write_row(self, record)
 
-    monkeypatch.setattr(runtime.RayRunner, "_after_update", interrupted_at_12)
+    monkeypatch.setattr(RunLog, "write_row", interrupted_at_12)
     run = config(tmp_path)
     with pytest.raises(TrainingInterrupted):
         train(run)
