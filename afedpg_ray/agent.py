@@ -67,6 +67,7 @@ class RolloutAgent:
             grad_norm=float(np.linalg.norm(grad)),
             node_id=self.node,
             return_delta=estimate.return_delta,
+            sent_at=time.time(),
         )
         self.metrics.observe_iteration(compute + pause)
         return meta, grad

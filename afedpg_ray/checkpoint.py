@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from afedpg_ray.config import first_line
+from afedpg_ray.rules.base import RuleState
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -52,6 +54,9 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     rule_state, rows = state["rule_state"], state.get("progress_rows")
     if not isinstance(rule_state, dict) or not isinstance(rule_state.get("version"), int):
         raise CheckpointError(f"{path}: damaged checkpoint (no update version in its rule state)")
+    problem = entries_problem(state)  # before the checks below, which take what is absent as an older file's
+    if problem:
+        raise CheckpointError(f"{path}: damaged checkpoint ({problem})")
     if not isinstance(state.get("samples_total", 0), int) or not (rows is None or isinstance(rows, int)):
         raise CheckpointError(f"{path}: damaged checkpoint (sample or row counts are not integers)")
     problem = state_problem(state)
@@ -60,26 +65,72 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     return state
 
 
+REQUIRED_ENTRIES = (
+    "num_params",
+    "rule_state",
+    "obs_stats",
+    "return_stats",
+    "agent_versions",
+    "samples_total",
+    "episodes_total",
+    "recent_returns",
+    "rejected",
+    "torch_rng",
+    "numpy_rng",
+)
+"""What :meth:`~afedpg_ray.server.ParameterServer.restore` indexes (``saved[...]``), in its order: a
+checkpoint without one fails inside the server actor, after Ray has started and progress.csv was cut."""
+OPTIONAL_ENTRIES = ("schedule_horizon", "robust", "superseded", "elapsed", "progress_rows")
+"""What a checkpoint may lack (older ones do): restore and the driver read these with ``.get``."""
+REQUIRED_RULE_ENTRIES = tuple(
+    f.name
+    for f in dataclasses.fields(RuleState)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+)
+"""The rule state's entries ``RuleState(**rule_state)`` cannot do without (theta, theta_prev, momentum)."""
+RULE_ENTRIES = frozenset(f.name for f in dataclasses.fields(RuleState))
+"""Every entry a rule state may hold: ``RuleState(**rule_state)`` refuses any other."""
 COUNTERS = ("samples_total", "episodes_total", "superseded", "progress_rows")
-"""Counters a checkpoint may hold (older or hand-made ones lack some): non-negative integers."""
+"""Counters a checkpoint holds (the last two may be absent in older ones): non-negative integers."""
 RULE_ARRAYS = ("theta", "theta_prev", "momentum", "point")
-"""The rule state's parameter-sized arrays (``momentum`` and ``point`` may be None)."""
+"""The rule state's parameter-sized arrays (``momentum`` may be None: no arrival yet)."""
+
+
+def entries_problem(state: dict[str, Any]) -> str | None:
+    """The first entry restoring the server from ``state`` needs but ``state`` lacks (``no NAME``), an entry
+    its rule state may not hold, or None. ``state`` is a dict whose ``rule_state`` is a dict."""
+    for name in REQUIRED_ENTRIES:
+        if name not in state:
+            return f"no {name}"
+    rule = state["rule_state"]
+    for name in REQUIRED_RULE_ENTRIES:
+        if name not in rule:
+            return f"no {name} in its rule state"
+    if rule.get("point") is None:  # every rule sets it (theta_0 at the start); the server dispatches it
+        return "no point in its rule state"
+    unknown = sorted(str(name) for name in rule if name not in RULE_ENTRIES)
+    if unknown:  # e.g. a newer afedpg's: RuleState(**rule_state) would raise inside the server
+        return f"unknown entry {unknown[0]!r} in its rule state"
+    return None
 
 
 def state_problem(state: dict[str, Any]) -> str | None:
-    """What makes a loaded checkpoint unusable, or None: what it holds is checked, not that it holds
-    everything (older checkpoints lack some entries). Unchecked, a NaN theta or a negative counter passes
-    into the server and fails only after Ray has started and progress.csv has been cut."""
+    """What makes a loaded checkpoint unusable, or None: what its entries hold (call it once
+    :func:`entries_problem` has found them all). Unchecked, a NaN theta or a negative counter passes into
+    the server and fails only after Ray has started and progress.csv has been cut."""
     rule = state["rule_state"]
     if rule["version"] < 0:
         return f"update version {rule['version']} is negative"
     for name in COUNTERS:
         value = state.get(name)
-        if value is not None and (not _is_count(value) or value < 0):
+        if (value is not None or name in REQUIRED_ENTRIES) and (not _is_count(value) or value < 0):
             return f"{name} is {value!r}, not a count"
-    size = state.get("num_params")
-    if size is not None and (not _is_count(size) or size < 1):
+    size = state["num_params"]
+    if not _is_count(size) or size < 1:
         return f"num_params is {size!r}, not a count"
+    problem = _containers_problem(state)
+    if problem:
+        return problem
     for name in RULE_ARRAYS:
         if rule.get(name) is None:
             continue
@@ -103,10 +154,9 @@ def state_problem(state: dict[str, Any]) -> str | None:
             if problem:
                 return problem
     for name in ("obs_stats", "return_stats"):
-        if state.get(name) is not None:
-            problem = _stats_problem(name, state[name])
-            if problem:
-                return problem
+        problem = _stats_problem(name, state[name])
+        if problem:
+            return problem
     robust = state.get("robust")
     if robust is not None:
         problem = _robust_problem(robust, size)
@@ -118,6 +168,27 @@ def state_problem(state: dict[str, Any]) -> str | None:
     elapsed = state.get("elapsed")
     if elapsed is not None and not (_is_number(elapsed) and math.isfinite(elapsed) and elapsed >= 0):
         return f"elapsed is {elapsed!r}, not a number of seconds"
+    return None
+
+
+def _containers_problem(state: dict[str, Any]) -> str | None:
+    """Why the containers and RNG states restore copies (cheap checks: types, counts, finite returns) are
+    unusable, or None: a list for a dict, or a string for a generator state, fails inside the server."""
+    for name, what in (("agent_versions", "agent to update version"), ("rejected", "reason to count")):
+        value = state[name]
+        if not isinstance(value, dict) or not all(_is_count(n) and n >= 0 for n in value.values()):
+            return f"{name} is not a mapping of {what}"
+    returns = state["recent_returns"]
+    if not isinstance(returns, (list, tuple)) or not all(_is_number(r) and math.isfinite(r) for r in returns):
+        return "recent_returns is not a list of finite numbers"
+    try:  # a scratch generator takes the state as the global ones would, without touching them
+        torch.Generator().set_state(state["torch_rng"])
+    except Exception:  # noqa: BLE001 - whatever torch refuses, restore would too
+        return "torch_rng is not a torch random generator state"
+    try:
+        np.random.RandomState().set_state(state["numpy_rng"])
+    except Exception:  # noqa: BLE001 - whatever numpy refuses, restore would too
+        return "numpy_rng is not a numpy random generator state"
     return None
 
 

@@ -44,6 +44,9 @@ class GradientMeta:
     """Ray node the agent ran on (for the straggler table)."""
     return_delta: RunningStats | None = None
     """Statistics of the discounted returns seen in this iteration (reward scaling)."""
+    sent_at: float = 0.0
+    """Wall-clock time (``time.time()``) the reply left the agent, after its modelled padding: replies the
+    driver finds ready together are applied in this order (clocks of different nodes differ by their skew)."""
 
 
 @dataclass(frozen=True)

@@ -65,22 +65,31 @@ class RunLog:
         self._listeners.append(callback)
 
     def record(self, rec: UpdateRecord) -> None:
-        """Log one server update (accepted or rejected)."""
+        """Log one server update (accepted or rejected): :meth:`write_row`, then :meth:`notify`."""
+        self.write_row(rec)
+        self.notify(rec)
+
+    def write_row(self, rec: UpdateRecord) -> None:
+        """The record's progress.csv row and the counters a checkpoint relies on: quick, nothing that blocks."""
         row = dataclasses.asdict(rec)
         self._progress.writerow(row)
         self.rows += 1
         self.superseded += rec.reason == SUPERSEDED
         self.last = rec
-        if not rec.accepted and rec.reason != SUPERSEDED and rec.reason not in self._rejection_reasons:
-            self._rejection_reasons.add(rec.reason)  # logged once per reason; progress.csv has every one
-            self.event(
-                "rejected", rec.agent, f"first gradient rejected for {rec.reason} (update {rec.update})", rec.wall_time
-            )
         if rec.accepted:
             self.accepted += 1
             self.delay_sum += rec.delay
             self._times.append((time.monotonic(), rec.update))
             self._delays.append(rec.delay)
+
+    def notify(self, rec: UpdateRecord) -> None:
+        """What follows a written row: the first rejection's event, TensorBoard, the progress bar and the
+        listeners (these may be slow, or block)."""
+        if not rec.accepted and rec.reason != SUPERSEDED and rec.reason not in self._rejection_reasons:
+            self._rejection_reasons.add(rec.reason)  # logged once per reason; progress.csv has every one
+            self.event(
+                "rejected", rec.agent, f"first gradient rejected for {rec.reason} (update {rec.update})", rec.wall_time
+            )
         if self._tb is not None and rec.accepted:
             step = rec.samples_total
             if not math.isnan(rec.return_mean):
@@ -164,6 +173,12 @@ class RunLog:
         self._events_file.flush()
         if self._tb is not None:
             self._tb.flush()
+
+    def sync_progress(self) -> None:
+        """Make the progress.csv rows written so far durable. Line buffering hands each row to the OS at once
+        (a killed driver loses none), but a power loss could still lose them after a checkpoint that counts
+        them was written, and a resume refuses a progress.csv shorter than its checkpoint."""
+        os.fsync(self._progress_file.fileno())
 
     def close(self) -> None:
         """Flush and close everything."""
@@ -257,6 +272,28 @@ def progress_problem(path: Path) -> str | None:
         return f"not a progress.csv afedpg wrote ({type(err).__name__}: {err})"
     except OSError as err:
         return f"cannot read it ({err.strerror or err})"
+    return None
+
+
+def progress_shortfall(path: Path, version: int, keep_rows: int | None = None) -> str | None:
+    """How ``path`` falls short of the rows logged before the checkpoint at ``version`` (which recorded
+    ``keep_rows`` of them), or None (also if it does not exist: a resume then starts a new file).
+
+    A resume keeps the first ``keep_rows`` rows and appends after them; fewer (a truncated file, or
+    another run's) would leave a silent gap in the log, its update numbers jumping. Older checkpoints
+    (no row count) compare the last row's update: every update up to ``version`` was logged before it.
+    Call it on a file :func:`progress_problem` has accepted.
+    """
+    if not path.is_file():
+        return None
+    rows = read_progress(path)
+    if keep_rows is not None:
+        if len(rows) < keep_rows:
+            return f"has {len(rows)} row{'' if len(rows) == 1 else 's'} but the checkpoint was taken after {keep_rows}"
+        return None
+    last = int(rows[-1]["update"]) if rows else 0
+    if last < version:
+        return f"ends at update {last} but the checkpoint was taken at update {version}"
     return None
 
 

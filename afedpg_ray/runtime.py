@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,11 @@ from afedpg_ray.agent import RolloutAgent
 from afedpg_ray.checkpoint import save_checkpoint
 from afedpg_ray.config import TrainConfig, first_line
 from afedpg_ray.heterogeneity import parse_profile
-from afedpg_ray.messages import SUPERSEDED, UpdateRecord
+from afedpg_ray.messages import SUPERSEDED, GradientMeta, UpdateRecord
 from afedpg_ray.placement import BUSY, agent_options, placement_problem
 from afedpg_ray.runlog import RunLog
 from afedpg_ray.server import ParameterServer
-from afedpg_ray.signals import ctrl_c_deferred
+from afedpg_ray.signals import ctrl_c_deferred, stops_held, stops_holdable
 
 MAX_AGENT_RESTARTS = 3
 """Restarts per agent before the run continues without it."""
@@ -39,6 +40,9 @@ RECORD_BATCH = 16
 RECORD_LAG_S = 0.1
 """The loop logs the server's records once this many are waiting or this long has passed: checking
 after every update costs a ``ray.wait`` per update, about a fifth of the loop at 300 updates/s."""
+STOP_CHECKPOINT_S = 10.0
+"""How long a run stopped by Ctrl-C or SIGTERM waits for the server's state to take a final checkpoint (a job
+scheduler's grace period before SIGKILL is usually 30 s or more)."""
 REJECTED_STREAK_PER_AGENT = 20
 """The run fails after this many consecutive rejected arrivals per agent (times ``--agents``). The budget
 counts accepted samples only, so a run whose every gradient is rejected (a too small --max-grad-norm, NaN
@@ -188,6 +192,15 @@ class RayRunner:
         self._saving: Future | None = None
         self._records: deque[tuple[Any, int, int]] = deque()
         """Update records not yet logged, with the samples each update carries and its sender, oldest first."""
+        self._round: Any = None
+        """The synchronous loop's last round's records (a reference), until they are read."""
+        self._round_records: deque[UpdateRecord] = deque()
+        """That round's records read but not yet logged."""
+        self._restoring = False
+        self._saved_version: int | None = int(resume_state["rule_state"]["version"]) if resume_state else None
+        """Version of the last checkpoint on disk (written by the writer thread)."""
+        self._server_rows = log.rows
+        """progress.csv rows when the current server was created: it emits one record per later row."""
         self._last_drain = time.monotonic()
         self.incarnation = int(resume_state["rule_state"]["version"]) if resume_state else 0
         self.samples_total = int(resume_state["samples_total"]) if resume_state else 0
@@ -362,7 +375,13 @@ class RayRunner:
         self.last_state = self._server_call(self.server.export_state.remote())
         self.last_state["progress_rows"] = self.log.rows  # every submitted update is logged by now
         self._flush_checkpoint()  # one write at a time, in order; surfaces a failed write
-        self._saving = self._writer.submit(save_checkpoint, self.run_dir, self.last_state)
+        self._saving = self._writer.submit(self._save, self.last_state)
+
+    def _save(self, state: dict[str, Any]) -> None:
+        """Write ``state`` as the checkpoint, once the progress.csv rows it counts are on disk."""
+        self.log.sync_progress()
+        save_checkpoint(self.run_dir, state)
+        self._saved_version = int(state["rule_state"]["version"])
 
     def _flush_checkpoint(self) -> None:
         """Wait until the last checkpoint taken is on disk."""
@@ -373,6 +392,10 @@ class RayRunner:
     def _restore_server(self, reason: str) -> None:
         """Recreate the server from the last checkpoint (bounded retries, then give up); a new server that
         dies during its own restore counts as one more death and is retried the same way."""
+        self._restoring = True  # until the log is rolled back: a stop meanwhile keeps the checkpoint on disk
+        self._flush_checkpoint()  # its writer fsyncs progress.csv, which the rollback replaces
+        self._records.clear()  # the dead server's replies: the loop starts afresh
+        self._round, self._round_records = None, deque()
         while True:
             self.stats.server_restores += 1
             if self.stats.server_restores > MAX_SERVER_RESTORES:
@@ -387,13 +410,15 @@ class RayRunner:
         version = int(self.last_state["rule_state"]["version"])
         self.samples_total = int(self.last_state["samples_total"])
         self._rejected.clear()
-        self._last_update = version
-        self._fault("server_restored", None, f"server died ({reason}); restored at update {version}")
         # updates logged after the checkpoint were lost with the server and will be applied again
         dropped = self.log.rollback(version, self.samples_total, self.last_state.get("progress_rows"))
+        self._last_update = version
+        self._server_rows = self.log.rows
+        self._fault("server_restored", None, f"server died ({reason}); restored at update {version}")
         if dropped:
             message = f"dropped {dropped} progress.csv rows past update {version} (lost with the server)"
             self.log.event("progress_rolled_back", None, message, self._elapsed())
+        self._restoring = False
 
     def _fault(self, kind: str, agent: int | None, message: str) -> None:
         """Log a fault in events.csv and count it in the server's metrics (fire and forget)."""
@@ -483,6 +508,11 @@ class RayRunner:
     def run(self) -> LoopStats:
         """Drive the loop (asynchronous or synchronous) until the sample budget is spent."""
         loop = self._run_sync if self.config.synchronous else self._run_async
+        with stops_holdable():
+            return self._run(loop)
+
+    def _run(self, loop: Callable[[], None]) -> LoopStats:
+        """:meth:`run`, with Ctrl-C and SIGTERM holdable."""
         try:
             while True:
                 try:
@@ -492,12 +522,14 @@ class RayRunner:
                     break
                 except ServerLostError as lost:
                     self._restore_server(str(lost))
-        except BaseException:
-            self._kill_actors()  # a failed run frees its names and resources for the next run on the cluster
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Terminated): keep what was trained, then stop
+            self.log.event("stopped", None, self._checkpoint_on_stop(), self._elapsed())
             raise
         finally:
             self._writer.shutdown(wait=True)  # no idle writer thread per run (Tune runs many in one process)
-        self._kill_actors()  # the final checkpoint holds everything the caller needs
+            # finished (the final checkpoint holds everything the caller needs), failed or stopped: free the
+            # names and resources for the next run on the cluster
+            self._kill_actors()
         return self.stats
 
     def shutdown(self) -> None:
@@ -513,18 +545,32 @@ class RayRunner:
         if self.server is not None:
             ray.kill(self.server, no_restart=True)
 
-    def _after_update(self, record: UpdateRecord) -> bool:
-        """Log one update record; returns whether a checkpoint is due after it."""
-        self.log.record(record)
+    def _after_update(self, record: UpdateRecord, take: Callable[[], object]) -> bool:
+        """Log one update record, calling ``take`` to remove it from its queue; returns whether a checkpoint
+        is due after it.
+
+        Taking it, the driver's counters and its progress.csv row happen under :func:`stops_held`, so a
+        Ctrl-C finds all or none of them done; the slower part of logging (progress bar, TensorBoard,
+        listeners) follows outside."""
+        with stops_held():
+            take()
+            due = self._account(record)
+        self.log.notify(record)
+        if len(self._rejected) >= REJECTED_STREAK_PER_AGENT * self.config.agents:
+            raise RunError(rejection_message(self._rejected, self.config))
+        return due
+
+    def _account(self, record: UpdateRecord) -> bool:
+        """The driver's counters and the record's row; whether a checkpoint is due after it."""
         if not record.accepted and record.reason != SUPERSEDED:
             self._rejected.append(record)
-            if len(self._rejected) >= REJECTED_STREAK_PER_AGENT * self.config.agents:
-                raise RunError(rejection_message(self._rejected, self.config))
+            self.log.write_row(record)
             return False
         self._rejected.clear()
         self.samples_total = max(self.samples_total, record.samples_total)  # superseded samples were spent too
         # due once per update reached: fedpg's round and rennala's collection log several rows per update
         stepped, self._last_update = record.update != self._last_update, record.update
+        self.log.write_row(record)
         return stepped and record.accepted and record.update % self.config.checkpoint_every == 0
 
     def _drain_records(self, block: bool) -> None:
@@ -545,14 +591,16 @@ class RayRunner:
             count = next((i for i, ref in enumerate(refs) if ref not in done), len(refs))
         due = False
         while count > 0 or (due and self._records):  # a due checkpoint first logs every submitted update
-            ref, _samples, agent_id = self._records.popleft()
-            count -= 1
+            ref, _samples, agent_id = self._records[0]  # popped once read: a Ctrl-C in the read leaves it queued
             try:
                 record = self._server_call(ref)
             except GradientLostError as lost:
+                self._records.popleft()
+                count -= 1
                 self._fault("gradient_lost", agent_id, f"update dropped, its gradient was lost on the way: {lost}")
                 continue
-            due = self._after_update(record) or due
+            count -= 1
+            due = self._after_update(record, self._records.popleft) or due
         if due:
             self._checkpoint()
 
@@ -582,22 +630,27 @@ class RayRunner:
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             if not ready:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=self._wait_timeout())
+            if self._budget_spent(block=False):
+                continue  # the replies stay in flight, like every other agent's work at the end
+            arrivals: list[tuple[Any, Any, AgentSlot, Any]] = []
             for meta_ref in ready:
-                if self._budget_spent(block=False):
-                    break  # the rest stay in flight, like every other agent's work at the end
                 slot, grad_ref = pending.pop(meta_ref)
                 try:
-                    meta = ray.get(meta_ref)
+                    arrivals.append((ray.get(meta_ref), meta_ref, slot, grad_ref))
                 except RayError as err:
                     _read_failed(grad_ref)
                     if self._classify_agent_failure(slot, err):
                         meta_ref, grad_ref = self._submit(slot, self.server.dispatch.remote(slot.agent_id))
                         pending[meta_ref] = (slot, grad_ref)
+            for meta, meta_ref, slot, grad_ref in in_arrival_order(arrivals):
+                if self._budget_spent(block=False):
+                    pending[meta_ref] = (slot, grad_ref)  # stays in flight, like every other agent's work at the end
                     continue
-                dispatch_ref, record_ref = self.server.apply.options(num_returns=2).remote(meta, grad_ref)
+                with stops_held():  # an update submitted is queued for the log
+                    dispatch_ref, record_ref = self.server.apply.options(num_returns=2).remote(meta, grad_ref)
+                    self._records.append((record_ref, meta.samples, slot.agent_id))
                 next_meta_ref, next_grad_ref = self._submit(slot, dispatch_ref)
                 pending[next_meta_ref] = (slot, next_grad_ref)
-                self._records.append((record_ref, meta.samples, slot.agent_id))
 
     def _budget_spent(self, block: bool = True) -> bool:
         """Whether the sample budget is spent; with ``block``, decided on applied updates only.
@@ -637,18 +690,89 @@ class RayRunner:
             if not metas:
                 dispatch_ref = None
                 continue
-            dispatch_ref, records_ref = self.server.apply_round.options(num_returns=2).remote(metas, *grads)
+            with stops_held():  # a round submitted is queued for the log
+                dispatch_ref, self._round = self.server.apply_round.options(num_returns=2).remote(metas, *grads)
             if input_lost:  # that agent sat the round out: only dispatch_round registers it at the next point
                 dispatch_ref = None
             try:
-                records = self._server_call(records_ref)
+                if self._log_round():
+                    self._checkpoint()
             except GradientLostError as lost:  # the round never ran; the next one starts from a fresh dispatch
                 self._fault("gradient_lost", None, f"round dropped, a gradient was lost on the way: {lost}")
                 dispatch_ref = None
-                continue
-            due = [self._after_update(record) for record in records]
-            if any(due):
-                self._checkpoint()
+
+    def _log_round(self) -> bool:
+        """Log the records of the round submitted last (if not yet logged); returns whether a checkpoint is due."""
+        if self._round is not None:
+            try:
+                records = self._server_call(self._round)  # a Ctrl-C while waiting leaves it to be read again
+            except GradientLostError:
+                self._round = None  # the round never ran
+                raise
+            self._round = None
+            self._round_records.extend(records)
+        due = False
+        while self._round_records:
+            due = self._after_update(self._round_records[0], self._round_records.popleft) or due
+        return due
+
+    def _checkpoint_on_stop(self) -> str:
+        """After Ctrl-C or SIGTERM: log the updates the server has applied and checkpoint them, so that a
+        resume redoes none. Returns what happened, for the log: the checkpoint's version, or why the last
+        one written stands (no answer within ``STOP_CHECKPOINT_S``, a second Ctrl-C, a server restore under
+        way, a log that does not hold every record the server emitted - a stop between submitting an
+        update and logging it)."""
+        try:
+            if self._restoring:
+                return f"stopped during a server restore; {self._stands()}"
+            if self.server is None:
+                return f"no server; {self._stands()}"
+            state_ref = self.server.export_state.remote()  # runs after every update already submitted
+            emitted_ref = self.server.emitted.remote()
+            ready, _ = ray.wait([emitted_ref], num_returns=1, timeout=STOP_CHECKPOINT_S)
+            if not ready:
+                return f"the server did not answer within {STOP_CHECKPOINT_S:g} s; {self._stands()}"
+            self._drain_records(block=True)  # their records are ready: the server ran them before the export
+            try:
+                self._log_round()
+            except GradientLostError:
+                pass  # that round never ran: nothing to log
+            state, emitted = ray.get([state_ref, emitted_ref])
+            logged = self.log.rows - self._server_rows
+            version = int(state["rule_state"]["version"])
+            if emitted != logged:
+                return f"the server emitted {emitted} records, the log holds {logged}; {self._stands()}"
+            if version != self._last_update:
+                return f"the server is at update {version}, the log at {self._last_update}; {self._stands()}"
+            state["progress_rows"] = self.log.rows
+            self._flush_checkpoint()
+            self._save(state)
+            self.last_state = state
+            return f"final checkpoint at update {version}"
+        except KeyboardInterrupt:
+            return f"stopped again while taking the final checkpoint; {self._stands()}"
+        except Exception as err:  # noqa: BLE001 - any failure: the last checkpoint written stands
+            return f"no final checkpoint ({first_line(err)}); {self._stands()}"
+
+    def _stands(self) -> str:
+        """Which checkpoint a resume continues from when no final one was taken."""
+        try:
+            self._flush_checkpoint()  # a periodic checkpoint being written lands first
+        except Exception:  # noqa: BLE001 - a failed write: the one before it stands
+            pass
+        if self._saved_version is None:
+            return "no checkpoint was written"
+        return f"the last checkpoint, at update {self._saved_version}, stands"
+
+
+def in_arrival_order(arrivals: list[tuple[GradientMeta, Any, Any, Any]]) -> list[tuple[GradientMeta, Any, Any, Any]]:
+    """Replies found ready together, ``(meta, ...)`` tuples, in the order their agents sent them.
+
+    ``ray.wait`` lists ready references in the order they were passed (dispatch order): a reply that
+    waited behind the driver (draining records, a checkpoint) would otherwise be applied before one sent
+    earlier, and its delay counted differently from the order the gradients really arrived in.
+    """
+    return sorted(arrivals, key=lambda arrival: arrival[0].sent_at)
 
 
 def rejection_message(rejected: list[UpdateRecord], config: TrainConfig) -> str:

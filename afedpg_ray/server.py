@@ -81,6 +81,8 @@ class ParameterServer:
         self.episodes_total = 0
         self.recent_returns: deque[float] = deque(maxlen=RETURN_WINDOW)
         self.rejected: dict[str, int] = {}
+        self.records_emitted = 0
+        """Update records this server instance has returned (one progress.csv row each; not checkpointed)."""
         self.superseded = 0
         """rennala: gradients computed at a point already stepped past (their samples count, they do not)."""
         self.start_time = time.time() if start_time is None else start_time
@@ -163,6 +165,11 @@ class ParameterServer:
     def note_fault(self, kind: str, agent: int | None) -> None:
         """Record a fault the driver observed, so it shows in the dashboard's metrics."""
         self.metrics.observe_fault(kind, agent)
+
+    def emitted(self) -> int:
+        """Update records returned since this server was created: the driver's final checkpoint on Ctrl-C is
+        consistent with progress.csv only if it logged exactly these."""
+        return self.records_emitted
 
     def pid(self) -> int:
         """Process id of the server (chaos tests kill it)."""
@@ -326,6 +333,7 @@ class ParameterServer:
             agent_iteration_seconds=meta.compute_seconds + meta.wait_seconds,
         )
         self.metrics.observe(record)
+        self.records_emitted += 1
         return record
 
     def policy_snapshot(self) -> dict:

@@ -83,3 +83,86 @@ def ctrl_c_deferred() -> Iterator[None]:
         yield
     if pressed:
         raise KeyboardInterrupt
+
+
+class _Holds:
+    """State of :func:`stops_holdable`'s dispatcher: how deep in :func:`stops_held` blocks the main thread
+    is, the signals caught there, and the handlers the dispatcher stands in for."""
+
+    depth = 0
+    caught: list[int] = []
+    handlers: dict[int, Any] = {}
+
+
+STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _deliver(signum: int, frame: Any) -> None:
+    """Hand ``signum`` to the handler the dispatcher stands in for, as if it had come now."""
+    handler = _Holds.handlers.get(signum, signal.SIG_DFL)
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:  # SIGTERM's default: the process ends, as it would have
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _dispatch(signum: int, frame: Any) -> None:
+    if _Holds.depth == 0 or signum in _Holds.caught:  # not held, or sent again: the user insists
+        _deliver(signum, frame)
+    else:
+        _Holds.caught.append(signum)
+
+
+@contextmanager
+def stops_holdable() -> Iterator[None]:
+    """Within the block, Ctrl-C and SIGTERM go through a dispatcher that :func:`stops_held` can hold; outside
+    such a hold they reach the handlers in place before (enter this after those are installed). Main
+    thread only; installed once (per run), so a signal never finds a handler half swapped."""
+    if threading.current_thread() is not threading.main_thread() or _Holds.handlers:
+        yield
+        return
+    installed: dict[int, Any] = {}
+    try:
+        for signum in STOPS:
+            handler = signal.getsignal(signum)
+            if handler is not None:  # None: a handler not installed from Python, left alone
+                _Holds.handlers[signum] = handler
+                installed[signum] = signal.signal(signum, _dispatch)
+        yield
+    finally:
+        for signum, handler in installed.items():
+            signal.signal(signum, handler)  # a signal between two restores still reaches its handler
+        _Holds.handlers = {}
+        _Holds.caught = []
+
+
+@contextmanager
+def stops_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM inside the block and deliver them when it ends (within :func:`stops_holdable`;
+    elsewhere, including other threads, it does nothing).
+
+    For a few quick steps that must not be cut in two - an update submitted to the server and queued for
+    the log, a record taken off that queue, counted and written - so that a stop finds the log holding
+    every update the server applied and can take a final checkpoint. Wrap nothing slow or blocking in it:
+    a signal sent twice is delivered at once. If the block raises, its exception goes on and a held
+    Ctrl-C is dropped (the run stops on that exception); a held SIGTERM is still recorded.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _Holds.depth += 1
+    try:
+        yield
+    except BaseException:
+        _Holds.depth -= 1
+        if _Holds.depth == 0:
+            if signal.SIGTERM in _Holds.caught:
+                SIGTERM_RECEIVED.set()
+            _Holds.caught = []
+        raise
+    _Holds.depth -= 1
+    if _Holds.depth == 0 and _Holds.caught:
+        caught, _Holds.caught = _Holds.caught, []
+        # SIGTERM first: a job scheduler's stop (exit 143) outranks a Ctrl-C pressed meanwhile
+        _deliver(signal.SIGTERM if signal.SIGTERM in caught else caught[0], None)

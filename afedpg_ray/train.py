@@ -19,7 +19,7 @@ from afedpg_ray.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpo
 from afedpg_ray.config import ConfigError, TrainConfig, check_env_id, first_line, load_config
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
-from afedpg_ray.runlog import RunLog, cut_progress, progress_problem
+from afedpg_ray.runlog import RunLog, cut_progress, progress_problem, progress_shortfall
 from afedpg_ray.runtime import RayRunner, connect, status_address, watch_hint
 from afedpg_ray.server import policy_snapshot_of
 from afedpg_ray.signals import SIGTERM_RECEIVED, Terminated, sigterm_raises_terminated
@@ -127,6 +127,8 @@ def _train_connected(
     log = RunLog(
         out_dir, config.samples, config.progress, config.tensorboard, append=resuming, initial_samples=initial_samples
     )
+    if resume_state is not None:  # the rows the cut kept (none if progress.csv was moved aside): a server
+        resume_state["progress_rows"] = log.rows  # restored before the next checkpoint rolls back to these
     log.note(watch_hint(status_address(config.address), dashboard, name_prefix, token_auth_on()))
     prior_wall = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0  # training time before the resume
     if resume_state is not None:
@@ -188,23 +190,22 @@ def load_resumable(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
     Checked before anything is written: the checkpoint must be intact (finite parameters, counts that
     are counts), the policy must have its number of parameters and observation size (a checkpoint
     copied from another run, or a config.json edited by hand, is refused here rather than inside the
-    server), progress.csv (cut and appended to) must be afedpg's, and the budget must exceed what the
-    run has already spent - unless the run has
-    no policy.pt: then it stopped (Ctrl-C, SIGTERM) after its final checkpoint but before writing it,
-    and the resume only finishes it (no update is applied; policy.pt and summary.json are written).
+    server), progress.csv (cut and appended to) must be afedpg's and hold at least the rows logged before
+    the checkpoint (or be absent), and the budget must exceed what the run has already spent - unless the
+    run has no policy.pt: then it stopped (Ctrl-C, SIGTERM) after its final checkpoint but before writing
+    it, and the resume only finishes it (no update is applied; policy.pt and summary.json are written).
     """
-    state = load_checkpoint(run_dir)  # its entries are consistent with each other; here, with the config
+    # complete (every entry the server's restore reads) and consistent with itself; here, with the config
+    state = load_checkpoint(run_dir)
     path = run_dir / CHECKPOINT_FILE
-    saved = state.get("num_params")  # absent only in hand-made test checkpoints
-    if saved is None and state["rule_state"].get("theta") is not None:
-        saved = np.asarray(state["rule_state"]["theta"]).size
+    saved = int(state["num_params"])
     policy, obs_dim = build_policy(config.env, config.hidden, config.estimator.log_std_init)
-    if saved is not None and int(saved) != num_params(policy):
+    if saved != num_params(policy):
         raise CheckpointError(
-            f"{path}: its policy has {int(saved)} parameters, but {config.env} with hidden sizes "
+            f"{path}: its policy has {saved} parameters, but {config.env} with hidden sizes "
             f"{list(config.hidden)} has {num_params(policy)}; it belongs to another run"
         )
-    if state.get("obs_stats") is not None and np.asarray(state["obs_stats"][1]).size != obs_dim:
+    if np.asarray(state["obs_stats"][1]).size != obs_dim:
         raise CheckpointError(
             f"{path}: its observation statistics have {np.asarray(state['obs_stats'][1]).size} dimensions, "
             f"but {config.env}'s observations {obs_dim}; it belongs to another run"
@@ -216,7 +217,13 @@ def load_resumable(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
             f"{progress}: {problem}; restore the run's own file, or move this one aside to resume without "
             "the rows before the checkpoint"
         )
-    spent = int(state.get("samples_total", 0))
+    shortfall = progress_shortfall(progress, int(state["rule_state"]["version"]), state.get("progress_rows"))
+    if shortfall:  # the cut would keep them all and the run append after them: a silent gap in the log
+        raise CheckpointError(
+            f"{progress} {shortfall}; restore the run's own file, or move it aside to resume without the rows "
+            "before the checkpoint"
+        )
+    spent = int(state["samples_total"])
     # finishing a run stopped after its final checkpoint: no policy.pt yet, and the budget it was given
     finishing = not (run_dir / POLICY_FILE).is_file() and config.samples >= _saved_budget(run_dir)
     if config.samples <= spent and not finishing:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _checkpoint_util import no_ray, one_error_line, resumable_run, snapshot
+from _checkpoint_util import resume_argv as resume
 from _ray_util import released
 
 from afedpg_ray.checkpoint import CheckpointError
@@ -22,20 +24,6 @@ from afedpg_ray.config import AgentResources, TrainConfig
 
 AGENT_REQUEST_RAY_REFUSES = '{"0": {"resources": {"TPU": 3}}}'
 """Ray refuses any TPU count that is not a chip configuration (1, 2, 4 or 8) when the actor is created."""
-
-
-def no_ray(*args, **kwargs):
-    raise AssertionError("passed its checks and would start Ray")
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("afedpg: error: "), err
-    return err
-
-
-def snapshot(run: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.name != "driver.lock"}
 
 
 # -- policy.pt ----------------------------------------------------------------------------------------
@@ -108,27 +96,6 @@ def test_a_policy_with_nonsense_numbers_is_a_corrupt_file_not_a_traceback(damage
 
 
 # -- checkpoint.pt ------------------------------------------------------------------------------------
-
-
-def resumable_run(tmp_path: Path) -> tuple[Path, dict]:
-    """A run directory a driver crash leaves: config.json, a real server checkpoint at update 0, the
-    progress.csv header; returns it and the checkpoint's state."""
-    from afedpg_ray.checkpoint import save_checkpoint
-    from afedpg_ray.runlog import RunLog
-    from afedpg_ray.server import ParameterServer
-
-    run = tmp_path / "run"
-    run.mkdir()
-    config = TrainConfig(out=str(run), agents=2, batch=100, num_envs=2, samples=2000, progress=False)
-    config.save(run / "config.json")
-    RunLog(run, config.samples, show_progress=False, tensorboard=False).close()
-    state = {**ParameterServer(config).export_state(), "progress_rows": 0}
-    save_checkpoint(run, state)
-    return run, state
-
-
-def resume(run: Path) -> list[str]:
-    return ["train", "--resume", str(run), "--no-progress", "--no-tensorboard"]
 
 
 def test_an_intact_checkpoint_passes_the_checks(tmp_path, monkeypatch):

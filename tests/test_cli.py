@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from _checkpoint_util import server_state
 
 from afedpg_ray.cli import main
 
@@ -357,20 +358,18 @@ def test_ray_client_connect_retries_a_failed_server_start(monkeypatch):
     assert len(calls) == 1
 
 
-def finished_run(tmp_path, num_params: int | None = None):
-    """A run directory as a finished 5000-sample CartPole run leaves it (no training needed)."""
+def finished_run(tmp_path, foreign: bool = False):
+    """A run directory as a finished 5000-sample CartPole run leaves it (no training needed); with
+    ``foreign``, its checkpoint is another run's (a policy with other hidden sizes)."""
     from afedpg_ray.checkpoint import save_checkpoint
     from afedpg_ray.config import TrainConfig
-    from afedpg_ray.policy import build_policy
-    from afedpg_ray.policy import num_params as count
 
     run = tmp_path / "run"
     run.mkdir()
     config = TrainConfig(out=str(run), samples=5000)
     config.save(run / "config.json")
-    real = count(build_policy(config.env, config.hidden, config.estimator.log_std_init)[0])
-    state = {"rule_state": {"version": 5}, "samples_total": 5000, "progress_rows": 1}
-    save_checkpoint(run, {**state, "num_params": real if num_params is None else num_params})
+    saved_by = TrainConfig(hidden=(32, 32)) if foreign else config
+    save_checkpoint(run, server_state(saved_by, version=5, samples_total=5000, progress_rows=1))
     # one row as afedpg writes it: a resume refuses a progress.csv in another format
     header = "update,wall_time,agent,delay,samples_total,episodes_total,return_mean,accepted,reason,alpha,eta"
     (run / "progress.csv").write_text(
@@ -401,7 +400,7 @@ def test_a_refused_train_leaves_the_run_directory_as_it_was(argv, message, tmp_p
         raise AssertionError(f"{argv} passed its checks and would start Ray")
 
     monkeypatch.setattr("afedpg_ray.train.connect", no_ray)
-    run = finished_run(tmp_path, num_params=5708 if "@foreign" in argv else None)
+    run = finished_run(tmp_path, foreign="@foreign" in argv)
     if "@list-config" in argv:
         (run / "config.json").write_text("[]")
     if "@no-policy" in argv:

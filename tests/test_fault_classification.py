@@ -8,6 +8,7 @@ tests drive those decisions of :class:`~afedpg_ray.runtime.RayRunner` directly, 
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import pytest
 import ray
@@ -100,12 +101,14 @@ class FakeLog:
 
     def __init__(self) -> None:
         self.events: list[str] = []
+        self.rows = 9  # two rows past the checkpoint's 7, until the rollback
 
     def event(self, kind: str, agent: int | None, message: str, elapsed: float) -> None:
         self.events.append(kind)
 
     def rollback(self, version: int, samples: int, rows: int | None) -> int:
-        return 0
+        dropped, self.rows = self.rows - rows, rows
+        return dropped
 
 
 def restoring_runner(monkeypatch, deaths: int) -> RayRunner:
@@ -126,6 +129,8 @@ def restoring_runner(monkeypatch, deaths: int) -> RayRunner:
         log=FakeLog(),
         start=time.time(),
         _rejected=[],
+        _saving=None,
+        _records=deque(),
         _make_server=make_server,
         _fault=lambda kind, agent, message: None,
     )
@@ -137,6 +142,8 @@ def test_a_server_that_dies_during_its_restore_is_restored_again(monkeypatch):
     runner._restore_server("killed")
     assert runner.server == "server" and runner.stats.server_restores == 3
     assert (runner.samples_total, runner._last_update) == (700, 7)
+    # the log is back at the checkpoint's rows, and the new server's records are counted from there
+    assert runner.log.rows == runner._server_rows == 7 and not runner._restoring
 
 
 def test_restores_are_bounded_even_when_each_new_server_dies(monkeypatch):
@@ -229,3 +236,42 @@ def test_a_failing_agent_backs_off_then_is_dropped_and_a_run_with_none_left_stop
         runner._agent_failed(slots[1], RuntimeError("node lost"))
     with pytest.raises(RunError, match="every agent failed; last error: node lost"):
         runner._agent_failed(slots[1], RuntimeError("node lost"))
+
+
+def test_stops_held_delivers_ctrl_c_and_sigterm_when_the_block_ends():
+    import os
+    import signal
+
+    from afedpg_ray.signals import SIGTERM_RECEIVED, Terminated, sigterm_raises_terminated, stops_held, stops_holdable
+
+    steps = []
+    with sigterm_raises_terminated(), stops_holdable():
+        with pytest.raises(KeyboardInterrupt):
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                steps.append("after the signal")  # the block is not cut in two
+            steps.append("after the block")
+        assert steps == ["after the signal"]
+        with pytest.raises(Terminated):  # both held: SIGTERM (exit 143) is delivered
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGTERM)
+                steps.append("after both")
+        assert SIGTERM_RECEIVED.is_set() and steps[-1] == "after both"
+        with pytest.raises(KeyboardInterrupt):  # sent twice: the user insists, delivered at once
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+                steps.append("not reached")
+        assert steps[-1] == "after both"
+        with pytest.raises(ValueError):  # the block's own exception goes on; the held Ctrl-C is dropped
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                raise ValueError("the block failed")
+        with stops_held():  # nothing held is left over for the next block
+            steps.append("clean")
+    SIGTERM_RECEIVED.clear()  # a later run in this process was not terminated
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    with stops_held():  # outside stops_holdable nothing is held
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)

@@ -112,12 +112,85 @@ def test_killed_server_is_restored_from_its_checkpoint(tmp_path, algo):
     assert len(rolled_back) == 1 and f"past update {version}" in rolled_back[0]
 
 
-def start_driver(run_dir: Path, rows: int = 22) -> subprocess.Popen:
+class StopAt:
+    """An on_record callback raising KeyboardInterrupt at record ``n`` (a Ctrl-C landing while the log writes
+    its progress bar or listeners); with ``before_row`` the record never reaches progress.csv (a Ctrl-C
+    between the server applying an update and the driver logging it)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+
+    def __call__(self, record) -> None:
+        self.seen += 1
+        if self.seen == self.n:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("algo", ["afedpg", "fedpg", "rennala"])
+def test_a_ctrl_c_while_logging_takes_a_final_checkpoint_that_matches_the_log(tmp_path, algo):
+    from afedpg_ray.checkpoint import load_checkpoint
+    from afedpg_ray.train import TrainingInterrupted
+
+    run = config(tmp_path, algo=algo, checkpoint_every=10_000)  # only the first checkpoint is periodic
+    with pytest.raises(TrainingInterrupted):
+        train(run, on_record=StopAt(14))
+    run_dir = Path(run.out)
+    rows, state = progress(run_dir), load_checkpoint(run_dir)
+    # every update the server had applied is logged (the ones submitted after record 14 too) and counted
+    assert len(rows) >= 14 and state["progress_rows"] == len(rows)
+    assert state["rule_state"]["version"] == int(rows[-1]["update"]) > 0
+    assert state["samples_total"] == max(int(r["samples_total"]) for r in rows)
+    assert [e["message"] for e in events(run_dir) if e["kind"] == "stopped"] == [
+        f"final checkpoint at update {rows[-1]['update']}"
+    ]
+    # the resume redoes nothing: the rows stay and the run continues after them
+    assert main(["train", "--resume", str(run_dir), "--samples", "7000", "--no-progress"]) == 0
+    after = progress(run_dir)
+    assert after[: len(rows)] == rows and len(after) > len(rows)
+    assert_each_update_applied_once(after, algo)
+
+
+def test_a_ctrl_c_between_an_update_and_its_row_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    # The server applied update 12 but its row was never written (here the log fails as it writes it):
+    # a final checkpoint would count an update progress.csv lacks, so the last one written stands and the
+    # resume redoes the updates after it.
+    from afedpg_ray.checkpoint import load_checkpoint
+    from afedpg_ray.runlog import RunLog
+    from afedpg_ray.train import TrainingInterrupted
+
+    write_row = RunLog.write_row
+
+    def interrupted_at_12(self, record):
+        if record.update == 12 and record.accepted:
+            raise KeyboardInterrupt
+        write_row(self, record)
+
+    monkeypatch.setattr(RunLog, "write_row", interrupted_at_12)
+    run = config(tmp_path)
+    with pytest.raises(TrainingInterrupted):
+        train(run)
+    run_dir = Path(run.out)
+    stopped = [e["message"] for e in events(run_dir) if e["kind"] == "stopped"]
+    assert len(stopped) == 1
+    found = re.fullmatch(
+        r"the server emitted (\d+) records, the log holds (\d+); the last checkpoint, at update (\d+), stands",
+        stopped[0],
+    )
+    assert found, stopped
+    emitted, logged, kept = map(int, found.groups())
+    assert emitted == logged + 1 == len(progress(run_dir)) + 1  # the one record never logged
+    assert load_checkpoint(run_dir)["rule_state"]["version"] == kept < 12
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run_dir), "--samples", "7000", "--no-progress"]) == 0
+    assert_each_update_applied_once(progress(run_dir), "afedpg")
+
+
+def start_driver(run_dir: Path, rows: int = 22, checkpoint_every: int = 5) -> subprocess.Popen:
     """``afedpg train`` (CartPole, ``linear`` schedule, checkpoint every 5 updates) in a subprocess, once it has
     ``rows`` updates."""
     address = ray.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "afedpg_ray.cli", "train", "--env", "CartPole-v1", "--agents", "2"]
-    cmd += ["--batch", "100", "--num-envs", "2", "--samples", "200000", "--checkpoint-every", "5"]
+    cmd += ["--batch", "100", "--num-envs", "2", "--samples", "200000", "--checkpoint-every", str(checkpoint_every)]
     cmd += ["--schedule", "linear"]  # a schedule with a horizon: a resume with a new budget keeps it
     cmd += ["--hetero", "none", "--no-progress", "--no-tensorboard", "--out", str(run_dir), "--address", address]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -132,16 +205,25 @@ def start_driver(run_dir: Path, rows: int = 22) -> subprocess.Popen:
     ("sent", "code", "what"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")]
 )
 def test_ctrl_c_or_sigterm_stops_the_driver_with_how_to_resume(sent, code, what, tmp_path):
+    from afedpg_ray.checkpoint import load_checkpoint
+
     run_dir = tmp_path / "run"
-    proc = start_driver(run_dir, rows=12)
+    proc = start_driver(run_dir, rows=12, checkpoint_every=10_000)  # no periodic checkpoint after the first
     proc.send_signal(sent)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr.decode()[-2000:]
     last = stderr.decode().strip().splitlines()[-1]
     assert last == f"afedpg: error: {what}; continue the run with: afedpg train --resume {run_dir}", last
+    # a final checkpoint holds every update logged: a resume redoes none of them
+    rows = progress(run_dir)
+    state = load_checkpoint(run_dir)
+    assert state["rule_state"]["version"] == int(rows[-1]["update"]) >= 12 and state["progress_rows"] == len(rows)
+    stopped = [e["message"] for e in events(run_dir) if e["kind"] == "stopped"]
+    assert stopped == [f"final checkpoint at update {rows[-1]['update']}"], stopped
     # the run stopped cleanly: resumable, and its actors are gone (a rerun may take their names)
-    done = int(progress(run_dir)[-1]["samples_total"])  # how far it got before the signal stopped it
+    done = int(rows[-1]["samples_total"])  # how far it got before the signal stopped it
     assert main(["train", "--resume", str(run_dir), "--samples", str(done + 1000), "--no-progress"]) == 0
+    assert progress(run_dir)[: len(rows)] == rows  # nothing cut: the resume continued from the last row
 
 
 def test_driver_sigkill_then_resume_continues_counters(tmp_path):

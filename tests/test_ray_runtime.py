@@ -53,6 +53,40 @@ def test_linear4_fast_agents_deliver_more_and_delays_are_recorded(tmp_path):
     assert result.samples_total >= 3200 and result.mean_delay > 0
 
 
+def test_replies_ready_together_are_applied_in_the_order_they_were_sent(tmp_path, monkeypatch):
+    # Agents 0-3 are dispatched in that order at the start, but agent i's reply leaves it after a modelled
+    # communication delay of 3 - i seconds. The first record the driver logs holds it for 4 s, so several
+    # replies are ready together when it looks again, and ray.wait lists them in dispatch order. Each batch
+    # the loop orders is recorded; the rows must follow the agents' send times within it.
+    import time
+
+    from afedpg_ray import runtime
+
+    batches: list[list[tuple[float, int]]] = []
+    order = runtime.in_arrival_order
+
+    def recorded(arrivals):
+        batches.append([(meta.sent_at, meta.agent_id) for meta, *_ in arrivals])
+        return order(arrivals)
+
+    monkeypatch.setattr(runtime, "in_arrival_order", recorded)
+    held = []
+
+    def hold_once(record):
+        if not held:
+            held.append(record.agent)
+            time.sleep(4.0)
+
+    # budget: agent 3 may send several replies before the first record is logged
+    config = tiny(tmp_path, hetero="none", comm_delay=(3.0, 2.0, 1.0, 0.0), samples=64 * 16)
+    agents = [int(r["agent"]) for r in rows(train(config, on_record=hold_once).out_dir)]
+    reordered = [batch for batch in batches if batch != sorted(batch)]
+    assert reordered, batches  # the hold made replies ready together out of their send order
+    for batch in reordered:
+        sent_order = [agent for _, agent in sorted(batch)]
+        assert any(agents[i : i + len(batch)] == sent_order for i in range(len(agents))), (sent_order, agents)
+
+
 def test_staleness_power_weighs_each_arrival_by_its_recorded_delay(tmp_path):
     result = train(tiny(tmp_path, algo="vanilla", hetero="linear:4", iteration_time=0.05, staleness_power=1.0))
     progress = rows(result.out_dir)
@@ -116,6 +150,32 @@ def test_records_are_logged_once_in_order_and_checkpoints_match_the_log(tmp_path
     assert [int(r["samples_total"]) for r in progress] == sorted(int(r["samples_total"]) for r in progress)
     assert 2560 <= result.samples_total < 2560 + 3 * 64 + 1  # stops once the budget is applied
     assert int(load_checkpoint(Path(result.out_dir))["rule_state"]["version"]) == accepted[-1]
+
+
+def test_each_checkpoint_is_written_after_the_rows_it_counts_are_fsynced(tmp_path, monkeypatch):
+    # A power loss after a checkpoint must not leave progress.csv shorter than the rows the checkpoint
+    # counts (a resume refuses that): every save follows an fsync of progress.csv holding those rows.
+    from afedpg_ray import runtime
+    from afedpg_ray.runlog import RunLog
+
+    calls: list[tuple[str, int]] = []
+    sync, save = RunLog.sync_progress, runtime.save_checkpoint
+
+    def recorded_sync(self):
+        sync(self)
+        calls.append(("fsync", self.rows))
+
+    def recorded_save(run_dir, state):
+        calls.append(("save", state["progress_rows"]))
+        return save(run_dir, state)
+
+    monkeypatch.setattr(RunLog, "sync_progress", recorded_sync)
+    monkeypatch.setattr(runtime, "save_checkpoint", recorded_save)
+    train(tiny(tmp_path, agents=2, samples=1280, checkpoint_every=4))
+    saves = [i for i, (kind, _) in enumerate(calls) if kind == "save"]
+    assert len(saves) >= 4  # the first, every 4 updates, the final one
+    for i in saves:
+        assert calls[i - 1][0] == "fsync" and calls[i - 1][1] >= calls[i][1], calls
 
 
 def test_an_unplaceable_agent_is_reported_early_then_fails_at_the_timeout(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from _checkpoint_util import server_state
 from _ray_util import released
 
 from afedpg_ray import runlock
@@ -62,7 +63,7 @@ def test_resume_cuts_progress_by_the_same_rule(tmp_path):
         log.record(record(update))
     log.record(record(8, accepted=False, reason="norm_too_large"))
     log.close()
-    save_checkpoint(tmp_path, {"rule_state": {"version": 5}, "samples_total": 500})
+    save_checkpoint(tmp_path, server_state(version=5, samples_total=500))  # an older one: no row count
     state = load_resumable(tmp_path, TrainConfig(samples=1000))
     assert state["samples_total"] == 500
     cut_to_checkpoint(tmp_path, state)
@@ -121,7 +122,7 @@ def test_resume_of_a_live_run_is_refused_before_progress_is_touched(tmp_path):
     for update in range(1, 9):
         log.record(record(update))
     log.close()
-    save_checkpoint(tmp_path, {"rule_state": {"version": 5}, "samples_total": 500})
+    save_checkpoint(tmp_path, server_state(version=5, samples_total=500, progress_rows=5))
     before = (tmp_path / "progress.csv").read_text()
     live = hold_lock_in_another_process(tmp_path)
     try:
