@@ -148,6 +148,12 @@ class LoopStats:
     restarts: dict[int, int] = field(default_factory=dict)
     dropped: list[int] = field(default_factory=list)
     server_restores: int = 0
+    startup_seconds: float = 0.0
+    """From the runner's creation to the first dispatch: actors created and placed, first checkpoint."""
+    loop_updates: int = 0
+    """Updates this session applied (accepted records that stepped the version)."""
+    loop_seconds: float = 0.0
+    """From the first dispatch to the last of those updates (server clock): the rate's denominator."""
 
 
 class ServerLostError(RuntimeError):
@@ -182,7 +188,8 @@ class RayRunner:
         self.run_dir = run_dir
         self.prefix = name_prefix
         # The event clock continues the server's progress clock (its elapsed time is checkpointed).
-        self.start = time.time() - (float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0)
+        self._resumed_elapsed = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0
+        self.start = time.time() - self._resumed_elapsed
         self.slowdowns = parse_profile(config.hetero, config.agents, config.seed)
         delays = config.comm_delay or (0.0,)
         self.comm_delays = [delays[0] if len(delays) == 1 else delays[i] for i in range(config.agents)]
@@ -202,6 +209,8 @@ class RayRunner:
         self._server_rows = log.rows
         """progress.csv rows when the current server was created: it emits one record per later row."""
         self._last_drain = time.monotonic()
+        self._loop_started_elapsed = 0.0
+        """The run clock's reading at the first dispatch (updates' ``wall_time`` is on the same clock)."""
         self.incarnation = int(resume_state["rule_state"]["version"]) if resume_state else 0
         self.samples_total = int(resume_state["samples_total"]) if resume_state else 0
         self._last_update = self.incarnation
@@ -513,6 +522,9 @@ class RayRunner:
 
     def _run(self, loop: Callable[[], None]) -> LoopStats:
         """:meth:`run`, with Ctrl-C and SIGTERM holdable."""
+        loop_started = self._elapsed()
+        self.stats.startup_seconds = loop_started - self._resumed_elapsed
+        self._loop_started_elapsed = loop_started
         try:
             while True:
                 try:
@@ -570,6 +582,9 @@ class RayRunner:
         self.samples_total = max(self.samples_total, record.samples_total)  # superseded samples were spent too
         # due once per update reached: fedpg's round and rennala's collection log several rows per update
         stepped, self._last_update = record.update != self._last_update, record.update
+        if stepped and record.accepted:
+            self.stats.loop_updates += 1
+            self.stats.loop_seconds = max(0.0, record.wall_time - self._loop_started_elapsed)
         self.log.write_row(record)
         return stepped and record.accepted and record.update % self.config.checkpoint_every == 0
 

@@ -24,6 +24,7 @@ from afedpg_ray.messages import SUPERSEDED, Dispatch, GradientMeta, UpdateRecord
 from afedpg_ray.metrics import ServerMetrics
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import build_policy, get_flat
+from afedpg_ray.rate import RATE_WINDOW_S, RecentRate
 from afedpg_ray.rules import RuleState, UpdateRule, make_rule
 
 RETURN_WINDOW = 20
@@ -90,6 +91,7 @@ class ParameterServer:
         worker process is up, which can be after the agents' (under load, seconds), and progress.csv's
         wall times must include the agents' start-up for runs and sweeps to compare."""
         self.agent_stats: dict[int, AgentStats] = {}
+        self.recent_rate = RecentRate()
         self.metrics = ServerMetrics()
         self.robust = RobustFilter() if config.robust == "filter" else None
 
@@ -317,6 +319,8 @@ class ParameterServer:
         eta: float = float("nan"),
     ) -> UpdateRecord:
         self.agent_stats.setdefault(meta.agent_id, AgentStats()).observe(meta, delay, accepted, reason)
+        if accepted:
+            self.recent_rate.observe(time.time(), self.state.version)
         record = UpdateRecord(
             update=self.state.version,
             wall_time=time.time() - self.start_time,
@@ -342,11 +346,14 @@ class ParameterServer:
 
     def status(self) -> dict:
         """Live view for ``afedpg status``: version, rates, and per-agent straggler statistics."""
-        elapsed = time.time() - self.start_time
+        now = time.time()
+        elapsed = now - self.start_time
         return {
             "version": self.state.version,
             "elapsed": elapsed,
             "updates_per_second": self.state.version / elapsed if elapsed > 0 else 0.0,
+            "updates_per_second_recent": self.recent_rate.rate(now),
+            "rate_window_s": RATE_WINDOW_S,
             "samples_total": self.samples_total,
             "samples_budget": self.config.samples,
             "return_mean": float(np.mean(self.recent_returns)) if self.recent_returns else float("nan"),

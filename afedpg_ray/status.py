@@ -124,6 +124,14 @@ def _fmt(value: float, digits: int = 2) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _rate_text(status: dict[str, Any]) -> str:
+    """The recent update rate (servers before it was kept report only the rate since the run's start,
+    which includes start-up and, after a resume, the earlier sessions)."""
+    if "updates_per_second_recent" not in status:
+        return f"{status['updates_per_second']:.2f} updates/s since start"
+    return f"{status['updates_per_second_recent']:.2f} updates/s over the last {status['rate_window_s']:.0f}s"
+
+
 def format_status(status: dict[str, Any], name: str, now: float | None = None) -> str:
     """The straggler table for one ``ParameterServer.status()`` snapshot (pure; no Ray).
 
@@ -135,7 +143,7 @@ def format_status(status: dict[str, Any], name: str, now: float | None = None) -
     rejected_text = ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) or "0"
     where = f" (node {status['node_id'][:8]})" if status.get("node_id") else ""  # older servers do not say
     lines = [
-        f"{name}{where}: version {status['version']}, {status['updates_per_second']:.2f} updates/s, "
+        f"{name}{where}: version {status['version']}, {_rate_text(status)}, "
         f"{status['samples_total']} samples, return {_fmt(status['return_mean'], 1)}, "
         f"rejected {rejected_text}, "
         + (f"superseded {status['superseded']}, " if status.get("superseded") else "")

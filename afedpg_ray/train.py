@@ -31,9 +31,9 @@ POLICY_FILE = "policy.pt"
 class TrainResult:
     """What a finished run reports (also written as summary.json).
 
-    Return, updates, samples, ``wall_time``, updates per second, mean delay and rejections cover the
-    whole run, across resumes; restarts, dropped agents and server restores are this driver session's
-    (a resume starts every agent afresh; ``events.csv`` has every session's).
+    Return, updates, samples, ``wall_time``, mean delay and rejections cover the whole run, across
+    resumes; updates per second, start-up time, restarts, dropped agents and server restores are this
+    driver session's (a resume starts every agent afresh; ``events.csv`` has every session's).
     """
 
     out_dir: str
@@ -42,6 +42,8 @@ class TrainResult:
     samples_total: int
     wall_time: float
     updates_per_second: float
+    """Updates this session applied per second of its training loop, from the first dispatch to the last
+    update: Ray's actor start-up and placement (``startup_seconds``) and the final checkpoint are left out."""
     mean_delay: float
     rejected: dict[str, int]
     restarts: dict[int, int]
@@ -53,6 +55,9 @@ class TrainResult:
     """None for a run trained in one go; else the checkpoint's update this driver session started from."""
     session_wall_time: float = 0.0
     """Seconds this driver session trained (``wall_time`` adds the time before a resume)."""
+    startup_seconds: float = 0.0
+    """Seconds this session spent before its first dispatch: creating and placing the actors (the
+    environments are built then) and writing the first checkpoint."""
 
 
 def default_out_dir(config: TrainConfig) -> Path:
@@ -164,7 +169,7 @@ def _train_connected(
         updates=int(snapshot["version"]),
         samples_total=int(last.samples_total) if last else initial_samples,
         wall_time=wall,
-        updates_per_second=int(snapshot["version"]) / wall if wall > 0 else 0.0,
+        updates_per_second=stats.loop_updates / stats.loop_seconds if stats.loop_seconds > 0 else 0.0,
         mean_delay=log.delay_sum / log.accepted if log.accepted else 0.0,
         rejected=rejected,
         restarts=dict(stats.restarts),
@@ -173,6 +178,7 @@ def _train_connected(
         superseded=log.superseded,
         resumed_at_update=int(resume_state["rule_state"]["version"]) if resume_state else None,
         session_wall_time=session_wall,
+        startup_seconds=stats.startup_seconds,
     )
     (out_dir / "summary.json").write_text(json.dumps(result.__dict__, indent=2) + "\n")
     return result

@@ -10,6 +10,7 @@ import pytest
 from afedpg_ray.config import ConfigError
 from afedpg_ray.heterogeneity import padding_seconds, parse_profile, theoretical_speedup
 from afedpg_ray.normalizer import RunningStats
+from afedpg_ray.rate import RecentRate
 from afedpg_ray.rollout import gae
 from afedpg_ray.seedstats import (
     bootstrap_mean_ci,
@@ -447,3 +448,21 @@ def test_run_tag_is_the_actor_name_prefix():
     assert run_tag("afedpg-server-r2") == "afedpg"  # a restored server keeps its run
     assert run_tag("afedpg-3f2a1_00001-agent-7-r1") == "afedpg-3f2a1_00001"  # a sweep trial's restarted agent
     assert run_tag("") == ""
+
+
+def test_recent_rate_by_hand():
+    rate = RecentRate(window=10.0)
+    assert rate.rate(100.0) == 0.0  # no update yet
+    rate.observe(100.0, 1)  # the first update starts the clock; it is not counted
+    assert rate.rate(100.0) == 0.0
+    for t, version in ((101.0, 2), (102.0, 3), (104.0, 4)):
+        rate.observe(t, version)
+    rate.observe(104.5, 4)  # a rejection: same version, not an update
+    assert rate.rate(104.0) == pytest.approx(3 / 4)  # window not yet filled: over the 4 s since the first
+    assert rate.rate(111.5) == pytest.approx(2 / 10)  # 101.0 fell out of [101.5, 111.5]
+    assert rate.rate(200.0) == 0.0  # a stall empties the window
+
+
+def test_recent_rate_refuses_a_window_that_is_not_positive():
+    with pytest.raises(ValueError, match="window must be positive"):
+        RecentRate(window=0.0)

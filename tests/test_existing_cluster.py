@@ -219,11 +219,17 @@ for _i, _node in ((0, "5d6265e8def9bc3cbb75"), (3, "977124adcadf4d6a4b86")):
     SNAPSHOT["agents"][_i]["node_id"] = _node
 
 
+def test_format_status_shows_the_recent_rate_where_the_server_keeps_it():
+    snapshot = {**SNAPSHOT, "updates_per_second_recent": 7.25, "rate_window_s": 30.0}
+    first = status_mod.format_status(snapshot, "afedpg-server", now=1000.0).splitlines()[0]
+    assert first.startswith("afedpg-server: version 42, 7.25 updates/s over the last 30s, 2688 samples")
+
+
 def test_format_status_is_a_straggler_table():
     text = status_mod.format_status({**SNAPSHOT, "node_id": "4dd783483a1f1227"}, "afedpg-server", now=1000.0)
     lines = text.splitlines()
     assert lines[0] == (
-        "afedpg-server (node 4dd78348): version 42, 4.20 updates/s, 2688 samples, return 31.2, "
+        "afedpg-server (node 4dd78348): version 42, 4.20 updates/s since start, 2688 samples, return 31.2, "
         "rejected non_finite=1, up 10s"
     )
     assert lines[1].split() == [

@@ -253,6 +253,10 @@ def test_driver_sigkill_then_resume_continues_counters(tmp_path):
     assert summary["mean_delay"] == pytest.approx(sum(int(r["delay"]) for r in accepted) / len(accepted))
     resumed_at = summary["resumed_at_update"]
     assert 0 < resumed_at < updates[-1] and summary["wall_time"] > summary["session_wall_time"] > 0
+    # the rate is the resumed session's: its updates over its loop's time on the run's clock
+    session_rows = [r for r in accepted if int(r["update"]) > resumed_at]
+    started = float(session_rows[-1]["wall_time"]) - len(session_rows) / summary["updates_per_second"]
+    assert float(rows[resumed_at - 1]["wall_time"]) < started < float(session_rows[0]["wall_time"])
     # events.csv and progress.csv share one clock: the resume is logged at the checkpoint's time
     resumed_time = next(float(e["wall_time"]) for e in events(run_dir) if e["kind"] == "resumed")
     at_checkpoint = float(rows[resumed_at - 1]["wall_time"])

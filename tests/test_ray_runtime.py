@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -136,6 +137,13 @@ def test_outputs_and_summary(tmp_path):
     header = (out / "progress.csv").read_text().splitlines()[0].split(",")
     for column in ("update", "wall_time", "agent", "delay", "samples_total", "episodes_total", "return_mean"):
         assert column in header
+    summary = json.loads((out / "summary.json").read_text())
+    # the rate is the training loop's: from the first dispatch (after the actors started) to the last update
+    last_update = [r for r in rows(result.out_dir) if r["accepted"] == "True"][-1]
+    first_dispatch = float(last_update["wall_time"]) - result.updates / result.updates_per_second
+    assert summary["startup_seconds"] == pytest.approx(result.startup_seconds) and result.startup_seconds > 0
+    assert first_dispatch == pytest.approx(result.startup_seconds, abs=1e-6)
+    assert result.updates_per_second > result.updates / result.wall_time
 
 
 def test_records_are_logged_once_in_order_and_checkpoints_match_the_log(tmp_path):
