@@ -315,8 +315,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         fail(stop.advice(), code=stop.exit_code)
     print(
         f"done: return {result.return_mean:.1f} after {result.samples_total} samples, {result.updates} updates "
-        f"in {result.wall_time:.0f}s ({result.updates_per_second:.1f} upd/s after {result.startup_seconds:.0f}s start-up, "
-        f"mean delay {result.mean_delay:.2f}"
+        f"in {result.wall_time:.0f}s ({result.updates_per_second:.1f} upd/s after "
+        f"{result.startup_seconds:.0f}s start-up, mean delay {result.mean_delay:.2f}"
         + (f", {result.superseded} gradients superseded" if result.superseded else "")
         + f"); outputs in {result.out_dir}\n"
         f"next: afedpg eval {result.out_dir}  (deterministic return); afedpg plot {result.out_dir}  (learning curve)"
