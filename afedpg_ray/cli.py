@@ -385,7 +385,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``afedpg`` console script."""
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser().parse_args(argv)
+        args.argv = argv  # a sweep records its command, so that --resume can rebuild the same trials
         return args.handler(args)
     except ConfigError as err:
         fail(str(err))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -18,6 +20,7 @@ from afedpg_ray.cli import main
 from afedpg_ray.config import ConfigError
 from tune_sweeps.plots import mean_curve, t_critical
 from tune_sweeps.speedup import Timing, default_target, summarize, theoretical_ratio, time_ratio, time_to_target
+from tune_sweeps.trainable import merged_train_dict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -100,12 +103,15 @@ def test_sample_efficiency_sweep_end_to_end(tmp_path, capsys):
     assert len(trial_runs) == 2, sorted(p.name for p in (out / "sample_efficiency").rglob("run-*"))
     assert "results.csv" in capsys.readouterr().out
 
-    # --resume of a finished sweep keeps its trials and rewrites the outputs without rerunning them.
+    # --resume of a finished sweep keeps its trials and rewrites the outputs without rerunning them: the
+    # command comes from the sweep's record, so that no option needs repeating and none may differ
     (out / "results.csv").unlink()
-    code = main(
-        ["sweep", "sample-efficiency", "--agents", "1,2", "--seeds", "1", "--samples-per-agent", str(budget)]
-        + ["--out", str(out), "--resume"]  # --verbose is the one the sweep started with
-    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "sample-efficiency", "--seeds", "2", "--out", str(out), "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("afedpg: error: --seeds: the sweep in") and "started with --seeds 1;" in err, err
+    code = main(["sweep", "sample-efficiency", "--out", str(out), "--resume", "--agents", "1,2"])
     assert code == 0
     resumed = read_csv(out / "results.csv")
     # the same trials' reports, not a rerun's (which would report at new wall times)
@@ -240,8 +246,7 @@ def test_mean_curve_t_interval():
         (["hyper", "--grid", "log_std_init=-1,0"], "--log-std-init"),  # CartPole: the whole axis does nothing
         (["hyper", "--grid", "gae_lambda=0.9,0.95", "--critic", "false"], "--gae-lambda"),
         (["hyper", "--grid", "schedule=constant,theory", "--algo", "a3c"], "--schedule"),
-        (["speedup", "--resume", "--max-concurrent", "4"], "--max-concurrent: a resumed sweep keeps the value"),
-        (["speedup", "--resume", "--verbose", "0"], "--verbose: a resumed sweep keeps the value"),
+        (["sample-efficiency", "--agents", "1,2"], "--samples-per-agent: required"),
     ],
 )
 def test_bad_sweep_input_is_one_line_exit_2(argv, option, tmp_path, capsys):
@@ -733,3 +738,94 @@ def test_bad_sweep_csv_is_named(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"afedpg: error: RUN_OR_SWEEP_DIR: {tmp_path / 'speedup.csv'} is not a CSV afedpg wrote")
+
+
+def _record(out: Path, name: str, argv: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}_command.json").write_text(json.dumps({"argv": argv}))
+
+
+@pytest.mark.parametrize(
+    ("started", "resumed", "message"),
+    [
+        (
+            ["--max-concurrent", "1"],
+            ["--max-concurrent", "4"],
+            "--max-concurrent: the sweep in {out} started with "
+            "--max-concurrent 1; a resumed sweep runs the trials it started with",
+        ),
+        ([], ["--verbose", "0"], "--verbose: the sweep in {out} started without --verbose;"),
+        ([], ["--seeds", "2"], "--seeds: the sweep in {out} started with the default --seeds 3;"),
+        (
+            ["--algos", "afedpg,fedpg"],
+            ["--algos", "afedpg"],
+            "--algos: the sweep in {out} started with --algos afedpg,fedpg;",
+        ),
+        ([], ["--eta0", "0.5"], "--eta0: the sweep in {out} started without --eta0;"),
+    ],
+)
+def test_a_resume_refuses_an_option_the_sweep_started_with_another_value_of(
+    started, resumed, message, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    _record(out, "speedup", ["sweep", "speedup", "--env", "CartPole-v1", *started, "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "speedup", "--env", "CartPole-v1", *resumed, "--out", str(out), "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("afedpg: error: " + message.format(out=out)), err
+
+
+def test_a_resume_runs_the_command_the_sweep_started_with(tmp_path, monkeypatch):
+    """Options left out of the resume come from the record; where the sweep lives and its target may be new."""
+    import tune_sweeps.cli as sweep_cli
+
+    seen = {}
+
+    def launch(args, name, trials, space, num_samples=1):
+        seen.update(args=args, trials=trials)
+        raise SystemExit(7)
+
+    monkeypatch.setattr(sweep_cli, "_launch", launch)
+    out = tmp_path / "out"
+    _record(
+        out,
+        "speedup",
+        [
+            "sweep",
+            "speedup",
+            "--env",
+            "CartPole-v1",
+            "--algos",
+            "afedpg,fedpg",
+            "--agents",
+            "2",
+            "--seeds",
+            "2",
+            "--eta0",
+            "0.05",
+            "--max-concurrent",
+            "1",
+        ],
+    )
+    with pytest.raises(SystemExit):
+        main(["sweep", "speedup", "--resume", "--out", str(out), "--target", "30", "--algos", "afedpg,fedpg"])
+    args, trials = seen["args"], seen["trials"]
+    assert (args.resume, args.out, args.target, args.max_concurrent) == (True, str(out), 30.0, 1)
+    ran = sorted((t["variant"], t["seed"], merged_train_dict(t)["eta0"]) for t in trials)
+    assert ran == [("afedpg-n2", 0, 0.05), ("afedpg-n2", 1, 0.05), ("fedpg-n2", 0, 0.05), ("fedpg-n2", 1, 0.05)]
+
+
+def test_hyper_numbers_agent_resources_by_its_largest_swept_agent_count(tmp_path, capsys, monkeypatch):
+    import tune_sweeps.cli as sweep_cli
+
+    def stop(*args, **kwargs):
+        raise OSError("stop before Tune")
+
+    monkeypatch.setattr("afedpg_ray.runtime.connect", lambda address: None)
+    monkeypatch.setattr(sweep_cli, "_alive_nodes", lambda: [{"CPU": 16.0}])
+    monkeypatch.setattr(sweep_cli, "run_tuner", stop)
+    argv = ["sweep", "hyper", "--env", "CartPole-v1", "--grid", "agents=2,8", "--agent-cpus", "0.5"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--agent-resources", '{"4-7": {"num_cpus": 0.2}}', "--out", str(tmp_path)])
+    assert exit_info.value.code == 1 and "stop before Tune" in capsys.readouterr().err

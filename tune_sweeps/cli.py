@@ -23,6 +23,7 @@ from afedpg_ray.runlog import read_progress
 from afedpg_ray.signals import SIGTERM_RECEIVED, sigterm_as_ctrl_c
 from tune_sweeps import hyper, sample_efficiency, speedup
 from tune_sweeps.plots import plot_learning_curves
+from tune_sweeps.resume import record_command, resumed_args
 from tune_sweeps.trainable import (
     TRIAL_CPUS,
     SweepRun,
@@ -44,7 +45,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def _add_sweep_options(parser: argparse.ArgumentParser, name: str, seeds: int, concurrent: int) -> None:
     add = parser.add_argument
-    add("--seeds", type=int, default=seeds, help=f"seeds per configuration: --seed, --seed+1, ... (default {seeds})")
+    add("--seeds", type=int, help=f"seeds per configuration: --seed, --seed+1, ... (default {seeds})")
     add("--out", default=f"sweeps/{name}", help=f"directory for the CSVs and figures (default sweeps/{name})")
     add("--storage", help="Tune storage: a local path or a URI such as s3://bucket/dir (default: --out, absolute)")
     add(
@@ -54,8 +55,9 @@ def _add_sweep_options(parser: argparse.ArgumentParser, name: str, seeds: int, c
     )
     add("--resume", action="store_true", help="resume the interrupted sweep found at STORAGE/" + name)
     add("--verbose", type=int, choices=(0, 1, 2), help="Tune's progress output: 0, 1 (default) or 2")
-    # None above tells "not given" apart: a resumed sweep keeps the values it started with
-    parser.set_defaults(default_max_concurrent=concurrent)
+    # None above (and for every option with a default) tells "not given" apart: a resumed sweep keeps the
+    # values it started with and refuses a different one; the defaults are filled in by _with_defaults
+    parser.set_defaults(default_max_concurrent=concurrent, default_seeds=seeds)
     add("--no-tensorboard", action="store_true", help="no TensorBoard event files in the trials' run directories")
 
 
@@ -74,19 +76,19 @@ def add_commands(sub: Any) -> None:
     se = kinds.add_parser("sample-efficiency", conflict_handler="resolve", help="return vs samples per agent over N")
     add_train_options(se)
     _hide_option(se, "--samples")  # refused: the budget comes from --samples-per-agent
-    se.add_argument("--agents", type=int_list, default=(1, 2, 4, 8), help="agent counts N (default 1,2,4,8)")
-    se.add_argument("--samples-per-agent", type=int, required=True, help="environment steps per agent per trial")
+    se.add_argument("--agents", type=int_list, help="agent counts N (default 1,2,4,8)")
+    se.add_argument("--samples-per-agent", type=int, help="environment steps per agent per trial (required)")
     _add_sweep_options(se, sample_efficiency.NAME, seeds=3, concurrent=0)
-    se.set_defaults(handler=cmd_sample_efficiency)
+    se.set_defaults(handler=cmd_sample_efficiency, default_agents=(1, 2, 4, 8))
 
     sp = kinds.add_parser("speedup", conflict_handler="resolve", help="return vs wall time under heterogeneity")
     add_train_options(sp)
     _hide_option(sp, "--algo")  # refused: the rules come from --algos
-    sp.add_argument("--agents", type=int_list, default=(4, 8), help="agent counts N (default 4,8)")
-    sp.add_argument("--algos", type=_names, default=PAPER_ALGOS, help=f"rules (default {','.join(PAPER_ALGOS)})")
+    sp.add_argument("--agents", type=int_list, help="agent counts N (default 4,8)")
+    sp.add_argument("--algos", type=_names, help=f"rules (default {','.join(PAPER_ALGOS)})")
     sp.add_argument("--target", type=float, help="target return (default: 80%% of the way from start to best final)")
     _add_sweep_options(sp, speedup.NAME, seeds=3, concurrent=1)
-    sp.set_defaults(handler=cmd_speedup)
+    sp.set_defaults(handler=cmd_speedup, default_agents=(4, 8), default_algos=PAPER_ALGOS)
 
     hy = kinds.add_parser("hyper", help="grid or random search over any train option")
     add_train_options(hy)
@@ -114,6 +116,16 @@ def _writable_dir(option: str, path: Path) -> Path:
     return path.resolve()
 
 
+def _command_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
+    """The options a sweep runs with: on ``--resume`` the ones it started with, then the defaults of those
+    not given (``--seeds``, ``--agents``, ``--algos`` default to None so that a resume can tell)."""
+    args = resumed_args(args, name)
+    for dest in ("seeds", "agents", "algos"):
+        if getattr(args, dest, False) is None and hasattr(args, f"default_{dest}"):  # hyper's --agents: train's
+            setattr(args, dest, getattr(args, f"default_{dest}"))
+    return args
+
+
 def _seeds(args: argparse.Namespace) -> list[int]:
     """Check the numeric options every sweep shares; returns the seeds ``--seed, --seed + 1, ...``."""
     if args.seeds < 1:
@@ -131,10 +143,6 @@ def _sweep_run(args: argparse.Namespace, name: str, placement_timeout: float) ->
     for option, value in (("--out", args.out), ("--storage", args.storage)):
         if value is not None and not value.strip():  # Path("") is the working directory
             fail(f"{option}: give a {'directory' if option == '--out' else 'path or URI'}, got an empty string")
-    if args.resume:
-        for option, value in (("--max-concurrent", args.max_concurrent), ("--verbose", args.verbose)):
-            if value is not None:  # Tune restores them with the experiment; a new value would do nothing
-                fail(f"{option}: a resumed sweep keeps the value it started with; drop {option}")
     out = _writable_dir("--out", Path(args.out))
     storage = args.storage or str(out)
     if storage == "file://":  # Path("") would be the working directory
@@ -227,6 +235,8 @@ def _launch(
         base["agent_cpus"] = _default_agent_cpus(max(c.agents for c in configs))
     if not sweep.resume:
         _warn_unplaceable(configs, base["agent_cpus"])
+    if not sweep.resume:
+        record_command(out, name, args)
     try:
         with sigterm_as_ctrl_c():
             results = run_tuner(sweep, space(), num_samples)
@@ -324,7 +334,10 @@ def _warn_unplaceable(configs: list[TrainConfig], agent_cpus: float | None) -> N
 
 def cmd_sample_efficiency(args: argparse.Namespace) -> int:
     """``afedpg sweep sample-efficiency``."""
+    args = _command_args(args, sample_efficiency.NAME)
     _check_counts(args.agents)
+    if args.samples_per_agent is None:
+        fail("--samples-per-agent: required, the environment steps per agent of every trial, e.g. 100000")
     if args.samples is not None:
         fail("--samples: this sweep sets each trial's budget from --samples-per-agent")
     if args.samples_per_agent < 1:
@@ -361,6 +374,7 @@ def cmd_sample_efficiency(args: argparse.Namespace) -> int:
 
 def cmd_speedup(args: argparse.Namespace) -> int:
     """``afedpg sweep speedup``."""
+    args = _command_args(args, speedup.NAME)
     _check_counts(args.agents)
     if not args.algos:
         fail(f"--algos: give at least one rule, e.g. {','.join(PAPER_ALGOS)}")
@@ -388,13 +402,16 @@ def cmd_speedup(args: argparse.Namespace) -> int:
 
 def cmd_hyper(args: argparse.Namespace) -> int:
     """``afedpg sweep hyper``."""
+    args = _command_args(args, hyper.NAME)
     if args.random is not None and args.random < 1:
         fail(f"--random: must be a positive number of samples, got {args.random}")
     parser = hyper.option_parser()
     axes = [hyper.parse_axis(spec, parser) for spec in args.grid]
     hyper.check_axes(axes, args.random, args.seeds)
     seeds = _seeds(args)
-    base = _base(args, [], seeds[0])
+    # --agent-resources ranges number the agents of the largest trial, also when --agents is swept
+    counts = [max(axis.values) for axis in axes if axis.name == "agents"]
+    base = _base(args, [{"agents": counts[0]}] if counts else [], seeds[0])
     random = args.random is not None
     trials = hyper.trial_configs(base, axes, seeds)
 
