@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from afedpg_ray.cli import main
-from afedpg_ray.config import ConfigError
+from afedpg_ray.config import ConfigError, TrainConfig
 from tune_sweeps.plots import mean_curve, t_critical
 from tune_sweeps.speedup import Timing, default_target, summarize, theoretical_ratio, time_ratio, time_to_target
 from tune_sweeps.trainable import merged_train_dict
@@ -473,20 +473,58 @@ def test_run_trial_reports_through_tune_before_it_returns_with_the_reserved_agen
     assert seen["config"].agent_cpus == reserved[0] == 0.2375
 
 
+class FakeResult:
+    """What collect_rows and _done read of a Tune ``Result``: its error, reports and config."""
+
+    def __init__(self, samples: list[int], budget: int = 400, attempts: list[float] | None = None, error=None):
+        import pandas as pd
+
+        self.error, self.path = error, "/tune/trial"
+        self.config = {"train": TrainConfig(env="CartPole-v1", samples=budget, batch=100).to_dict(), "seed": 0}
+        frame = {"samples_total": samples, "return_mean": [10.0 + i for i in range(len(samples))]}
+        frame.update(algo="afedpg", agents=2, seed=0, update=1, samples_per_agent=0.0, wall_time=1.0, trial_id="t")
+        if attempts is not None:
+            frame["attempt"] = attempts
+        self.metrics_dataframe = pd.DataFrame(frame)
+
+
+class FakeGrid(list):
+    """A ``ResultGrid``: Tune counts every trial a stop cut off as TERMINATED, as it does a finished one."""
+
+    @property
+    def num_terminated(self) -> int:
+        return sum(1 for result in self if result.error is None)
+
+    @property
+    def num_errors(self) -> int:
+        return sum(1 for result in self if result.error is not None)
+
+
 def test_interrupted_sweep_exits_130(capsys):
     from tune_sweeps.cli import _done
 
-    class Grid(list):
-        num_terminated, num_errors = 1, 0
-
-    assert _done(Grid([1])) == 0 and _done(Grid([1]), expected=1) == 0
-    for grid, expected in ((Grid([1, 2]), 0), (Grid([1]), 3)):  # stopped mid-trial; or before two started
+    done, cut = FakeResult([100, 400]), FakeResult([100, 200])
+    assert _done(FakeGrid([done])) == 0 and _done(FakeGrid([done]), expected=1) == 0
+    # stopped mid-trial (Tune says TERMINATED); or before two trials started
+    for grid, expected in ((FakeGrid([done, cut]), 0), (FakeGrid([done]), 3)):
         with pytest.raises(SystemExit) as exit_info:
             _done(grid, expected)
         assert exit_info.value.code == 130
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--resume" in err, err
     assert "2 of 3 trials unfinished" in err
+
+
+def test_only_finished_trials_reach_the_tables():
+    from tune_sweeps.trainable import collect_rows
+
+    done = FakeResult([100, 400])
+    cut = FakeResult([100, 200])  # stopped by a Ctrl-C at half its budget
+    rerun = FakeResult([100, 400, 100, 300], attempts=[1.0, 1.0, 2.0, 2.0])  # its last attempt was cut
+    failed = FakeResult([100], error=RuntimeError("agent 0 died\nRunError: boom"))
+    rows, errors, left_out = collect_rows(FakeGrid([done, cut, rerun, failed]))
+    assert [r["samples_total"] for r in rows] == [100, 400] and left_out == 2
+    assert errors == ["trial at /tune/trial failed: RunError: boom"]
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -496,7 +534,8 @@ def test_sigterm_stops_a_sweep_gracefully_with_how_to_resume(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "afedpg_ray.cli", "sweep", "hyper", "--env", "CartPole-v1", "--grid"]
     cmd += ["eta0=0.01,0.02", "--samples", "400000", "--batch", "200", "--num-envs", "2", "--agents", "2"]
-    cmd += ["--agent-cpus", "0.3", "--max-concurrent", "1", "--no-tensorboard", "--verbose", "0"]
+    # both trials at once: a stop leaves every running trial TERMINATED in Tune's records, as if it had finished
+    cmd += ["--agent-cpus", "0.3", "--max-concurrent", "2", "--no-tensorboard", "--verbose", "0"]
     cmd += ["--address", ray.get_runtime_context().gcs_address, "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 180
@@ -509,7 +548,8 @@ def test_sigterm_stops_a_sweep_gracefully_with_how_to_resume(tmp_path):
     assert proc.returncode == 143, text[-2000:]
     # the CLI's own last line (Ray may forward a worker's output after it)
     last = [line for line in text.splitlines() if not re.match(r"(\x1b\[\d+m)?\(\w+ pid=\d+", line)][-1]
-    assert last.startswith("afedpg: error: terminated (SIGTERM) with ") and "rerun with --resume" in last, last
+    assert last.startswith("afedpg: error: terminated (SIGTERM) with 2 of 2 trials unfinished"), last
+    assert "rerun with --resume" in last, last
     assert "SIGTERM received" not in text  # Ray's handler (a stack dump and abort) did not run
 
 

@@ -28,6 +28,7 @@ from tune_sweeps.trainable import (
     TRIAL_CPUS,
     SweepRun,
     collect_rows,
+    finished,
     grid_space,
     grid_trials,
     merged_train_dict,
@@ -246,9 +247,15 @@ def _launch(
 
     if STOPPED:
         fail(STOPPED[0], code=1)
-    rows, errors = collect_rows(results)
+    rows, errors, cut = collect_rows(results)
     for line in errors:
         print(f"afedpg: warning: {line}", file=sys.stderr)
+    if cut:
+        print(
+            f"afedpg: warning: trials stopped before their sample budget: {cut}; their reports are left out of "
+            "the tables (rerun with --resume to finish them)",
+            file=sys.stderr,
+        )
     if not rows:
         expected = len(trials) if num_samples == 1 else 0  # random draws: trials lists only the range ends
         if _unfinished(results, expected):  # stopped (Ctrl-C, SIGTERM) before any trial reported
@@ -288,7 +295,7 @@ def _done(results: Any, expected: int = 0) -> int:
 
 def _unfinished(results: Any, expected: int) -> int:
     """Trials of ``results`` (of ``expected`` asked for) that neither finished nor failed."""
-    return max(expected, len(results)) - results.num_terminated - results.num_errors
+    return max(expected, len(results)) - sum(1 for result in results if finished(result)) - results.num_errors
 
 
 def _alive_nodes() -> list[dict[str, float]]:

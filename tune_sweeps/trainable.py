@@ -306,23 +306,50 @@ def run_tuner(sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1
     return tuner.fit()
 
 
-def collect_rows(results: Any) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows (``ROW_COLUMNS`` plus the trial's config) from a ``ResultGrid``, and one line per failed trial.
+def _last_attempt(frame: Any) -> Any:
+    """The reports of a trial's last attempt: a trial rerun after a resume reports again from scratch."""
+    if "attempt" in frame:
+        frame = frame[frame["attempt"] == frame["attempt"].max()]
+    return frame
+
+
+def finished(result: Any) -> bool:
+    """Whether a trial ran to its sample budget without an error.
+
+    Tune's own state cannot say: when a sweep is stopped (Ctrl-C, SIGTERM) Tune marks its running
+    trials TERMINATED, the same state as a trial that finished.
+    """
+    if result.error is not None:
+        return False
+    frame = result.metrics_dataframe
+    if frame is None or frame.empty or "samples_total" not in frame:
+        return False
+    budget = int(merged_train_dict(result.config)["samples"])
+    return int(_last_attempt(frame)["samples_total"].max()) >= budget
+
+
+def collect_rows(results: Any) -> tuple[list[dict[str, Any]], list[str], int]:
+    """Rows (``ROW_COLUMNS`` plus the trial's config) of the trials that finished, a line per failed
+    trial, and how many trials stopped short of their budget (their rows are left out: a cut-off run's
+    last return is not a final return, nor its time a time to the budget).
 
     Rows without a return yet (before the first finished episode) are left out. A trial restarted by a
     resume reports again from scratch: only its last attempt is kept.
     """
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
+    cut = 0
     for result in results:
         if result.error is not None:
             errors.append(f"trial at {result.path} failed: {str(result.error).strip().splitlines()[-1]}")
+            continue
         frame = result.metrics_dataframe
         if frame is None or frame.empty or "return_mean" not in frame:
             continue
-        if "attempt" in frame:
-            frame = frame[frame["attempt"] == frame["attempt"].max()]
-        for record in frame.to_dict("records"):
+        if not finished(result):
+            cut += 1
+            continue
+        for record in _last_attempt(frame).to_dict("records"):
             value = float(record["return_mean"])
             if not math.isfinite(value):
                 continue
@@ -330,4 +357,4 @@ def collect_rows(results: Any) -> tuple[list[dict[str, Any]], list[str]]:
             row["config"] = result.config
             rows.append(row)
     rows.sort(key=lambda r: (r["agents"], str(r["algo"]), r["seed"], str(r["trial_id"]), r["samples_total"]))
-    return rows, errors
+    return rows, errors, cut
