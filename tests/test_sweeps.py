@@ -126,7 +126,7 @@ def test_time_to_target_interpolates_inside_the_crossing_segment():
     times, returns = [0.0, 10.0, 20.0, 30.0], [0.0, 40.0, 60.0, 100.0]
     assert time_to_target(times, returns, 50.0) == pytest.approx(15.0)
     assert time_to_target(times, returns, 100.0) == pytest.approx(30.0)
-    assert time_to_target(times, returns, 0.0) == 0.0
+    assert math.isnan(time_to_target(times, returns, 0.0))  # already there at the first report: not timed
     assert math.isnan(time_to_target(times, returns, 101.0))
     assert math.isnan(time_to_target([], [], 1.0))
 
@@ -149,7 +149,7 @@ def test_ratios_against_hand_computed_numbers():
     assert Timing("lognormal:1").ratio(4, [0, 1, 2]) == pytest.approx(sum(per_seed) / 3)
     padded = Timing("linear:4", 1.0, (1.0,))  # what cmd_speedup builds from the trials' config
     assert padded.ratio(4, [0, 1]) == pytest.approx(1.25 * (1 / 2 + 1 / 3 + 1 / 4 + 1 / 5))
-    assert default_target([10.0, 0.0], [50.0, 100.0]) == pytest.approx(80.0)
+    assert default_target([10.0, 0.0], [50.0, 100.0]) == pytest.approx(82.0)  # from the highest start
     assert default_target([-1000.0], [-200.0]) == pytest.approx(-360.0)
 
 
@@ -728,10 +728,13 @@ def test_speedup_budget_time_ratio_by_hand():
     from tune_sweeps.speedup import summarize
 
     def rows(algo, points):
-        return [{"algo": algo, "agents": 4, "seed": 0, "wall_time": t, "return_mean": y} for t, y in points]
+        return [
+            {"algo": algo, "agents": 4, "seed": 0, "wall_time": t, "samples_total": s, "return_mean": y}
+            for t, s, y in points
+        ]
 
-    # the same sample budget takes FedPG 150 s and AFedPG 60 s: ratio 2.5
-    data = rows("afedpg", [(0.0, 0.0), (60.0, 10.0)]) + rows("fedpg", [(0.0, 0.0), (150.0, 10.0)])
+    # the same sample budget (600) takes FedPG 150 s and AFedPG 60 s: ratio 2.5
+    data = rows("afedpg", [(0.0, 0, 0.0), (60.0, 600, 10.0)]) + rows("fedpg", [(0.0, 0, 0.0), (150.0, 600, 10.0)])
     table, _ = summarize(data, "linear:4", target=5.0)
     by_algo = {row.algo: row for row in table}
     assert by_algo["afedpg"].budget_time_s == 60.0 and by_algo["fedpg"].budget_time_s == 150.0

@@ -1,7 +1,9 @@
 """Figures drawn from CSVs only, so ``afedpg plot`` can redraw them without rerunning anything.
 
-Curves of different seeds are interpolated onto a common grid (their x values in the range all of
-them cover), then averaged; the band is a 95% Student-t interval over seeds (none with a single seed).
+Curves of different seeds are interpolated onto a common grid, then averaged; the band is a 95% Student-t
+interval over seeds (none with a single seed). The sweeps' figures and summaries let a seed that has ended
+hold its last return up to the last seed's end (``hold_last``): seeds end at different times and sample
+counts, and a finished run's policy no longer changes.
 """
 
 from __future__ import annotations
@@ -39,24 +41,27 @@ def clean_curve(xs: Iterable[float], ys: Iterable[float]) -> tuple[np.ndarray, n
 
 
 def mean_curve(
-    curves: Sequence[tuple[np.ndarray, np.ndarray]],
+    curves: Sequence[tuple[np.ndarray, np.ndarray]], hold_last: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mean of several curves on a common grid, with a 95% t-interval: ``(grid, mean, low, high)``.
 
-    The grid is every curve's x values inside the range all curves cover, so nothing is extrapolated
-    and the mean of piecewise-linear curves is exact between grid points. With one curve the band
-    collapses onto the mean; curves that share no x range give empty arrays.
+    The grid is every curve's x values from the latest first x to the earliest last x (the range all
+    curves cover), so nothing is extrapolated and the mean of piecewise-linear curves is exact between
+    grid points. With ``hold_last`` the grid runs on to the latest last x and a curve that has ended
+    holds its last y there: a finished run's return stays what it ended at, and the mean is not cut
+    off at the seed that ended first. With one curve the band collapses onto the mean; curves that
+    share no x range give empty arrays (unless ``hold_last``).
     """
     curves = [c for c in curves if len(c[0])]
     empty = np.array([])
     if not curves:
         return empty, empty, empty, empty
     start = max(float(x[0]) for x, _ in curves)
-    stop = min(float(x[-1]) for x, _ in curves)
+    stop = (max if hold_last else min)(float(x[-1]) for x, _ in curves)
     if start > stop:  # no x that every curve covers: a mean there would be extrapolated
         return empty, empty, empty, empty
     grid = np.unique(np.concatenate([x[(x >= start) & (x <= stop)] for x, _ in curves] + [[start, stop]]))
-    values = np.stack([np.interp(grid, x, y) for x, y in curves])
+    values = np.stack([np.interp(grid, x, y) for x, y in curves])  # past a curve's end: its last y (hold_last)
     mean = values.mean(axis=0)
     if len(curves) < 2:
         return grid, mean, mean.copy(), mean.copy()
@@ -119,7 +124,7 @@ seeds a 95% t-interval is up to 12.7 standard errors wide and would otherwise sq
 def _draw_groups(ax: Any, groups: dict[tuple[str, int], list], styles: dict[tuple[str, int], dict]) -> None:
     lowest, highest = math.inf, -math.inf
     for key, curves in groups.items():
-        grid, mean, low, high = mean_curve(curves)
+        grid, mean, low, high = mean_curve(curves, hold_last=True)  # as the summaries read them
         if not len(grid):
             continue
         algo, agents = key

@@ -6,6 +6,8 @@ samples *per agent* that one agent needs. N = 1 runs the single-agent rule ``pg`
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ SUMMARY_CSV = "sample_efficiency_summary.csv"
 SUMMARY_COLUMNS = [
     "algo",
     "agents",
+    "start_return",
     "final_return",
     "target",
     "samples_per_agent_to_target",
@@ -48,17 +51,22 @@ def speedup_summary(rows: Sequence[dict[str, Any]], target: float | None = None)
     smallest N's (``base_agents``: 1 when the sweep ran N = 1).
 
     The default target is the smallest N's final mean return (what the fewest agents reach with the
-    whole budget). The ideal (linear speedup) ratio at N is base/N; NaN where a curve never reaches it.
+    whole budget); if that is not above its starting mean return (no learning), there is no target and
+    nothing is timed. On each N's mean curve a seed that has ended holds its last return until that N's
+    last seed ends (seeds stop up to an update past the budget, at different sample counts). The ideal
+    (linear speedup) ratio at N is base/N; NaN where a curve never reaches the target or starts at or
+    above it (:func:`~tune_sweeps.speedup.time_to_target`).
     """
     means = {}
     for (algo, agents), curves in group_curves(rows, "samples_per_agent").items():
-        grid, mean, _, _ = mean_curve(curves)
+        grid, mean, _, _ = mean_curve(curves, hold_last=True)
         if len(grid):
             means[(algo, agents)] = (grid, mean)
     if not means:
         return []
     smallest = min(means, key=lambda key: key[1])
-    goal = float(means[smallest][1][-1]) if target is None else target
+    start, final = float(means[smallest][1][0]), float(means[smallest][1][-1])
+    goal = target if target is not None else final if final > start else math.nan
     base = time_to_target(*means[smallest], goal)
     table = []
     for (algo, agents), (grid, mean) in sorted(means.items(), key=lambda item: item[0][1]):
@@ -67,6 +75,7 @@ def speedup_summary(rows: Sequence[dict[str, Any]], target: float | None = None)
             {
                 "algo": algo,
                 "agents": agents,
+                "start_return": round(float(mean[0]), 2),
                 "final_return": round(float(mean[-1]), 2),
                 "target": round(goal, 2),
                 "samples_per_agent_to_target": round(needed, 1),
@@ -84,15 +93,46 @@ def write_outputs(rows: Sequence[dict[str, Any]], out_dir: Path) -> tuple[Path, 
     return csv_path, write_summary(rows, out_dir)
 
 
+def target_warning(table: Sequence[dict[str, Any]]) -> str:
+    """One line naming the N whose curves get no samples to target because it is not above their start ("" if none)."""
+    if not table:
+        return ""
+    if not math.isfinite(table[0]["target"]):
+        base = table[0]
+        return (
+            f"no target return: N={base['agents']}'s final mean return ({base['final_return']:.2f}) is not above its "
+            f"starting mean return ({base['start_return']:.2f}), so no samples to target or ratio is reported"
+        )
+    low = [
+        row
+        for row in table
+        if math.isnan(row["samples_per_agent_to_target"]) and not row["start_return"] < row["target"]
+    ]
+    if not low:
+        return ""
+    names = ", ".join(f"N={row['agents']} ({row['start_return']:.2f})" for row in low)
+    return (
+        f"target return {table[0]['target']:.2f} is not above the starting mean return of {names}: "
+        f"no samples to target for {'it' if len(low) == 1 else 'them'}"
+    )
+
+
+def _shown(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value}"
+
+
 def write_summary(rows: Sequence[dict[str, Any]], out_dir: Path) -> Path:
     """Write ``sample_efficiency_summary.csv`` and the figure from the rows; print the summary; return the figure."""
     table = speedup_summary(rows)
     write_rows(out_dir / SUMMARY_CSV, table, SUMMARY_COLUMNS)
+    warning = target_warning(table)
+    if warning:
+        print(f"afedpg: warning: {warning}", file=sys.stderr)
     for row in table:
         print(
             f"N={row['agents']:<3} {row['algo']:8s} final {row['final_return']:8.2f}  samples/agent to "
-            f"{row['target']:.1f}: {row['samples_per_agent_to_target']:>10}  "
-            f"ratio to N={row['base_agents']}: {row['ratio_to_base']}"
+            f"{row['target']:.1f}: {_shown(row['samples_per_agent_to_target']):>10}  "
+            f"ratio to N={row['base_agents']}: {_shown(row['ratio_to_base'])}"
         )
     return plot_sample_efficiency(rows, out_dir / FIGURE)
 

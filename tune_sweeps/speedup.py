@@ -1,12 +1,14 @@
 """Wall-clock speedup under heterogeneity: every (algorithm, N, seed) as one Tune trial.
 
 The summary arithmetic is in pure functions (:func:`time_to_target`, :func:`time_ratio`,
-:func:`theoretical_ratio`, :func:`default_target`) so it can be checked against hand-computed numbers.
+:func:`theoretical_ratio`, :func:`default_target`, :func:`sample_rate`, :func:`startup_time`) so it can be
+checked against hand-computed numbers.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,27 +23,32 @@ from tune_sweeps.trainable import ROW_COLUMNS, variant_label
 NAME = "speedup"
 """Tune experiment name (its directory under the storage path)."""
 TARGET_FRACTION = 0.8
-"""Default target: this fraction of the way from the lowest starting to the best final mean return."""
+"""Default target: this fraction of the way from the highest starting to the best final mean return."""
 SUMMARY_COLUMNS = [
     "algo",
     "agents",
     "seeds",
+    "start_return",
     "final_return",
     "target",
     "time_to_target_s",
     "measured_ratio_fedpg_over_afedpg",
     "theoretical_ratio",
     "budget_time_s",
+    "startup_s",
     "budget_ratio_fedpg_over_afedpg",
 ]
 
 
 def time_to_target(times: Sequence[float], returns: Sequence[float], target: float) -> float:
-    """First time a curve reaches ``target``, interpolated linearly inside the crossing segment; NaN if never."""
-    if len(times) == 0:
+    """First time a curve rises to ``target``, interpolated linearly inside the crossing segment.
+
+    NaN if it never does, and NaN if it starts at or above ``target``: it got there before its first
+    report, which times start-up and a first update, not learning (with no learning at all, that time
+    would still pass for a time to target).
+    """
+    if len(times) == 0 or returns[0] >= target:
         return math.nan
-    if returns[0] >= target:
-        return float(times[0])
     for i in range(1, len(times)):
         if returns[i] >= target:
             t0, t1, r0, r1 = times[i - 1], times[i], returns[i - 1], returns[i]
@@ -91,13 +98,46 @@ class Timing:
 
 
 def default_target(start_returns: Sequence[float], final_returns: Sequence[float]) -> float:
-    """80% of the way from the lowest starting mean return to the best final mean return.
+    """80% of the way from the highest starting mean return to the best final mean return.
 
-    This equals 80% of the best final return when returns start near 0 (Swimmer), and stays
-    reachable when returns are negative (Pendulum).
+    Starting from the highest start keeps the target above every curve's first value (a curve that
+    starts at the target has no time to target). This equals 80% of the best final return when
+    returns start near 0 (Swimmer), and stays reachable when returns are negative (Pendulum).
+    Raises ``ValueError`` if no final mean return is above the highest start: nothing improved, so
+    there is nothing to time.
     """
-    low, best = min(start_returns), max(final_returns)
-    return low + TARGET_FRACTION * (best - low)
+    high, best = max(start_returns), max(final_returns)
+    if not best > high:
+        raise ValueError(
+            f"no variant's final mean return (best {best:.2f}) is above the highest starting mean return ({high:.2f})"
+        )
+    return high + TARGET_FRACTION * (best - high)
+
+
+def sample_rate(times: Sequence[float], samples: Sequence[float]) -> float:
+    """A trial's steady rate in samples per second: the slope from its first report to its last.
+
+    The first report comes at the first update (or the first with a finished episode: the CSVs leave
+    out earlier ones), after the agents' start-up, so the slope leaves start-up out. Subtracting the
+    first report's time from the last instead would also drop the first iteration, which is the
+    slowest agent's for a synchronous round and the fastest's for an asynchronous rule. NaN with
+    fewer than two reports or no time or samples between them.
+    """
+    if len(times) < 2 or not (times[-1] > times[0] and samples[-1] > samples[0]):
+        return math.nan
+    return float((samples[-1] - samples[0]) / (times[-1] - times[0]))
+
+
+def startup_time(times: Sequence[float], samples: Sequence[float]) -> float:
+    """The wall time the steady rate leaves out: where the line through the first and last report meets
+    zero samples (the actors' start-up, plus an asynchronous rule's pipeline fill); NaN without a rate."""
+    rate = sample_rate(times, samples)
+    return float(times[-1] - samples[-1] / rate) if math.isfinite(rate) else math.nan
+
+
+def _mean_finite(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 @dataclass(frozen=True)
@@ -113,9 +153,13 @@ class SpeedupRow:
     measured_ratio_fedpg_over_afedpg: float
     theoretical_ratio: float
     budget_time_s: float = math.nan
-    """Mean wall time to spend the whole sample budget (last report), over seeds."""
+    """Mean over seeds of the sweep's budget over each seed's :func:`sample_rate`: start-up excluded."""
     budget_ratio_fedpg_over_afedpg: float = math.nan
     """FedPG's budget time over AFedPG's at this N: the time-per-sample speedup, whatever the returns."""
+    start_return: float = math.nan
+    """The mean curve's first value: a target at or below it gives no time to target."""
+    startup_s: float = math.nan
+    """Mean :func:`startup_time` over seeds: the wall time left out of ``budget_time_s``."""
 
 
 def summarize(
@@ -123,40 +167,57 @@ def summarize(
 ) -> tuple[list[SpeedupRow], str]:
     """The summary table from report rows, and a sentence saying which target it used.
 
-    Times to target are read off each configuration's mean curve over seeds (on the wall-time range
-    all its seeds cover).
+    Times to target are read off each configuration's mean curve over seeds, on which a seed that has
+    ended holds its last return until the configuration's last seed ends (seeds end at different wall
+    times; a finished run's policy no longer changes), so a target every seed reaches is reported. A
+    curve that starts at or above the target gets none (:func:`time_to_target`). Budget times are the
+    sweep's budget (the median over trials of the samples at their last report) at each seed's
+    :func:`sample_rate`, start-up excluded; the excluded time is ``startup_s``.
     """
     timing = Timing(timing) if isinstance(timing, str) else timing
     groups = group_curves(rows, "wall_time")
     seeds = {key: sorted({int(r["seed"]) for r in rows if (r["algo"], int(r["agents"])) == key}) for key in groups}
-    means = {key: mean_curve(curves) for key, curves in groups.items()}
-    finals = {key: float(np.mean([y[-1] for _, y in curves])) for key, curves in groups.items() if curves}
-    starts = {key: float(np.mean([y[0] for _, y in curves])) for key, curves in groups.items() if curves}
+    means = {key: mean_curve(curves, hold_last=True) for key, curves in groups.items()}
+    means = {key: curve for key, curve in means.items() if len(curve[0])}
+    finals = {key: float(mean[-1]) for key, (_, mean, _, _) in means.items()}
+    starts = {key: float(mean[0]) for key, (_, mean, _, _) in means.items()}
     if target is None:
-        target = default_target(list(starts.values()), list(finals.values()))
-        best = max(finals, key=finals.get)
-        how = (
-            f"target return {target:.2f}: {TARGET_FRACTION:.0%} of the way from the lowest starting mean return "
-            f"({min(starts.values()):.2f}) to the best final mean return ({finals[best]:.2f}, {best[0]} N={best[1]})"
-        )
+        try:
+            target = default_target(list(starts.values()), list(finals.values()))
+        except ValueError as err:
+            target, how = math.nan, f"no target return: {err}; give --target to time one"
+        else:
+            best = max(finals, key=finals.get)
+            how = (
+                f"target return {target:.2f}: {TARGET_FRACTION:.0%} of the way from the highest starting mean "
+                f"return ({max(starts.values()):.2f}) to the best final mean return ({finals[best]:.2f}, "
+                f"{best[0]} N={best[1]})"
+            )
     else:
         how = f"target return {target:.2f} (given by --target)"
     times = {key: time_to_target(grid, mean, target) for key, (grid, mean, _, _) in means.items()}
-    budget = {key: float(np.mean([x[-1] for x, _ in curves])) for key, curves in groups.items() if curves}
+    # rows a sweep writes always count samples; hand-made ones without them just get no budget times
+    counted = group_curves([r for r in rows if "samples_total" in r], "wall_time", "samples_total")
+    ends = [float(s[-1]) for curves in counted.values() for _, s in curves if len(s)]
+    spend = float(np.median(ends)) if ends else math.nan  # the budget, up to the last update's overshoot
+    budget = {key: _mean_finite([spend / sample_rate(x, s) for x, s in curves]) for key, curves in counted.items()}
+    startup = {key: _mean_finite([startup_time(x, s) for x, s in curves]) for key, curves in counted.items()}
     table = []
-    for algo, agents in sorted(groups, key=lambda k: (k[1], k[0])):
+    for algo, agents in sorted(means, key=lambda k: (k[1], k[0])):
         measured = time_ratio(times.get(("fedpg", agents), math.nan), times.get(("afedpg", agents), math.nan))
         table.append(
             SpeedupRow(
                 algo=algo,
                 agents=agents,
                 seeds=len(groups[(algo, agents)]),
-                final_return=finals.get((algo, agents), math.nan),
+                start_return=starts[(algo, agents)],
+                final_return=finals[(algo, agents)],
                 target=target,
                 time_to_target_s=times[(algo, agents)],
                 measured_ratio_fedpg_over_afedpg=measured,
                 theoretical_ratio=timing.ratio(agents, seeds[(algo, agents)]),
                 budget_time_s=budget.get((algo, agents), math.nan),
+                startup_s=startup.get((algo, agents), math.nan),
                 budget_ratio_fedpg_over_afedpg=time_ratio(
                     budget.get(("fedpg", agents), math.nan), budget.get(("afedpg", agents), math.nan)
                 ),
@@ -165,21 +226,46 @@ def summarize(
     return table, how
 
 
-def _fmt(value: float, digits: int = 2) -> str:
-    return f"{value:.{digits}f}" if math.isfinite(value) else "not reached"
+def _fmt(value: float, digits: int = 2, missing: str = "not reached") -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else missing
+
+
+def _starts_there(row: SpeedupRow) -> bool:
+    """Whether ``row``'s curve has no time to target because it starts at or above the target (or there is none)."""
+    return not row.start_return < row.target
+
+
+def target_warning(table: Sequence[SpeedupRow]) -> str:
+    """One line naming the curves that get no time to target because it is not above their start ("" if none)."""
+    if table and not math.isfinite(table[0].target):
+        high, best = max(row.start_return for row in table), max(row.final_return for row in table)
+        return (
+            f"no target return: no variant's final mean return (best {best:.2f}) is above the highest starting "
+            f"mean return ({high:.2f}); give --target to time one"
+        )
+    low = [row for row in table if _starts_there(row)]
+    if not low:
+        return ""
+    names = ", ".join(f"{row.algo} N={row.agents} ({row.start_return:.2f})" for row in low)
+    return (
+        f"target return {low[0].target:.2f} is not above the starting mean return of {names}: no time to target "
+        f"for {'it' if len(low) == 1 else 'them'}; give a higher --target"
+    )
 
 
 def summary_markdown(table: Sequence[SpeedupRow], how: str, hetero: str) -> str:
     """The summary as two Markdown tables: per (algorithm, N), and the ratios per N."""
     lines = [f"Heterogeneity profile `{hetero}`; {how}.", ""]
     lines += [
-        "| algo | N | seeds | final return | time to target (s) | time for the budget (s) |",
-        "|---|---|---|---|---|---|",
+        "| algo | N | seeds | start return | final return | time to target (s) | time for the budget (s) "
+        "| start-up, not in the budget time (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in table:
+        to_target = _fmt(row.time_to_target_s, 1, "n/a" if _starts_there(row) else "not reached")
         lines.append(
-            f"| {row.algo} | {row.agents} | {row.seeds} | {row.final_return:.2f} | {_fmt(row.time_to_target_s, 1)} "
-            f"| {_fmt(row.budget_time_s, 1)} |"
+            f"| {row.algo} | {row.agents} | {row.seeds} | {row.start_return:.2f} | {row.final_return:.2f} "
+            f"| {to_target} | {_fmt(row.budget_time_s, 1, 'n/a')} | {_fmt(row.startup_s, 1, 'n/a')} |"
         )
     lines += [
         "",
@@ -210,6 +296,9 @@ def write_outputs(rows: Sequence[dict[str, Any]], out_dir: Path, timing: Timing,
     """Write speedup.csv, speedup.png, speedup_summary.csv and speedup_summary.md; return the Markdown."""
     write_rows(out_dir / "speedup.csv", rows, ROW_COLUMNS)
     table, how = summarize(rows, timing, target)
+    warning = target_warning(table)
+    if warning:
+        print(f"afedpg: warning: {warning}", file=sys.stderr)
     plot_speedup(rows, out_dir / "speedup.png", table[0].target if table else None)
     write_rows(out_dir / "speedup_summary.csv", [asdict(row) for row in table], SUMMARY_COLUMNS)
     text = summary_markdown(table, how, timing.hetero)
