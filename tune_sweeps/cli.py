@@ -87,7 +87,9 @@ def add_commands(sub: Any) -> None:
     _hide_option(sp, "--algo")  # refused: the rules come from --algos
     sp.add_argument("--agents", type=int_list, help="agent counts N (default 4,8)")
     sp.add_argument("--algos", type=_names, help=f"rules (default {','.join(PAPER_ALGOS)})")
-    sp.add_argument("--target", type=float, help="target return (default: 80%% of the way from start to best final)")
+    sp.add_argument(
+        "--target", type=float, help="target return (default: 80%% of the way from the highest start to the best final)"
+    )
     _add_sweep_options(sp, speedup.NAME, seeds=3, concurrent=1)
     sp.set_defaults(handler=cmd_speedup, default_agents=(4, 8), default_algos=PAPER_ALGOS)
 
