@@ -6,6 +6,7 @@ death (seconds), which is too long for CI; the fault tests in test_faults.py cov
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import shutil
 import subprocess
@@ -464,3 +465,37 @@ def test_a_grid_directory_keeps_one_setting(tmp_path):
     assert not (older / learning.GRID_FILE).exists()
     learning.check_settings(older, settings, rows)
     assert (older / learning.GRID_FILE).is_file()
+
+
+def test_resummarize_sweeps_rewrites_the_summary_not_the_rows(tmp_path):
+    # afedpg: 1000 samples/s from its first report at 4 s (3 s of start-up); fedpg: 500/s from 2 s (none);
+    # both climb 0 -> 40. Integers written as "2", which the sweeps' write_rows would turn into "2.0"
+    lines = ["trial_id,algo,agents,seed,update,samples_total,samples_per_agent,return_mean,wall_time"]
+    for algo, first, step in (("afedpg", 4, 1), ("fedpg", 2, 2)):
+        for seed in (0, 1):
+            for i in range(1, 6):
+                lines.append(
+                    f"t{algo}{seed},{algo},2,{seed},{i},{1000 * i},{500 * i}.0,{10 * i - 10},{first + step * i - step}"
+                )
+    rows_csv = tmp_path / "speedup.csv"
+    rows_csv.write_text("\n".join(lines) + "\n")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "resummarize_sweeps.py"), str(tmp_path), "--hetero", "linear:4"]
+    proc = subprocess.run([*cmd, "--iteration-time", "1.0"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert rows_csv.read_text() == "\n".join(lines) + "\n"  # byte for byte
+    assert (tmp_path / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = {row["algo"]: row for row in csv.DictReader((tmp_path / "speedup_summary.csv").open())}
+    # target 0 + 0.8 * (40 - 0) = 32: afedpg at 7 + 0.2 s, fedpg at 8 + 0.2 * 2 s; budget 5000 samples
+    assert float(summary["afedpg"]["target"]) == pytest.approx(32.0)
+    assert float(summary["afedpg"]["time_to_target_s"]) == pytest.approx(7.2)
+    assert float(summary["fedpg"]["time_to_target_s"]) == pytest.approx(8.4)
+    assert float(summary["afedpg"]["budget_time_s"]) == pytest.approx(5.0)  # not 8 s: start-up left out
+    assert float(summary["afedpg"]["startup_s"]) == pytest.approx(3.0)
+    assert float(summary["fedpg"]["budget_ratio_fedpg_over_afedpg"]) == pytest.approx(2.0)
+    assert float(summary["fedpg"]["theoretical_ratio"]) == pytest.approx(2.5)  # (4 / 2) * (1 + 1 / 4)
+    assert "| 2 | 1.17 | 2.00 | 2.50 |" in (tmp_path / "speedup_summary.md").read_text()
+    # --dry-run prints a summary with another target and writes nothing
+    before = (tmp_path / "speedup_summary.md").read_text()
+    proc = subprocess.run([*cmd, "--target", "20", "--dry-run"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and "target return 20.00 (given by --target)" in proc.stdout, proc.stderr[-2000:]
+    assert (tmp_path / "speedup_summary.md").read_text() == before
