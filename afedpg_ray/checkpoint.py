@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from afedpg_ray.atomic import temporary_path
 from afedpg_ray.config import first_line
 from afedpg_ray.rules.base import RuleState
 
@@ -26,7 +27,7 @@ class CheckpointError(ValueError):
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``run_dir/checkpoint.pt`` atomically; a crash mid-write leaves the old one."""
     path = run_dir / CHECKPOINT_FILE
-    tmp = path.with_name(f".{CHECKPOINT_FILE}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     with tmp.open("wb") as handle:
         torch.save({"format": CHECKPOINT_FORMAT, **state}, handle)
         handle.flush()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from afedpg_ray.atomic import temporary_path
 from afedpg_ray.messages import SUPERSEDED, UpdateRecord
 
 PROGRESS_COLUMNS = [f.name for f in dataclasses.fields(UpdateRecord) if f.name != "extra"]
@@ -218,7 +219,7 @@ def cut_progress(path: Path, version: int, keep_rows: int | None = None) -> list
     else:
         kept = [row for row in rows if int(row["update"]) <= version]
         dropped = [row for row in rows if int(row["update"]) > version]
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_path(path)
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=PROGRESS_COLUMNS, extrasaction="ignore")
         writer.writeheader()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import torch
 
 from afedpg_ray import runlock
 from afedpg_ray.address import token_auth_on
+from afedpg_ray.atomic import temporary_path
 from afedpg_ray.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from afedpg_ray.config import ConfigError, TrainConfig, check_env_id, first_line, load_config
 from afedpg_ray.normalizer import RunningStats
@@ -266,9 +268,9 @@ def save_policy(path: Path, config: TrainConfig, snapshot: dict[str, Any]) -> No
         "normalize_obs": config.estimator.normalize_obs,
         **{k: np.asarray(v) if isinstance(v, np.ndarray) else v for k, v in snapshot.items()},
     }
-    tmp = path.with_suffix(".tmp")
+    tmp = temporary_path(path)
     torch.save(payload, tmp)
-    tmp.replace(path)
+    os.replace(tmp, path)
 
 
 def load_policy(run_dir: Path) -> tuple[Policy, RunningStats | None, str]:

@@ -457,12 +457,13 @@ def test_run_trial_reports_through_tune_before_it_returns_with_the_reserved_agen
         time.sleep(0.05)  # Tune's controller takes its time; run_trial must still wait for every report
         reported.append(metrics)
 
-    def fake_train(config, name_prefix, on_record):
+    def fake_train(config, name_prefix, on_record, resume=False):
         seen["config"] = config
         for samples in (100, 200, 300, 400):
             on_record(UpdateRecord(samples // 100, 0.0, 0, 0, samples, 0, 1.0, True))
 
     monkeypatch.setattr(ray.tune, "get_context", lambda: Context())
+    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)
     monkeypatch.setattr(ray.tune, "report", slow_report)
     monkeypatch.setattr(train_module, "train", fake_train)
     monkeypatch.chdir(tmp_path)
@@ -473,10 +474,98 @@ def test_run_trial_reports_through_tune_before_it_returns_with_the_reserved_agen
     assert seen["config"].agent_cpus == reserved[0] == 0.2375
 
 
+def test_a_trial_reports_a_checkpoint_per_run_checkpoint_and_a_rerun_resumes_from_it(tmp_path, monkeypatch):
+    """run_trial's checkpoint wiring without Ray: a report carries a snapshot of the run directory whenever
+    the run wrote a newer checkpoint (never the last report); a trial Tune restores resumes from one."""
+    import ray.tune
+    from _checkpoint_util import server_state
+
+    from afedpg_ray import train as train_module
+    from afedpg_ray.checkpoint import load_checkpoint, save_checkpoint
+    from afedpg_ray.messages import UpdateRecord
+    from tune_sweeps.trainable import run_trial
+
+    config = TrainConfig(env="CartPole-v1", agents=2, samples=500, batch=100, num_envs=2)
+    reported, calls = [], []
+
+    class Context:
+        def get_trial_id(self):
+            return "t0"
+
+    def report(metrics, checkpoint=None):
+        held = None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as saved:
+                held = (sorted(p.name for p in Path(saved).iterdir()), load_checkpoint(Path(saved))["samples_total"])
+        reported.append((metrics["samples_total"], metrics["resumed_from_samples"], held))
+
+    def fake_train(config, name_prefix, on_record, resume=False):
+        run = Path(config.out)
+        calls.append((resume, sorted(p.name for p in run.iterdir()) if resume else None))
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "progress.csv").write_text("update\n")
+        for samples in (100, 200, 300, 400, 500):
+            if samples in (100, 300, 500):  # the run's own checkpoints, before these records are reported
+                save_checkpoint(run, server_state(config, version=samples // 100, samples_total=samples))
+            on_record(UpdateRecord(samples // 100, 0.0, 0, 0, samples, 0, 1.0, True))
+
+    monkeypatch.setattr(ray.tune, "get_context", lambda: Context())
+    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(ray.tune, "report", report)
+    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.chdir(tmp_path)
+    run_trial({"train": config.to_dict(), "variants": {}, "seed": 0})
+    files = ["checkpoint.pt", "progress.csv"]
+    nan = reported[0][1]
+    assert math.isnan(nan) and calls == [(False, None)]
+    assert [(s, held) for s, _, held in reported] == [
+        (100, (files, 100)),
+        (200, None),
+        (300, (files, 300)),
+        (400, None),
+        (500, None),
+    ]
+    # Tune restores the trial from its checkpoint: the rerun unpacks it and resumes, saying from where
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    save_checkpoint(saved, server_state(config, version=3, samples_total=300))
+    (saved / "progress.csv").write_text("update\n")
+    reported.clear()
+    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: ray.tune.Checkpoint.from_directory(str(saved)))
+    run_trial({"train": config.to_dict(), "variants": {}, "seed": 0})
+    assert calls[-1] == (True, files)
+    assert {resumed for _, resumed, _ in reported} == {300}
+
+
+def test_a_resumed_trial_joins_its_earlier_reports_up_to_its_checkpoint():
+    from tune_sweeps.trainable import collect_rows
+
+    # attempt 1 reached 400 and checkpointed at 300; attempt 2 resumed from 300, reached 500, then was
+    # stopped; attempt 3 resumed from attempt 2's checkpoint at 500 and finished
+    samples = [100, 200, 300, 400, 400, 500, 600, 600, 700, 800]
+    attempts = [1.0] * 4 + [2.0] * 3 + [3.0] * 3
+    resumed = [math.nan] * 4 + [300] * 3 + [500] * 3
+    result = FakeResult(samples, budget=800, attempts=attempts, resumed_from=resumed)
+    rows, _, cut = collect_rows(FakeGrid([result]))
+    assert [r["samples_total"] for r in rows] == [100, 200, 300, 400, 500, 600, 700, 800] and cut == 0
+    # a trial rerun from scratch (no checkpoint yet) keeps only its last attempt
+    fresh = FakeResult(
+        [100, 200, 100, 200, 300], budget=300, attempts=[1.0, 1.0, 2.0, 2.0, 2.0], resumed_from=[math.nan] * 5
+    )
+    assert [r["samples_total"] for r in collect_rows(FakeGrid([fresh]))[0]] == [100, 200, 300]
+
+
 class FakeResult:
     """What collect_rows and _done read of a Tune ``Result``: its error, reports and config."""
 
-    def __init__(self, samples: list[int], budget: int = 400, attempts: list[float] | None = None, error=None):
+    def __init__(
+        self,
+        samples: list[int],
+        budget: int = 400,
+        attempts: list[float] | None = None,
+        error=None,
+        resumed_from: list[float] | None = None,
+    ):
         import pandas as pd
 
         self.error, self.path = error, "/tune/trial"
@@ -485,6 +574,8 @@ class FakeResult:
         frame.update(algo="afedpg", agents=2, seed=0, update=1, samples_per_agent=0.0, wall_time=1.0, trial_id="t")
         if attempts is not None:
             frame["attempt"] = attempts
+        if resumed_from is not None:
+            frame["resumed_from_samples"] = resumed_from
         self.metrics_dataframe = pd.DataFrame(frame)
 
 
@@ -527,30 +618,63 @@ def test_only_finished_trials_reach_the_tables():
     assert errors == ["trial at /tune/trial failed: RunError: boom"]
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_sigterm_stops_a_sweep_gracefully_with_how_to_resume(tmp_path):
-    import ray
+def _a_checkpoint_reached_tune(experiment: Path) -> bool:
+    """Whether Tune's controller has processed a report with a checkpoint (it writes result.json; the
+    checkpoint directory appears in storage before the controller knows of it, and a stop then loses it)."""
+    for path in experiment.glob("*/result.json"):
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("checkpoint_dir_name"):
+                    return True
+            except ValueError:  # a line being written
+                continue
+    return False
 
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "afedpg_ray.cli", "sweep", "hyper", "--env", "CartPole-v1", "--grid"]
-    cmd += ["eta0=0.01,0.02", "--samples", "400000", "--batch", "200", "--num-envs", "2", "--agents", "2"]
+
+@pytest.mark.usefixtures("ray_session")
+def test_sigterm_stops_a_sweep_gracefully_and_its_resume_continues_trials_from_their_checkpoints(tmp_path):
+    import ray
+    from ray import tune
+
+    from tune_sweeps.trainable import collect_rows, make_trainable
+
+    out, address = tmp_path / "out", ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "afedpg_ray.cli", "sweep", "hyper", "--address", address, "--out", str(out)]
+    sweep = ["--env", "CartPole-v1", "--grid", "eta0=0.01,0.02", "--samples", "100000", "--batch", "200"]
+    sweep += ["--num-envs", "2", "--agents", "2", "--iteration-time", "0.05", "--checkpoint-every", "5"]
     # both trials at once: a stop leaves every running trial TERMINATED in Tune's records, as if it had finished
-    cmd += ["--agent-cpus", "0.3", "--max-concurrent", "2", "--no-tensorboard", "--verbose", "0"]
-    cmd += ["--address", ray.get_runtime_context().gcs_address, "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 180
-    while time.time() < deadline and not any(p.stat().st_size for p in out.glob("hyper/*/result.json")):
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)  # the first trial is running and reporting
-    _, stderr = proc.communicate(timeout=120)
-    text = stderr.decode()
+    sweep += ["--agent-cpus", "0.3", "--max-concurrent", "2", "--no-tensorboard", "--verbose", "0"]
+    with (tmp_path / "first.err").open("wb") as err_file:  # a file, not a pipe: Ray may write a lot
+        proc = subprocess.Popen(cmd + sweep, stdout=subprocess.DEVNULL, stderr=err_file)
+        deadline = time.time() + 180
+        while time.time() < deadline and not _a_checkpoint_reached_tune(out / "hyper"):
+            assert proc.poll() is None, (tmp_path / "first.err").read_text()[-2000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # a trial is running and Tune has registered a checkpoint of it
+        proc.wait(timeout=120)
+    text = (tmp_path / "first.err").read_text()
     assert proc.returncode == 143, text[-2000:]
     # the CLI's own last line (Ray may forward a worker's output after it)
     last = [line for line in text.splitlines() if not re.match(r"(\x1b\[\d+m)?\(\w+ pid=\d+", line)][-1]
     assert last.startswith("afedpg: error: terminated (SIGTERM) with 2 of 2 trials unfinished"), last
     assert "rerun with --resume" in last, last
     assert "SIGTERM received" not in text  # Ray's handler (a stack dump and abort) did not run
+
+    # the resume needs no option but where the sweep is; it finishes both trials, a checkpointed one from
+    # its checkpoint, and the tables join its reports before the checkpoint with the resumed run's
+    with (tmp_path / "resume.err").open("wb") as err_file:
+        resumed = subprocess.run(cmd + ["--resume"], stdout=subprocess.DEVNULL, stderr=err_file, timeout=300)
+    assert resumed.returncode == 0, (tmp_path / "resume.err").read_text()[-2000:]
+    assert "Checkpoint successfully created" not in (tmp_path / "resume.err").read_text()  # quiet at --verbose 0
+    assert len(read_csv(out / "hyper.csv")) == 2
+    events = [e for path in out.glob("hyper/*/run-*/events.csv") for e in read_csv(path)]
+    runs = sorted(str(p.relative_to(out)) for p in out.glob("hyper/*/run-*"))
+    assert any(e["kind"] == "resumed" for e in events), (runs, events)
+    rows, errors, cut = collect_rows(tune.Tuner.restore(str(out / "hyper"), trainable=make_trainable()).get_results())
+    assert not errors and cut == 0
+    for trial in {r["trial_id"] for r in rows}:
+        samples = [int(r["samples_total"]) for r in rows if r["trial_id"] == trial]
+        assert samples == sorted(set(samples)) and samples[0] <= 400 and samples[-1] >= 100000, samples
 
 
 def test_agent_resource_ranges_number_the_largest_trials_agents(tmp_path, capsys, monkeypatch):

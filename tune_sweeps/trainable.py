@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from afedpg_ray.atomic import set_scratch_dir
+from afedpg_ray.checkpoint import CHECKPOINT_FILE
 from afedpg_ray.config import EstimatorConfig, TrainConfig, config_from_dict
 from afedpg_ray.messages import UpdateRecord
 
@@ -137,34 +142,101 @@ def trial_resources(trial_config: dict[str, Any]) -> Any:
     return tune.PlacementGroupFactory(trial_bundles(trial_train_config(trial_config)))
 
 
-class ThrottledReporter:
-    """Turns ``train()``'s update records into Tune reports, about every ``fraction`` of the budget."""
+SNAPSHOT_FILES = (CHECKPOINT_FILE, "progress.csv", "events.csv", "config.json")
+"""What a trial's Tune checkpoint holds of its run directory: enough for ``train(resume=True)``. The
+checkpoint goes first: it is replaced atomically, and progress.csv holds at least the rows it counts
+from the moment it is written (they are fsynced before it), so copying in this order is consistent."""
+CHECKPOINT_PAYLOAD_KEY = "_with_checkpoint"
+"""A report payload's marker: attach a snapshot of the run directory (popped before Tune sees it)."""
 
-    def __init__(self, config: TrainConfig, send: Callable[[dict[str, Any]], None], fraction: float = REPORT_FRACTION):
+
+class ThrottledReporter:
+    """Turns ``train()``'s update records into Tune reports, about every ``fraction`` of the budget.
+
+    A report also carries a trial checkpoint whenever the run has written a newer checkpoint of its own
+    (every ``--checkpoint-every`` updates), except the last report: Tune reruns only trials that did not
+    finish, and they resume from it. ``resumed_from`` is the samples of the checkpoint this attempt
+    resumed from: :func:`collect_rows` joins the earlier attempt's reports up to there.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        send: Callable[[dict[str, Any]], None],
+        fraction: float = REPORT_FRACTION,
+        run_dir: Path | None = None,
+        resumed_from: int | None = None,
+    ):
         self.config = config
         self.send = send
         self.step = max(1, int(config.samples * fraction))
         self.next_at = 0
         self.attempt = time.time()
+        self.run_dir = run_dir
+        self.resumed_from = resumed_from
+        self.checkpointed: int | None = None
+        """Modification time (ns) of the run checkpoint the last trial checkpoint was taken of."""
 
     def __call__(self, record: UpdateRecord) -> None:
         """Report ``record`` if it crossed the next threshold or finished the budget."""
         if record.samples_total < self.next_at and record.samples_total < self.config.samples:
             return
         self.next_at = (record.samples_total // self.step + 1) * self.step
-        self.send(
-            {
-                "algo": self.config.algo,
-                "agents": self.config.agents,
-                "seed": self.config.seed,
-                "update": record.update,
-                "samples_total": record.samples_total,
-                "samples_per_agent": record.samples_total / self.config.agents,
-                "return_mean": record.return_mean,
-                "wall_time": record.wall_time,
-                "attempt": self.attempt,
-            }
-        )
+        payload: dict[str, Any] = {
+            "algo": self.config.algo,
+            "agents": self.config.agents,
+            "seed": self.config.seed,
+            "update": record.update,
+            "samples_total": record.samples_total,
+            "samples_per_agent": record.samples_total / self.config.agents,
+            "return_mean": record.return_mean,
+            "wall_time": record.wall_time,
+            "attempt": self.attempt,
+            "resumed_from_samples": math.nan if self.resumed_from is None else self.resumed_from,
+        }
+        stamp = self._new_checkpoint() if record.samples_total < self.config.samples else None
+        if stamp is not None:
+            payload[CHECKPOINT_PAYLOAD_KEY] = True
+            self.checkpointed = stamp
+        self.send(payload)
+
+    def _new_checkpoint(self) -> int | None:
+        """The modification time of the run's checkpoint on disk if no trial checkpoint was taken of it yet."""
+        if self.run_dir is None:
+            return None
+        try:
+            stamp = (self.run_dir / CHECKPOINT_FILE).stat().st_mtime_ns
+        except OSError:  # none written yet
+            return None
+        return stamp if stamp != self.checkpointed else None
+
+
+def snapshot_run(run_dir: Path) -> Path:
+    """Copy what a resume needs of ``run_dir`` into a new temporary directory (the caller removes it)."""
+    target = Path(tempfile.mkdtemp(prefix="afedpg-trial-checkpoint-"))
+    for name in SNAPSHOT_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, target / name)
+    return target
+
+
+def report_to_tune(run_dir: Path, report: Callable[..., None]) -> Callable[[dict[str, Any]], None]:
+    """A sender for :class:`BackgroundSender`: ``report(metrics)``, or ``report(metrics, checkpoint=...)``
+    with a snapshot of ``run_dir`` where the payload asks for one (Tune persists it to its storage before
+    ``report`` returns, so the snapshot is removed then)."""
+    from ray import tune
+
+    def send(payload: dict[str, Any]) -> None:
+        if payload.pop(CHECKPOINT_PAYLOAD_KEY, None) is None:
+            report(payload)
+            return
+        snapshot = snapshot_run(run_dir)
+        try:
+            report(payload, checkpoint=tune.Checkpoint.from_directory(str(snapshot)))
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+    return send
 
 
 class BackgroundSender:
@@ -222,20 +294,50 @@ def run_trial(trial_config: dict[str, Any]) -> None:
     from afedpg_ray.train import train
 
     trial_id = tune.get_context().get_trial_id()
+    # Ray logs a line for every checkpoint a trial reports, at any --verbose: one per --checkpoint-every
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     raw = merged_train_dict(trial_config)
     # Tune runs the trial in its own working directory (synced to storage as an artifact). A trial rerun
     # after a sweep's --resume syncs into the same storage directory: naming the run by its start keeps
     # the rerun's files (TensorBoard events above all) apart from the interrupted attempt's.
     started = time.strftime("%Y%m%d-%H%M%S")
-    raw.update(out=str(Path.cwd() / f"run-{trial_id}-{started}"), progress=False, address=None)
+    run_dir = Path.cwd() / f"run-{trial_id}-{started}"
+    raw.update(out=str(run_dir), progress=False, address=None)
     config = with_trial_agent_cpus(config_from_dict(raw))
-    sender = BackgroundSender(tune.report)
+    resumed_from = _restore_trial_checkpoint(run_dir)
+    # Tune copies the working directory to storage while the run writes: no temporary file may vanish
+    # from it mid-copy (see afedpg_ray.atomic); its parent holds every trial's working directory
+    scratch = Path(tempfile.mkdtemp(prefix=f".afedpg-scratch-{trial_id}-", dir=Path.cwd().parent))
+    set_scratch_dir(scratch)
+    sender = BackgroundSender(report_to_tune(run_dir, tune.report))
+    reporter = ThrottledReporter(config, sender, run_dir=run_dir, resumed_from=resumed_from)
     try:
-        train(config, name_prefix=f"afedpg-{trial_id}", on_record=ThrottledReporter(config, sender))
+        train(config, name_prefix=f"afedpg-{trial_id}", on_record=reporter, resume=resumed_from is not None)
     except BaseException:
         sender.close(reraise=False)  # the run's own error is the one to show
         raise
+    finally:
+        set_scratch_dir(None)
+        shutil.rmtree(scratch, ignore_errors=True)
     sender.close()  # the last report must reach Tune before the trial's function returns
+
+
+def _restore_trial_checkpoint(run_dir: Path) -> int | None:
+    """If Tune restores this trial from a checkpoint, unpack it into ``run_dir`` and return the samples it
+    holds (``train(resume=True)`` continues from there); None for a trial that starts afresh."""
+    from ray import tune
+
+    from afedpg_ray.checkpoint import load_checkpoint
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with checkpoint.as_directory() as saved:
+        for name in SNAPSHOT_FILES:
+            if (Path(saved) / name).is_file():
+                shutil.copy2(Path(saved) / name, run_dir / name)
+    return int(load_checkpoint(run_dir)["samples_total"])
 
 
 def make_trainable() -> Any:
@@ -300,6 +402,8 @@ def run_tuner(sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1
                 storage_path=sweep.storage,
                 verbose=sweep.verbose,
                 sync_config=tune.SyncConfig(sync_artifacts=True),
+                # a trial's latest checkpoint is all its resume needs (each holds the whole server state)
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[PlacementWatchdog(sweep.placement_timeout)],
             ),
         )
@@ -307,10 +411,30 @@ def run_tuner(sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1
 
 
 def _last_attempt(frame: Any) -> Any:
-    """The reports of a trial's last attempt: a trial rerun after a resume reports again from scratch."""
+    """The reports of a trial's last attempt (each run of the trial function is one)."""
     if "attempt" in frame:
         frame = frame[frame["attempt"] == frame["attempt"].max()]
     return frame
+
+
+def _run_reports(frame: Any) -> Any:
+    """The reports that make up a trial's run: its last attempt's, and, if that attempt resumed from a
+    trial checkpoint, the earlier attempt's up to the checkpoint's samples (and so on back). An attempt
+    that started afresh (a trial rerun from scratch) drops every earlier report."""
+    import pandas as pd
+
+    if "attempt" not in frame:
+        return frame
+    attempts = sorted(frame["attempt"].unique())
+    current = frame[frame["attempt"] == attempts[-1]]
+    parts = [current]
+    for earlier in reversed(attempts[:-1]):
+        resumed_from = float(current["resumed_from_samples"].iloc[0]) if "resumed_from_samples" in frame else math.nan
+        if not math.isfinite(resumed_from):
+            break
+        current = frame[frame["attempt"] == earlier]
+        parts.append(current[current["samples_total"] <= resumed_from])
+    return pd.concat(parts[::-1])
 
 
 def finished(result: Any) -> bool:
@@ -333,8 +457,9 @@ def collect_rows(results: Any) -> tuple[list[dict[str, Any]], list[str], int]:
     trial, and how many trials stopped short of their budget (their rows are left out: a cut-off run's
     last return is not a final return, nor its time a time to the budget).
 
-    Rows without a return yet (before the first finished episode) are left out. A trial restarted by a
-    resume reports again from scratch: only its last attempt is kept.
+    Rows without a return yet (before the first finished episode) are left out. A trial that Tune ran
+    more than once contributes the reports of its run as the last attempt completed it
+    (:func:`_run_reports`).
     """
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
@@ -349,7 +474,7 @@ def collect_rows(results: Any) -> tuple[list[dict[str, Any]], list[str], int]:
         if not finished(result):
             cut += 1
             continue
-        for record in _last_attempt(frame).to_dict("records"):
+        for record in _run_reports(frame).to_dict("records"):
             value = float(record["return_mean"])
             if not math.isfinite(value):
                 continue
