@@ -7,7 +7,6 @@ import dataclasses
 import math
 import os
 import sys
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +40,7 @@ class RunLog:
         if self._bar is not None:  # Ray starts the actors and each builds its environments: tens of seconds
             self._bar.set_postfix_str("starting agents; the first gradient follows their set-up")
         self._samples_seen = initial_samples
-        # (monotonic time, server version) of recent accepted gradients: the rate counts server updates,
+        # (server time, server version) of recent accepted gradients: the rate counts server updates,
         # which for fedpg and rennala take several gradients each.
         self._times: deque[tuple[float, int]] = deque(maxlen=200)
         self._delays: deque[int] = deque(maxlen=200)
@@ -80,7 +79,9 @@ class RunLog:
         if rec.accepted:
             self.accepted += 1
             self.delay_sum += rec.delay
-            self._times.append((time.monotonic(), rec.update))
+            # the server's clock at the update: the driver writes rows in batches, so its own clock would
+            # see bursts of updates (thousands per second) and then none
+            self._times.append((rec.wall_time, rec.update))
             self._delays.append(rec.delay)
 
     def notify(self, rec: UpdateRecord) -> None:

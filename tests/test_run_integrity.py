@@ -294,12 +294,19 @@ def test_status_finds_a_restored_server_and_lists_it():
         ray.kill(restored, no_restart=True)
 
 
-def test_progress_bar_rate_counts_server_updates_not_gradients(tmp_path, monkeypatch):
+def test_progress_bar_rate_counts_server_updates_not_gradients(tmp_path):
     """fedpg and rennala use several gradients per update: the bar's upd/s must count updates."""
-    clock = iter(float(t) for t in range(100))
-    monkeypatch.setattr("afedpg_ray.runlog.time.monotonic", lambda: next(clock))
     log = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=False)
     for gradient in range(9):  # one gradient per second, four per update: versions 0,0,0,0,1,1,1,1,2
-        log.record(record(gradient // 4))
+        log.record(dataclasses.replace(record(gradient // 4), wall_time=float(gradient)))
     assert log.summary_fields()["upd/s"] == "0.2"  # 2 updates in 8 s, not 1 gradient/s
+    log.close()
+
+
+def test_progress_bar_rate_is_timed_by_the_server_not_by_when_rows_are_written(tmp_path):
+    """The driver logs records in batches: 10 updates a second apart, written in one burst, are 1 upd/s."""
+    log = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=False)
+    for update in range(1, 11):
+        log.record(dataclasses.replace(record(update), wall_time=float(update)))
+    assert log.summary_fields()["upd/s"] == "1.0"
     log.close()
