@@ -70,8 +70,11 @@ def connect(address: str, timeout: float) -> None:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
+        # a cluster that refuses a driver without its token keeps it retrying: this is how that looks too
+        hint = "" if token_auth_on() else f" ({TOKEN_HINT})"
         print(
-            f"afedpg: error: --address: no Ray cluster answered at {address!r} within {timeout:.0f}s", file=sys.stderr
+            f"afedpg: error: --address: no Ray cluster let us in at {address!r} within {timeout:.0f}s{hint}",
+            file=sys.stderr,
         )
         sys.stderr.flush()
         sys.stdout.flush()

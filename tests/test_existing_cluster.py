@@ -340,3 +340,22 @@ def test_watch_stops_quietly_on_ctrl_c_and_when_the_server_exits(monkeypatch, ca
     monkeypatch.setattr(status_mod.time, "sleep", interrupt)
     assert status_mod.print_tables("handle", "afedpg-server", 1.0, 5.0) == 0
     assert capsys.readouterr().out.count("--- ") == 1
+
+
+def test_status_at_an_address_that_never_lets_it_in_names_the_token_after_its_timeout():
+    """A port that accepts but never completes Ray's handshake looks, from the driver, like a cluster that
+    refuses a driver without its token: the one line must name RAY_AUTH_MODE=token, not only a timeout."""
+    import os
+    import sys
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+        argv = [sys.executable, "-m", "afedpg_ray.cli", "status", "--address", f"127.0.0.1:{port}", "--timeout", "3"]
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert last.startswith(f"afedpg: error: --address: no Ray cluster let us in at '127.0.0.1:{port}' within 3s")
+    assert "run with RAY_AUTH_MODE=token" in last, last
