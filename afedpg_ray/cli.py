@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -36,6 +37,11 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Print ``afedpg: error: ...`` and exit 2."""
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+DEFAULT_PREFIX = "afedpg"
+"""Name prefix of a run's actors: ``<prefix>-server`` and ``<prefix>-agent-<i>``."""
+ACTOR_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -267,6 +273,11 @@ def build_parser() -> OneLineParser:
     train_p.add_argument(
         "--resume", help="continue the run in RUN_DIR from its checkpoint (--samples may raise the budget)"
     )
+    train_p.add_argument(
+        "--prefix",
+        help="name prefix of the run's Ray actors (default afedpg); runs sharing a cluster need different ones, "
+        "and afedpg status --prefix finds this one",
+    )
     train_p.add_argument("--no-progress", action="store_true", help="no progress bar")
     train_p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
     train_p.set_defaults(handler=cmd_train)
@@ -293,6 +304,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from afedpg_ray.runtime import RunError
     from afedpg_ray.train import TrainingInterrupted, train
 
+    prefix = DEFAULT_PREFIX if args.prefix is None else args.prefix
+    if not ACTOR_PREFIX.fullmatch(prefix):
+        fail(f"--prefix: use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit; got {prefix!r}")
     if args.resume is not None:
         if not args.resume.strip():
             fail("--resume: give the run directory to continue")
@@ -306,7 +320,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "or choose another --out"
             )
     try:
-        result = train(config, resume=bool(args.resume))
+        result = train(config, name_prefix=prefix, resume=bool(args.resume))
     except (CheckpointError, AddressError) as err:
         fail(str(err))
     except RunError as err:
@@ -339,8 +353,8 @@ def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfi
     path = run_dir / "config.json"
     if not path.is_file():
         raise ConfigError("--resume", f"{path}: no config.json (is {run_dir} a run directory?)")
-    allowed = {"resume", "samples", "address", "placement_timeout", "no_progress", "no_tensorboard"}
-    allowed |= {"handler", "command"}
+    allowed = {"resume", "samples", "address", "placement_timeout", "prefix", "no_progress", "no_tensorboard"}
+    allowed |= {"handler", "command", "argv"}
     changed = sorted(k for k, v in vars(args).items() if v is not None and v is not False and k not in allowed)
     if changed:
         raise ConfigError("--resume", f"a resumed run keeps its config; drop --{changed[0].replace('_', '-')}")

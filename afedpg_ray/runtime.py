@@ -253,7 +253,7 @@ class RayRunner:
             if time.monotonic() >= deadline:
                 raise RunError(
                     f"a run is already using the actor name {taken[0]!r} on this cluster; "
-                    "wait for it to finish or stop it"
+                    "wait for it to finish or stop it, or give this run another --prefix"
                 )
             time.sleep(0.1)
 

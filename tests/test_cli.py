@@ -112,6 +112,9 @@ from afedpg_ray.cli import main
         (["--hidden", "16384,16384,16384"], "--hidden"),  # 537M hidden weights: GBs per copy
         (["--num-envs", "100000", "--batch", "100000"], "--num-envs"),
         (["--hetero", "linear:1000", "--iteration-time", "3600"], "--iteration-time"),  # 1000 hours
+        (["--prefix", "my run"], "--prefix"),  # becomes a Ray actor name
+        (["--prefix", ""], "--prefix"),
+        (["--prefix", "x" * 65], "--prefix"),
     ],
 )
 def test_bad_train_input_is_one_line_exit_2(argv, option, capsys, monkeypatch):
@@ -494,7 +497,7 @@ def test_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch, checkpointed
     if checkpointed:
         (run / CHECKPOINT_FILE).write_bytes(b"")
 
-    def interrupted(config, resume=False):
+    def interrupted(config, name_prefix="afedpg", resume=False):
         raise TrainingInterrupted(run)
 
     monkeypatch.setattr("afedpg_ray.train.train", interrupted)

@@ -17,6 +17,7 @@ from _ray_util import released
 
 from afedpg_ray import runlock
 from afedpg_ray.checkpoint import load_checkpoint, save_checkpoint
+from afedpg_ray.cli import main
 from afedpg_ray.config import TrainConfig
 from afedpg_ray.messages import UpdateRecord
 from afedpg_ray.runlog import RunLog, cut_progress, read_progress
@@ -275,6 +276,10 @@ def test_a_second_run_with_the_same_names_fails_with_one_line(tmp_path):
     try:
         with pytest.raises(RunError, match=r"^a run is already using the actor name 'busy-server' on this cluster"):
             train(dataclasses.replace(config, out=str(tmp_path / "run")), name_prefix="busy")
+        # beside it, a run under another --prefix
+        argv = ["train", "--env", "CartPole-v1", "--agents", "2", "--batch", "100", "--num-envs", "2"]
+        argv += ["--samples", "400", "--no-progress", "--no-tensorboard", "--prefix", "busy-2"]
+        assert main([*argv, "--out", str(tmp_path / "beside")]) == 0
     finally:
         ray.kill(holder, no_restart=True)
 
