@@ -81,7 +81,7 @@ REQUIRED_ENTRIES = (
 )
 """What :meth:`~afedpg_ray.server.ParameterServer.restore` indexes (``saved[...]``), in its order: a
 checkpoint without one fails inside the server actor, after Ray has started and progress.csv was cut."""
-OPTIONAL_ENTRIES = ("schedule_horizon", "robust", "superseded", "elapsed", "progress_rows")
+OPTIONAL_ENTRIES = ("schedule_horizon", "robust", "superseded", "elapsed", "progress_rows", "run_id")
 """What a checkpoint may lack (older ones do): restore and the driver read these with ``.get``."""
 REQUIRED_RULE_ENTRIES = tuple(
     f.name
@@ -129,6 +129,8 @@ def state_problem(state: dict[str, Any]) -> str | None:
     size = state["num_params"]
     if not _is_count(size) or size < 1:
         return f"num_params is {size!r}, not a count"
+    if state.get("run_id") is not None and not isinstance(state["run_id"], str):
+        return f"run_id is {state['run_id']!r}, not a string"
     problem = _containers_problem(state)
     if problem:
         return problem

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from afedpg_ray.config import (
     AGENT_RESOURCE_KEYS,
     ALGORITHMS,
+    RUN_ID_KEY,
     SCHEDULES,
     AgentResources,
     ConfigError,
@@ -366,6 +367,7 @@ def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfi
         raise ConfigError("--resume", f"{path}: unreadable config.json ({err})") from None
     if not isinstance(raw, dict):
         raise ConfigError("--resume", f"{path}: not a run's config (expected a JSON object)")
+    raw.pop(RUN_ID_KEY, None)  # the run's identity, not an option
     raw.update(extra, out=str(run_dir))
     if args.samples is not None:
         raw["samples"] = args.samples

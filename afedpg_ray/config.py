@@ -586,6 +586,13 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     return validate(TrainConfig(estimator=est, agent_resources=groups, **raw))
 
 
+RUN_ID_KEY = "run_id"
+"""config.json's entry beside the options: the run's identity, also stamped on each of its checkpoints."""
+
+
 def load_config(path: Path) -> TrainConfig:
     """Load ``config.json`` written by a run."""
-    return config_from_dict(json.loads(path.read_text()))
+    raw = json.loads(path.read_text())
+    if isinstance(raw, dict):
+        raw.pop(RUN_ID_KEY, None)
+    return config_from_dict(raw)

@@ -182,8 +182,11 @@ class RayRunner:
         run_dir: Path,
         name_prefix: str = "afedpg",
         resume_state: dict[str, Any] | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.config = config
+        self.run_id = run_id
+        """Stamped on every checkpoint: a resume refuses one another run wrote."""
         self.log = log
         self.run_dir = run_dir
         self.prefix = name_prefix
@@ -388,6 +391,8 @@ class RayRunner:
 
     def _save(self, state: dict[str, Any]) -> None:
         """Write ``state`` as the checkpoint, once the progress.csv rows it counts are on disk."""
+        if self.run_id is not None:
+            state["run_id"] = self.run_id
         self.log.sync_progress()
         save_checkpoint(self.run_dir, state)
         self._saved_version = int(state["rule_state"]["version"])

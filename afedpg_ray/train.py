@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from afedpg_ray import runlock
 from afedpg_ray.address import token_auth_on
 from afedpg_ray.atomic import temporary_path
 from afedpg_ray.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
-from afedpg_ray.config import ConfigError, TrainConfig, check_env_id, first_line, load_config
+from afedpg_ray.config import RUN_ID_KEY, ConfigError, TrainConfig, check_env_id, first_line, load_config
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
 from afedpg_ray.runlog import RunLog, cut_progress, progress_problem, progress_shortfall
@@ -124,11 +125,12 @@ def _train_connected(
     dashboard: str | None,
 ) -> TrainResult:
     """:func:`train` once Ray is reached and the resume state (if any) is read."""
+    run_id = (read_run_id(out_dir) if resume_state is not None else None) or uuid.uuid4().hex
     if resume_state is not None:
         cut_to_checkpoint(out_dir, resume_state)
-        save_resumed_config(out_dir, config)
+        save_resumed_config(out_dir, config, run_id)
     else:
-        config.save(out_dir / "config.json")
+        save_run_config(out_dir / "config.json", config, run_id)
     initial_samples = int(resume_state["samples_total"]) if resume_state else 0
     resuming = resume_state is not None
     log = RunLog(
@@ -153,7 +155,7 @@ def _train_connected(
         log.add_listener(on_record)
     start = time.time()
     try:
-        runner = RayRunner(config, log, out_dir, name_prefix, resume_state)
+        runner = RayRunner(config, log, out_dir, name_prefix, resume_state, run_id)
         stats = runner.run()  # ends with a final checkpoint taken and every actor killed
     finally:
         log.close()
@@ -218,6 +220,17 @@ def load_resumable(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
             f"{path}: its observation statistics have {np.asarray(state['obs_stats'][1]).size} dimensions, "
             f"but {config.env}'s observations {obs_dim}; it belongs to another run"
         )
+    own, saved_id = read_run_id(run_dir), state.get("run_id")
+    if own is not None and saved_id is not None and own != saved_id:
+        raise CheckpointError(
+            f"{path}: written by another run (run id {saved_id[:8]}, this directory's is {own[:8]}); "
+            "put back this run's own checkpoint"
+        )
+    agents = [agent for agent in state["agent_versions"] if isinstance(agent, int)]
+    if agents and max(agents) >= config.agents:
+        raise CheckpointError(
+            f"{path}: it tracks agent {max(agents)}, but this run has {config.agents} agents; it belongs to another run"
+        )
     progress = run_dir / "progress.csv"
     problem = progress_problem(progress)
     if problem:  # cut_to_checkpoint would rewrite it in afedpg's columns, and the log fail to parse it
@@ -250,12 +263,29 @@ def _saved_budget(run_dir: Path) -> int:
         return 0
 
 
-def save_resumed_config(run_dir: Path, config: TrainConfig) -> None:
-    """Record a resumed run's new budget in config.json, and nothing else: where this session runs
-    (--address, --placement-timeout) is not part of the run and must not bind later resumes."""
+def save_run_config(path: Path, config: TrainConfig, run_id: str) -> None:
+    """Write a new run's config.json: its options and its identity (``run_id``)."""
+    raw = {**config.to_dict(), RUN_ID_KEY: run_id}
+    path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+
+
+def read_run_id(run_dir: Path) -> str | None:
+    """The identity in ``run_dir``'s config.json (None for a run older than identities, or no file)."""
+    try:
+        run_id = json.loads((run_dir / "config.json").read_text()).get(RUN_ID_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run_id if isinstance(run_id, str) else None
+
+
+def save_resumed_config(run_dir: Path, config: TrainConfig, run_id: str) -> None:
+    """Record a resumed run's new budget in config.json (and its identity, if it had none yet), and nothing
+    else: where this session runs (--address, --placement-timeout) is not part of the run and must not
+    bind later resumes."""
     path = run_dir / "config.json"
     raw = json.loads(path.read_text()) if path.is_file() else config.to_dict()
     raw["samples"] = config.samples
+    raw.setdefault(RUN_ID_KEY, run_id)
     path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
 
 

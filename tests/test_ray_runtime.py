@@ -157,7 +157,11 @@ def test_records_are_logged_once_in_order_and_checkpoints_match_the_log(tmp_path
     assert accepted == list(range(1, len(accepted) + 1)) and len(accepted) == result.updates
     assert [int(r["samples_total"]) for r in progress] == sorted(int(r["samples_total"]) for r in progress)
     assert 2560 <= result.samples_total < 2560 + 3 * 64 + 1  # stops once the budget is applied
-    assert int(load_checkpoint(Path(result.out_dir))["rule_state"]["version"]) == accepted[-1]
+    checkpoint = load_checkpoint(Path(result.out_dir))
+    assert int(checkpoint["rule_state"]["version"]) == accepted[-1]
+    # the run's identity, in config.json and on its checkpoints: a resume refuses another run's
+    run_id = json.loads((Path(result.out_dir) / "config.json").read_text())["run_id"]
+    assert checkpoint["run_id"] == run_id and len(run_id) == 32
 
 
 def test_each_checkpoint_is_written_after_the_rows_it_counts_are_fsynced(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ what the server's restore reads and a progress.csv with fewer rows than the chec
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,7 +66,7 @@ def refusal(run_dir: Path) -> str:
 def test_the_required_entries_are_what_restore_reads():
     # every entry restore indexes is required; every other entry a checkpoint holds may be absent
     config = TrainConfig()
-    exported = server_state(config, progress_rows=0)
+    exported = {**server_state(config, progress_rows=0), "run_id": "0" * 32}  # the driver adds the last two
     assert set(exported) == set(REQUIRED_ENTRIES) | set(OPTIONAL_ENTRIES)
     assert set(REQUIRED_ENTRIES) == {"rule_state", *RESTORED_ENTRIES}
     assert REQUIRED_RULE_ENTRIES == ("theta", "theta_prev", "momentum")
@@ -120,7 +121,7 @@ def test_a_rule_state_without_a_point_to_dispatch_is_refused_on_load(point, tmp_
 
 @pytest.mark.parametrize("name", OPTIONAL_ENTRIES)
 def test_a_checkpoint_without_an_optional_entry_still_loads(name, tmp_path):
-    state = server_state(progress_rows=0)
+    state = {**server_state(progress_rows=0), "run_id": "0" * 32}
     del state[name]
     save_checkpoint(tmp_path, state)
     assert name not in load_checkpoint(tmp_path)
@@ -255,6 +256,58 @@ def test_resume_with_a_truncated_progress_file_is_one_line_and_touches_nothing(t
     err = one_error_line(capsys)
     assert f"{run / 'progress.csv'} has 2 rows but the checkpoint was taken after 5; " in err, err
     assert snapshot(run) == before
+
+
+def _stamp(run: Path, config_id: str | None, checkpoint_id: str | None, state: dict) -> None:
+    """Give ``run``'s config.json and checkpoint these run ids (None: none, as older runs wrote)."""
+    raw = json.loads((run / "config.json").read_text())
+    if config_id is not None:
+        raw["run_id"] = config_id
+    (run / "config.json").write_text(json.dumps(raw))
+    save_checkpoint(run, {**state, "run_id": checkpoint_id} if checkpoint_id is not None else state)
+
+
+def test_resume_with_another_runs_checkpoint_is_one_line_and_touches_nothing(tmp_path, capsys, monkeypatch):
+    """A checkpoint copied from another run of the same model passed every check and continued the other
+    run's parameters, after cutting progress.csv to the other run's row count."""
+    monkeypatch.setattr("afedpg_ray.train.connect", no_ray)
+    run, state = resumable_run(tmp_path, rows=3)
+    _stamp(run, "a" * 32, "b" * 32, state)
+    before = snapshot(run)
+    with pytest.raises(SystemExit) as exit_info:
+        main(resume_argv(run))
+    assert exit_info.value.code == 2
+    assert one_error_line(capsys) == (
+        f"afedpg: error: {run / 'checkpoint.pt'}: written by another run (run id bbbbbbbb, this directory's is "
+        "aaaaaaaa); put back this run's own checkpoint"
+    )
+    assert snapshot(run) == before
+
+
+def test_resume_with_a_checkpoint_of_more_agents_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("afedpg_ray.train.connect", no_ray)
+    run, state = resumable_run(tmp_path, rows=3)  # 2 agents
+    save_checkpoint(run, {**state, "agent_versions": {0: 3, 1: 2, 2: 1}})
+    with pytest.raises(SystemExit):
+        main(resume_argv(run))
+    assert one_error_line(capsys) == (
+        f"afedpg: error: {run / 'checkpoint.pt'}: it tracks agent 2, but this run has 2 agents; it belongs to "
+        "another run"
+    )
+
+
+@pytest.mark.parametrize(("config_id", "checkpoint_id"), [("a" * 32, "a" * 32), (None, "b" * 32), ("a" * 32, None)])
+def test_a_run_id_only_refuses_when_both_sides_have_one_and_differ(config_id, checkpoint_id, tmp_path, monkeypatch):
+    """The same run's checkpoint resumes; runs written before run ids (either side without one) are trusted."""
+
+    def ray_started(*args, **kwargs):
+        raise RuntimeError("passed the checks")
+
+    monkeypatch.setattr("afedpg_ray.train.connect", ray_started)
+    run, state = resumable_run(tmp_path, rows=3)
+    _stamp(run, config_id, checkpoint_id, state)
+    with pytest.raises(RuntimeError, match="passed the checks"):
+        main(resume_argv(run))
 
 
 def test_an_intact_run_with_rows_passes_the_checks(tmp_path, monkeypatch):
