@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -996,3 +997,16 @@ def test_hyper_numbers_agent_resources_by_its_largest_swept_agent_count(tmp_path
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--agent-resources", '{"4-7": {"num_cpus": 0.2}}', "--out", str(tmp_path)])
     assert exit_info.value.code == 1 and "stop before Tune" in capsys.readouterr().err
+
+
+def test_a_trial_snapshot_ends_its_logs_at_the_last_complete_line(tmp_path):
+    from tune_sweeps.trainable import snapshot_run
+
+    (tmp_path / "progress.csv").write_bytes(b"update,wall_time\n1,0.5\n2,0.")  # a row being appended
+    (tmp_path / "config.json").write_text("{}")
+    snapshot = snapshot_run(tmp_path)
+    try:
+        assert (snapshot / "progress.csv").read_bytes() == b"update,wall_time\n1,0.5\n"
+        assert sorted(p.name for p in snapshot.iterdir()) == ["config.json", "progress.csv"]
+    finally:
+        shutil.rmtree(snapshot)

@@ -212,11 +212,20 @@ class ThrottledReporter:
 
 
 def snapshot_run(run_dir: Path) -> Path:
-    """Copy what a resume needs of ``run_dir`` into a new temporary directory (the caller removes it)."""
+    """Copy what a resume needs of ``run_dir`` into a new temporary directory (the caller removes it).
+
+    The logs are being appended to meanwhile: their copies end at the last complete line (a resume
+    refuses a progress.csv with a broken row, even past the rows it keeps)."""
     target = Path(tempfile.mkdtemp(prefix="afedpg-trial-checkpoint-"))
     for name in SNAPSHOT_FILES:
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, target / name)
+        source = run_dir / name
+        if not source.is_file():
+            continue
+        if name.endswith(".csv"):
+            text = source.read_bytes()
+            (target / name).write_bytes(text[: text.rfind(b"\n") + 1])
+        else:
+            shutil.copy2(source, target / name)
     return target
 
 
