@@ -439,20 +439,31 @@ def test_a_trial_tune_stopped_ends_at_the_next_report_of_its_own_thread():
     sender.close(reraise=False)
 
 
-def test_run_trial_reports_through_tune_before_it_returns_with_the_reserved_agent_cpus(tmp_path, monkeypatch):
-    """run_trial's wiring without Ray: the config train() gets, and every report delivered by return."""
+def _fake_tune_trial(monkeypatch, tmp_path, report, train) -> None:
+    """Stand in for what run_trial takes from Tune (trial id "t0", no checkpoint to restore, ``report``)
+    and for ``train``; run from ``tmp_path`` as Tune runs a trial from its working directory."""
     import ray.tune
 
     from afedpg_ray import train as train_module
+
+    class Context:
+        def get_trial_id(self):
+            return "t0"
+
+    monkeypatch.setattr(ray.tune, "get_context", lambda: Context())
+    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(ray.tune, "report", report)
+    monkeypatch.setattr(train_module, "train", train)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_run_trial_reports_through_tune_before_it_returns_with_the_reserved_agent_cpus(tmp_path, monkeypatch):
+    """run_trial's wiring without Ray: the config train() gets, and every report delivered by return."""
     from afedpg_ray.config import TrainConfig
     from afedpg_ray.messages import UpdateRecord
     from tune_sweeps.trainable import run_trial, trial_bundles
 
     reported, seen = [], {}
-
-    class Context:
-        def get_trial_id(self):
-            return "t0"
 
     def slow_report(metrics):
         time.sleep(0.05)  # Tune's controller takes its time; run_trial must still wait for every report
@@ -463,11 +474,7 @@ def test_run_trial_reports_through_tune_before_it_returns_with_the_reserved_agen
         for samples in (100, 200, 300, 400):
             on_record(UpdateRecord(samples // 100, 0.0, 0, 0, samples, 0, 1.0, True))
 
-    monkeypatch.setattr(ray.tune, "get_context", lambda: Context())
-    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)
-    monkeypatch.setattr(ray.tune, "report", slow_report)
-    monkeypatch.setattr(train_module, "train", fake_train)
-    monkeypatch.chdir(tmp_path)
+    _fake_tune_trial(monkeypatch, tmp_path, slow_report, fake_train)
     base = TrainConfig(env="CartPole-v1", agents=4, samples=400, batch=100, num_envs=2).to_dict()
     run_trial({"train": base, "variants": {}, "seed": 0})
     assert [r["samples_total"] for r in reported] == [100, 200, 300, 400]
@@ -481,17 +488,12 @@ def test_a_trial_reports_a_checkpoint_per_run_checkpoint_and_a_rerun_resumes_fro
     import ray.tune
     from _checkpoint_util import server_state
 
-    from afedpg_ray import train as train_module
     from afedpg_ray.checkpoint import load_checkpoint, save_checkpoint
     from afedpg_ray.messages import UpdateRecord
     from tune_sweeps.trainable import run_trial
 
     config = TrainConfig(env="CartPole-v1", agents=2, samples=500, batch=100, num_envs=2)
     reported, calls = [], []
-
-    class Context:
-        def get_trial_id(self):
-            return "t0"
 
     def report(metrics, checkpoint=None):
         held = None
@@ -510,11 +512,7 @@ def test_a_trial_reports_a_checkpoint_per_run_checkpoint_and_a_rerun_resumes_fro
                 save_checkpoint(run, server_state(config, version=samples // 100, samples_total=samples))
             on_record(UpdateRecord(samples // 100, 0.0, 0, 0, samples, 0, 1.0, True))
 
-    monkeypatch.setattr(ray.tune, "get_context", lambda: Context())
-    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)
-    monkeypatch.setattr(ray.tune, "report", report)
-    monkeypatch.setattr(train_module, "train", fake_train)
-    monkeypatch.chdir(tmp_path)
+    _fake_tune_trial(monkeypatch, tmp_path, report, fake_train)
     run_trial({"train": config.to_dict(), "variants": {}, "seed": 0})
     files = ["checkpoint.pt", "progress.csv"]
     nan = reported[0][1]
