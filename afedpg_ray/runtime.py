@@ -191,6 +191,7 @@ class RayRunner:
         self.run_dir = run_dir
         self.prefix = name_prefix
         # The event clock continues the server's progress clock (its elapsed time is checkpointed).
+        self.resumed = resume_state is not None
         self._resumed_elapsed = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0
         self.start = time.time() - self._resumed_elapsed
         self.slowdowns = parse_profile(config.hetero, config.agents, config.seed)
@@ -529,6 +530,8 @@ class RayRunner:
         """:meth:`run`, with Ctrl-C and SIGTERM holdable."""
         loop_started = self._elapsed()
         self.stats.startup_seconds = loop_started - self._resumed_elapsed
+        if self.resumed:  # the run's clock counts training: a resumed session's start-up is left out of it
+            loop_started = self._shift_clock(self.stats.startup_seconds)
         self._loop_started_elapsed = loop_started
         try:
             while True:
@@ -548,6 +551,19 @@ class RayRunner:
             # names and resources for the next run on the cluster
             self._kill_actors()
         return self.stats
+
+    def _shift_clock(self, seconds: float) -> float:
+        """Move the run's clock (the driver's and the server's) back by ``seconds``; returns its reading.
+
+        Without it a resumed run's first update would carry the session's start-up (actors created and
+        placed, seconds), a step in the middle of the wall-clock curves that sweeps time. Events logged
+        during the start-up keep the time they were logged at."""
+        self.start += seconds
+        try:
+            self._server_call(self.server.shift_clock.remote(seconds))
+        except ServerLostError:
+            pass  # the loop's first call finds it dead; its replacement starts on the shifted clock
+        return self._elapsed()
 
     def shutdown(self) -> None:
         """Finish the checkpoint being written and kill every actor this runner created."""

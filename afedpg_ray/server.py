@@ -340,6 +340,10 @@ class ParameterServer:
         self.records_emitted += 1
         return record
 
+    def shift_clock(self, seconds: float) -> None:
+        """Move the run's clock back by ``seconds`` (a resumed session's start-up is not training time)."""
+        self.start_time += seconds
+
     def policy_snapshot(self) -> dict:
         """The global parameters and normaliser, for saving the final policy."""
         return policy_snapshot_of(self.export_state())

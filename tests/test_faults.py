@@ -224,6 +224,10 @@ def test_ctrl_c_or_sigterm_stops_the_driver_with_how_to_resume(sent, code, what,
     done = int(rows[-1]["samples_total"])  # how far it got before the signal stopped it
     assert main(["train", "--resume", str(run_dir), "--samples", str(done + 1000), "--no-progress"]) == 0
     assert progress(run_dir)[: len(rows)] == rows  # nothing cut: the resume continued from the last row
+    # the resumed session's start-up is not on the run's clock: no step in the curve at the resume
+    first = progress(run_dir)[len(rows)]
+    startup = json.loads((run_dir / "summary.json").read_text())["startup_seconds"]
+    assert float(first["wall_time"]) - float(rows[-1]["wall_time"]) < startup, (first, rows[-1], startup)
 
 
 def test_driver_sigkill_then_resume_continues_counters(tmp_path):

@@ -488,12 +488,14 @@ def test_a_trial_reports_a_checkpoint_per_run_checkpoint_and_a_rerun_resumes_fro
     import ray.tune
     from _checkpoint_util import server_state
 
+    from afedpg_ray import train as train_module
     from afedpg_ray.checkpoint import load_checkpoint, save_checkpoint
     from afedpg_ray.messages import UpdateRecord
     from tune_sweeps.trainable import run_trial
 
     config = TrainConfig(env="CartPole-v1", agents=2, samples=500, batch=100, num_envs=2)
     reported, calls = [], []
+    monkeypatch.setattr("tune_sweeps.trainable.TRIAL_CHECKPOINT_MIN_S", 0.0)  # ThrottledReporter's own test
 
     def report(metrics, checkpoint=None):
         held = None
@@ -534,6 +536,40 @@ def test_a_trial_reports_a_checkpoint_per_run_checkpoint_and_a_rerun_resumes_fro
     run_trial({"train": config.to_dict(), "variants": {}, "seed": 0})
     assert calls[-1] == (True, files)
     assert {resumed for _, resumed, _ in reported} == {300}
+
+    # restored from a checkpoint taken as its run ended, train() only finishes the run and logs no record:
+    # the trial still reports its result at the budget, or it would never count as finished
+    class Finished:
+        updates, samples_total, return_mean, wall_time = 5, 500, 42.0, 9.0
+
+    def finishing_train(config, name_prefix, on_record, resume=False):
+        return Finished()
+
+    reported.clear()
+    monkeypatch.setattr(train_module, "train", finishing_train)
+    run_trial({"train": config.to_dict(), "variants": {}, "seed": 0})
+    assert [(s, resumed, held) for s, resumed, held in reported] == [(500, 300, None)]
+
+
+def test_trial_checkpoints_are_at_least_the_minimum_interval_apart(tmp_path, monkeypatch):
+    """Tune snapshots the whole experiment's state with every trial checkpoint: a run checkpointing every
+    few updates must not make it do so every few updates."""
+    from _checkpoint_util import server_state
+
+    from afedpg_ray.checkpoint import save_checkpoint
+    from afedpg_ray.messages import UpdateRecord
+    from tune_sweeps.trainable import CHECKPOINT_PAYLOAD_KEY, ThrottledReporter
+
+    clock = [0.0]
+    monkeypatch.setattr("tune_sweeps.trainable.time.monotonic", lambda: clock[0])
+    config = TrainConfig(env="CartPole-v1", agents=2, samples=1000, batch=100, num_envs=2)
+    sent = []
+    reporter = ThrottledReporter(config, sent.append, run_dir=tmp_path, checkpoint_every_s=30.0)
+    for update, now in enumerate((0.0, 10.0, 20.0, 31.0, 40.0, 70.0), start=1):
+        clock[0] = now
+        save_checkpoint(tmp_path, server_state(config, version=update, samples_total=100 * update))  # a new one
+        reporter(UpdateRecord(update, now, 0, 0, 100 * update, 0, 1.0, True))
+    assert [p["samples_total"] for p in sent if p.get(CHECKPOINT_PAYLOAD_KEY)] == [100, 400, 600]
 
 
 def test_a_resumed_trial_joins_its_earlier_reports_up_to_its_checkpoint():
@@ -908,7 +944,7 @@ def test_bad_sweep_csv_is_named(tmp_path, capsys):
 
 def _record(out: Path, name: str, argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}_command.json").write_text(json.dumps({"argv": argv}))
+    (out / f"{name}_command.json").write_text(json.dumps({"argv": argv, "cwd": str(Path.cwd())}))
 
 
 @pytest.mark.parametrize(
@@ -980,6 +1016,37 @@ def test_a_resume_runs_the_command_the_sweep_started_with(tmp_path, monkeypatch)
     assert (args.resume, args.out, args.target, args.max_concurrent) == (True, str(out), 30.0, 1)
     ran = sorted((t["variant"], t["seed"], merged_train_dict(t)["eta0"]) for t in trials)
     assert ran == [("afedpg-n2", 0, 0.05), ("afedpg-n2", 1, 0.05), ("fedpg-n2", 0, 0.05), ("fedpg-n2", 1, 0.05)]
+
+
+def test_a_resume_accepts_the_default_the_sweep_started_with_and_its_relative_storage(tmp_path, monkeypatch):
+    import tune_sweeps.cli as sweep_cli
+
+    seen = {}
+
+    def launch(args, name, trials, space, num_samples=1):
+        seen.update(args=args, trials=trials)
+        raise SystemExit(7)
+
+    monkeypatch.setattr(sweep_cli, "_launch", launch)
+    started_in = tmp_path / "started"
+    started_in.mkdir()
+    monkeypatch.chdir(started_in)
+    out = tmp_path / "out"
+    _record(out, "speedup", ["sweep", "speedup", "--env", "CartPole-v1", "--storage", "tune-store"])
+    monkeypatch.chdir(tmp_path)  # resumed from elsewhere
+    with pytest.raises(SystemExit):
+        main(["sweep", "speedup", "--resume", "--out", str(out), "--seeds", "3", "--agents", "4,8"])
+    assert seen["args"].storage == str(started_in / "tune-store") and len(seen["trials"]) == 4 * 2 * 3
+
+
+def test_a_resume_with_an_unreadable_record_is_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    _record(out, "speedup", ["sweep", "speedup", "--option-of-a-newer-afedpg"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "speedup", "--resume", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "is not a sweep record this afedpg can read" in err, err
 
 
 def test_hyper_numbers_agent_resources_by_its_largest_swept_agent_count(tmp_path, capsys, monkeypatch):

@@ -57,7 +57,7 @@ def _add_sweep_options(parser: argparse.ArgumentParser, name: str, seeds: int, c
     add("--resume", action="store_true", help="resume the interrupted sweep found at STORAGE/" + name)
     add("--verbose", type=int, choices=(0, 1, 2), help="Tune's progress output: 0, 1 (default) or 2")
     # None above (and for every option with a default) tells "not given" apart: a resumed sweep keeps the
-    # values it started with and refuses a different one; the defaults are filled in by _with_defaults
+    # values it started with and refuses a different one; the defaults are filled in by _command_args
     parser.set_defaults(default_max_concurrent=concurrent, default_seeds=seeds)
     add("--no-tensorboard", action="store_true", help="no TensorBoard event files in the trials' run directories")
 

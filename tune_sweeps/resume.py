@@ -10,7 +10,10 @@ have its old value, and one left out keeps it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +32,12 @@ def record_path(out: Path, name: str) -> Path:
 
 
 def record_command(out: Path, name: str, args: argparse.Namespace) -> None:
-    """Write the command line ``args`` was parsed from (nothing if it was built without one)."""
+    """Write the command line ``args`` was parsed from (nothing if it was built without one), and the
+    directory it ran in (a relative ``--storage`` is resolved against it on resume)."""
     argv = getattr(args, "argv", None)
     if argv is not None:
-        record_path(out, name).write_text(json.dumps({"argv": list(argv)}, indent=2) + "\n")
+        record = {"argv": list(argv), "cwd": os.getcwd()}
+        record_path(out, name).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def given(value: Any) -> bool:
@@ -61,17 +66,22 @@ def resumed_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
     from afedpg_ray.cli import build_parser
 
     try:
-        argv = json.loads(path.read_text())["argv"]
-        started = build_parser().parse_args(argv)
+        record = json.loads(path.read_text())
+        argv = record["argv"]
+        with contextlib.redirect_stderr(io.StringIO()):  # the parser's own complaint: this line replaces it
+            started = build_parser().parse_args(argv)
     except (OSError, ValueError, KeyError, TypeError, SystemExit):
-        fail(f"--resume: {path} is not a sweep record afedpg wrote; move it aside to resume with this command")
+        fail(
+            f"--resume: {path} is not a sweep record this afedpg can read; move it aside to resume with the "
+            "options of this command"
+        )
     if started.handler is not args.handler:
         fail(f"--resume: {path} records another kind of sweep (afedpg {' '.join(argv[:2])})")
     for dest, value in vars(args).items():
         if dest in KEPT_ON_RESUME or dest in _NOT_OPTIONS or dest.startswith("default_") or not given(value):
             continue
         before = getattr(started, dest, None)
-        if value != before:
+        if value != (before if given(before) else getattr(started, f"default_{dest}", None)):
             flag = "--" + dest.replace("_", "-")
             default = getattr(started, f"default_{dest}", None)
             was = (
@@ -85,6 +95,9 @@ def resumed_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
                 f"{flag}: the sweep in {path.parent} {was}; a resumed sweep runs the trials it started with - "
                 f"give the same value or leave {flag} out (to change it, start a new sweep with another --out)"
             )
+    storage = started.storage
+    if storage and "://" not in storage and not Path(storage).expanduser().is_absolute():
+        started.storage = str(Path(record.get("cwd", ".")) / storage)  # where the sweep put it
     for dest in KEPT_ON_RESUME:
         if given(getattr(args, dest, None)):
             setattr(started, dest, getattr(args, dest))

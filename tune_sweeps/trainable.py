@@ -146,6 +146,9 @@ SNAPSHOT_FILES = (CHECKPOINT_FILE, "progress.csv", "events.csv", "config.json")
 """What a trial's Tune checkpoint holds of its run directory: enough for ``train(resume=True)``. The
 checkpoint goes first: it is replaced atomically, and progress.csv holds at least the rows it counts
 from the moment it is written (they are fsynced before it), so copying in this order is consistent."""
+TRIAL_CHECKPOINT_MIN_S = 30.0
+"""Seconds between a trial's Tune checkpoints at least: Tune snapshots and syncs the experiment's state
+with each (it warns when that happens more than once in 5 s), and a run checkpoints every 25 updates."""
 CHECKPOINT_PAYLOAD_KEY = "_with_checkpoint"
 """A report payload's marker: attach a snapshot of the run directory (popped before Tune sees it)."""
 
@@ -153,10 +156,11 @@ CHECKPOINT_PAYLOAD_KEY = "_with_checkpoint"
 class ThrottledReporter:
     """Turns ``train()``'s update records into Tune reports, about every ``fraction`` of the budget.
 
-    A report also carries a trial checkpoint whenever the run has written a newer checkpoint of its own
-    (every ``--checkpoint-every`` updates), except the last report: Tune reruns only trials that did not
-    finish, and they resume from it. ``resumed_from`` is the samples of the checkpoint this attempt
-    resumed from: :func:`collect_rows` joins the earlier attempt's reports up to there.
+    A report also carries a trial checkpoint when the run has written a newer checkpoint of its own
+    (every ``--checkpoint-every`` updates) and the last trial checkpoint is ``checkpoint_every_s`` old,
+    except the last report: Tune reruns only trials that did not finish, and they resume from it.
+    ``resumed_from`` is the samples of the checkpoint this attempt resumed from: :func:`collect_rows`
+    joins the earlier attempt's reports up to there.
     """
 
     def __init__(
@@ -166,6 +170,7 @@ class ThrottledReporter:
         fraction: float = REPORT_FRACTION,
         run_dir: Path | None = None,
         resumed_from: int | None = None,
+        checkpoint_every_s: float | None = None,
     ):
         self.config = config
         self.send = send
@@ -176,29 +181,47 @@ class ThrottledReporter:
         self.resumed_from = resumed_from
         self.checkpointed: int | None = None
         """Modification time (ns) of the run checkpoint the last trial checkpoint was taken of."""
+        self.checkpoint_every_s = TRIAL_CHECKPOINT_MIN_S if checkpoint_every_s is None else checkpoint_every_s
+        self.checkpointed_at = -math.inf
+        """``time.monotonic()`` of the last trial checkpoint."""
+        self.reached_budget = False
+        """Whether a report at the sample budget was sent (a resume that only finishes a run sends none)."""
 
     def __call__(self, record: UpdateRecord) -> None:
         """Report ``record`` if it crossed the next threshold or finished the budget."""
         if record.samples_total < self.next_at and record.samples_total < self.config.samples:
             return
         self.next_at = (record.samples_total // self.step + 1) * self.step
-        payload: dict[str, Any] = {
+        payload = self._payload(record.update, record.samples_total, record.return_mean, record.wall_time)
+        self.reached_budget = record.samples_total >= self.config.samples
+        due = time.monotonic() - self.checkpointed_at >= self.checkpoint_every_s
+        stamp = self._new_checkpoint() if due and not self.reached_budget else None
+        if stamp is not None:
+            payload[CHECKPOINT_PAYLOAD_KEY] = True
+            self.checkpointed, self.checkpointed_at = stamp, time.monotonic()
+        self.send(payload)
+
+    def finish(self, result: Any) -> None:
+        """After ``train()`` returned: report its result if no report reached the budget (a trial restored
+        from a checkpoint taken as its run ended only finishes the run, and sends no record), so that the
+        trial's reports show it finished."""
+        if not self.reached_budget:
+            self.reached_budget = True
+            self.send(self._payload(result.updates, result.samples_total, result.return_mean, result.wall_time))
+
+    def _payload(self, update: int, samples_total: int, return_mean: float, wall_time: float) -> dict[str, Any]:
+        return {
             "algo": self.config.algo,
             "agents": self.config.agents,
             "seed": self.config.seed,
-            "update": record.update,
-            "samples_total": record.samples_total,
-            "samples_per_agent": record.samples_total / self.config.agents,
-            "return_mean": record.return_mean,
-            "wall_time": record.wall_time,
+            "update": update,
+            "samples_total": samples_total,
+            "samples_per_agent": samples_total / self.config.agents,
+            "return_mean": return_mean,
+            "wall_time": wall_time,
             "attempt": self.attempt,
             "resumed_from_samples": math.nan if self.resumed_from is None else self.resumed_from,
         }
-        stamp = self._new_checkpoint() if record.samples_total < self.config.samples else None
-        if stamp is not None:
-            payload[CHECKPOINT_PAYLOAD_KEY] = True
-            self.checkpointed = stamp
-        self.send(payload)
 
     def _new_checkpoint(self) -> int | None:
         """The modification time of the run's checkpoint on disk if no trial checkpoint was taken of it yet."""
@@ -316,12 +339,15 @@ def run_trial(trial_config: dict[str, Any]) -> None:
     resumed_from = _restore_trial_checkpoint(run_dir)
     # Tune copies the working directory to storage while the run writes: no temporary file may vanish
     # from it mid-copy (see afedpg_ray.atomic); its parent holds every trial's working directory
-    scratch = Path(tempfile.mkdtemp(prefix=f".afedpg-scratch-{trial_id}-", dir=Path.cwd().parent))
+    # (one per trial, reused by its reruns: a trial Tune stops is killed before it can remove it)
+    scratch = Path.cwd().parent / f".afedpg-scratch-{trial_id}"
+    scratch.mkdir(exist_ok=True)
     set_scratch_dir(scratch)
     sender = BackgroundSender(report_to_tune(run_dir, tune.report))
     reporter = ThrottledReporter(config, sender, run_dir=run_dir, resumed_from=resumed_from)
     try:
-        train(config, name_prefix=f"afedpg-{trial_id}", on_record=reporter, resume=resumed_from is not None)
+        result = train(config, name_prefix=f"afedpg-{trial_id}", on_record=reporter, resume=resumed_from is not None)
+        reporter.finish(result)
     except BaseException:
         sender.close(reraise=False)  # the run's own error is the one to show
         raise
