@@ -165,7 +165,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="anneal alpha geometrically from --alpha0 to this over the run (constant/linear schedules; default fixed)",
     )
-    add("--lr", type=float, help=f"a3c's Adam step size (default {d.lr})")
+    add("--lr", type=float, help=f"a3c's step size (default {d.lr}, for Adam)")
+    add("--a3c-optimizer", help="a3c's step: adam (default) or sgd (the plain theta + lr * g; tune --lr for it)")
     add("--collect", type=int, help="rennala: fresh gradients averaged per step (default: --agents)")
     add(
         "--staleness-power",
@@ -254,6 +255,8 @@ def refuse_ignored_options(given: dict[str, Any], config: TrainConfig) -> None:
         )
     if "lr" in given and config.algo != "a3c":
         raise ConfigError("--lr", f"only a3c's Adam step uses it; {config.algo} steps with --eta0")
+    if "a3c_optimizer" in given and config.algo != "a3c":
+        raise ConfigError("--a3c-optimizer", f"only a3c uses it; {config.algo} steps with --eta0")
     for name in ("eta0", "alpha0"):
         if name in given and config.algo == "a3c":
             raise ConfigError(f"--{name}", "a3c takes a plain Adam step of size --lr (no NIGT step or momentum weight)")

@@ -19,6 +19,7 @@ from typing import Any
 
 ALGORITHMS = ("afedpg", "vanilla", "fedpg", "a3c", "pg", "rennala")
 SCHEDULES = ("constant", "theory", "linear")
+A3C_OPTIMIZERS = ("adam", "sgd")
 AGENT_RESOURCE_KEYS = ("num_cpus", "memory", "resources")
 """The requests an ``--agent-resources`` group may make (what :func:`placement.agent_options` passes to Ray)."""
 LOG_STD_LIMIT = 20.0
@@ -110,7 +111,10 @@ class TrainConfig:
     alpha_end: float | None = None
     """If set (constant/linear schedules), alpha anneals geometrically from alpha0 to this over the run."""
     lr: float = 3e-3
-    """A3C's plain step size (Adam) - only used by ``a3c``."""
+    """A3C's step size - only used by ``a3c``."""
+    a3c_optimizer: str = "adam"
+    """A3C's step: ``adam`` (Adam's, as A3C implementations use) or ``sgd`` (the plain ``theta + lr * g``);
+    ALGORITHMS.md allows either. ``sgd`` needs its own ``lr``: Adam's steps do not scale with the gradient."""
     collect: int | None = None
     """rennala only: fresh gradients averaged per step (None: one per agent, ``--agents``)."""
     staleness_power: float = 0.0
@@ -396,6 +400,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         )
     _positive("--eta0", config.eta0)
     _positive("--lr", config.lr)
+    if config.a3c_optimizer not in A3C_OPTIMIZERS:
+        raise ConfigError("--a3c-optimizer", f"choose {' or '.join(A3C_OPTIMIZERS)}, got {config.a3c_optimizer!r}")
     for option, value in (("--eta0", config.eta0), ("--lr", config.lr)):
         _at_most(option, value, MAX_STEP, "a step that large is a typo")
     _positive("--max-grad-norm", config.max_grad_norm)

@@ -106,6 +106,7 @@ class ParameterServer:
             horizon=self.horizon,
             alpha_end=cfg.alpha_end,
             staleness_power=cfg.staleness_power,
+            a3c_optimizer=cfg.a3c_optimizer,
         )
 
     def export_state(self) -> dict[str, Any]:

@@ -113,6 +113,8 @@ from afedpg_ray.cli import main
         (["--num-envs", "100000", "--batch", "100000"], "--num-envs"),
         (["--hetero", "linear:1000", "--iteration-time", "3600"], "--iteration-time"),  # 1000 hours
         (["--prefix", "my run"], "--prefix"),  # becomes a Ray actor name
+        (["--a3c-optimizer", "sgd"], "--a3c-optimizer"),  # afedpg: only a3c steps with it
+        (["--algo", "a3c", "--a3c-optimizer", "rmsprop"], "--a3c-optimizer"),
         (["--prefix", ""], "--prefix"),
         (["--prefix", "x" * 65], "--prefix"),
     ],

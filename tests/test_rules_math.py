@@ -222,6 +222,19 @@ def test_a3c_first_step_is_lr_times_sign():
     assert state.momentum is not None and state.version == 1
 
 
+def test_a3c_plain_steps_by_hand():
+    """``--a3c-optimizer sgd``: theta + lr * decay(k) * (D + 1)^-P * g, no moment, no normalisation."""
+    rule = make_rule("a3c", "linear", lr=0.1, horizon=4, staleness_power=1.0, a3c_optimizer="sgd")
+    state = RuleState.initial(np.zeros(2))
+    _, info = rule.apply(state, [np.array([1.0, -2.0])], [0])  # fresh: weight 1, lr 0.1
+    assert np.allclose(state.theta, [0.1, -0.2]) and info.eta == pytest.approx(0.1) and info.alpha == 1.0
+    _, info = rule.apply(state, [np.array([2.0, 2.0])], [0])  # delay 1: weight 1/2; lr 0.1 * (1 - 1/4)
+    assert np.allclose(state.theta, [0.1 + 0.075, -0.2 + 0.075]) and info.alpha == 0.5
+    assert np.allclose(state.momentum, [1.0, 1.0]) and state.version == 2  # the last step's direction
+    with pytest.raises(ValueError, match="optimizer must be adam or sgd"):
+        A3CRule(lr=0.1, optimizer="rmsprop")
+
+
 def test_async_rules_refuse_several_gradients():
     for algo in ("afedpg", "vanilla", "a3c", "pg"):
         with pytest.raises(ValueError, match="applies one gradient at a time, got 2"):
@@ -229,11 +242,12 @@ def test_async_rules_refuse_several_gradients():
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear"])
-@pytest.mark.parametrize("algo", ["afedpg", "vanilla", "fedpg", "a3c", "pg", "rennala"])
+@pytest.mark.parametrize("algo", ["afedpg", "vanilla", "fedpg", "a3c", "a3c-sgd", "pg", "rennala"])
 def test_rule_contract(algo, schedule):
     """Every rule: one version per apply, finite outputs of the right shape, ascent on a concave objective."""
-    rule = make_rule(algo, schedule, eta0=0.05, alpha0=0.5, lr=0.05, horizon=400)
-    assert rule.name == algo
+    name, _, optimizer = algo.partition("-")
+    rule = make_rule(name, schedule, eta0=0.05, alpha0=0.5, lr=0.05, horizon=400, a3c_optimizer=optimizer or "adam")
+    assert rule.name == name
     target = np.array([1.0, -2.0, 0.5])
     state = RuleState.initial(np.zeros(3))
     rng = np.random.default_rng(0)

@@ -23,6 +23,7 @@ def make_rule(
     alpha_end: float | None = TrainConfig.alpha_end,
     staleness_power: float = TrainConfig.staleness_power,
     delay_lookahead: float = 0.0,
+    a3c_optimizer: str = TrainConfig.a3c_optimizer,
 ) -> UpdateRule:
     """Build the update rule named ``algo`` with its schedule constants.
 
@@ -46,5 +47,6 @@ def make_rule(
     if algo in builders:
         return builders[algo](sched)
     if algo == "a3c":
-        return A3CRule(lr, schedule=sched if schedule == "linear" else None, staleness_power=staleness_power)
+        linear = sched if schedule == "linear" else None
+        return A3CRule(lr, schedule=linear, staleness_power=staleness_power, optimizer=a3c_optimizer)
     raise ValueError(f"unknown algorithm {algo!r}")
