@@ -120,6 +120,30 @@ def test_sample_efficiency_sweep_end_to_end(tmp_path, capsys):
     assert len(sorted((out / "sample_efficiency").glob("*/run-*-2*/progress.csv"))) == 2
 
 
+@pytest.mark.usefixtures("ray_session")
+def test_speedup_sweep_end_to_end(tmp_path, capsys):
+    """Two rules side by side through real Tune: the rows, the figure, and a summary whose times leave
+    the actors' start-up out and whose theoretical ratio is the padding's."""
+    out = tmp_path / "sp"
+    argv = ["sweep", "speedup", "--env", "CartPole-v1", "--algos", "afedpg,fedpg", "--agents", "2", "--seeds", "1"]
+    argv += ["--samples", "6000", "--batch", "250", "--num-envs", "2", "--hetero", "linear:2"]
+    argv += ["--iteration-time", "0.05", "--agent-cpus", "0.4", "--no-tensorboard", "--verbose", "0"]
+    assert main([*argv, "--out", str(out)]) == 0
+    rows = read_csv(out / "speedup.csv")
+    assert {r["algo"] for r in rows} == {"afedpg", "fedpg"} and all(int(r["agents"]) == 2 for r in rows)
+    assert_png(out / "speedup.png")
+    summary = {r["algo"]: r for r in read_csv(out / "speedup_summary.csv")}
+    assert set(summary) == {"afedpg", "fedpg"}
+    for row in summary.values():
+        budget, startup = float(row["budget_time_s"]), float(row["startup_s"])
+        last = max(float(r["wall_time"]) for r in rows if r["algo"] == row["algo"])
+        assert 0 < startup and 0 < budget < last  # the budget's time at the steady rate, start-up apart
+    # iterations padded to 0.05 and 0.1 s: (t_max / N) * sum(1 / t_i) = (0.1 / 2) * (20 + 10) = 1.5
+    ratios = [float(r["theoretical_ratio"]) for r in summary.values() if r["theoretical_ratio"] not in ("", "nan")]
+    assert ratios and ratios == pytest.approx([1.5] * len(ratios)), summary
+    assert "speedup_summary.md" in capsys.readouterr().out
+
+
 # --- speedup summary arithmetic ---------------------------------------------------------------------
 
 
