@@ -156,8 +156,22 @@ def test_sample_efficiency_without_learning_shows_no_speedup():
         assert math.isnan(row["ratio_to_base"])
     assert sample_efficiency.target_warning(table) == (
         "no target return: N=1's final mean return (18.00) is not above its starting mean return (20.00), "
-        "so no samples to target or ratio is reported"
+        "so no samples to target or ratio is reported; give --target to count one"
     )
+
+
+def test_sample_efficiency_counts_samples_to_the_target_given(tmp_path, capsys):
+    """``--target``: N=1 crosses 15 halfway between its reports at 10 and 100 samples/agent, N=4 between
+    2.5 and 25: ratio 13.75 / 55 = 0.25."""
+    data = sample_rows("pg", 1, 0, [(10.0, 10.0), (100.0, 20.0)])
+    data += sample_rows("afedpg", 4, 0, [(2.5, 10.0), (25.0, 20.0)])
+    for row in data:
+        row.update(trial_id=f"t{row['agents']}", update=1, samples_total=row["samples_per_agent"] * row["agents"])
+    sample_efficiency.write_outputs(data, tmp_path, target=15.0)
+    summary = {int(r["agents"]): r for r in csv.DictReader((tmp_path / sample_efficiency.SUMMARY_CSV).open())}
+    assert float(summary[1]["target"]) == 15.0 and float(summary[1]["samples_per_agent_to_target"]) == 55.0
+    assert float(summary[4]["samples_per_agent_to_target"]) == pytest.approx(13.75, abs=0.051)  # rounded to 0.1
+    assert float(summary[4]["ratio_to_base"]) == pytest.approx(0.25, abs=0.005)
 
 
 def test_sample_efficiency_curve_that_starts_above_the_target_gets_none(tmp_path, capsys):
@@ -173,7 +187,7 @@ def test_sample_efficiency_curve_that_starts_above_the_target_gets_none(tmp_path
     out, err = capsys.readouterr()
     assert err.strip() == (
         "afedpg: warning: target return 10.00 is not above the starting mean return of N=4 (12.00): "
-        "no samples to target for it"
+        "no samples to target for it; give a higher --target"
     )
     assert "N=4   afedpg   final    15.00  samples/agent to 10.0:        n/a  ratio to N=1: n/a" in out
 

@@ -272,6 +272,7 @@ def test_mean_curve_t_interval():
         (["hyper", "--grid", "gae_lambda=0.9,0.95", "--critic", "false"], "--gae-lambda"),
         (["hyper", "--grid", "schedule=constant,theory", "--algo", "a3c"], "--schedule"),
         (["sample-efficiency", "--agents", "1,2"], "--samples-per-agent: required"),
+        (["sample-efficiency", "--samples-per-agent", "1000", "--target", "inf"], "--target"),
     ],
 )
 def test_bad_sweep_input_is_one_line_exit_2(argv, option, tmp_path, capsys):

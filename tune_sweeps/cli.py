@@ -79,6 +79,7 @@ def add_commands(sub: Any) -> None:
     _hide_option(se, "--samples")  # refused: the budget comes from --samples-per-agent
     se.add_argument("--agents", type=int_list, help="agent counts N (default 1,2,4,8)")
     se.add_argument("--samples-per-agent", type=int, help="environment steps per agent per trial (required)")
+    se.add_argument("--target", type=float, help="target return (default: the smallest N's final mean return)")
     _add_sweep_options(se, sample_efficiency.NAME, seeds=3, concurrent=0)
     se.set_defaults(handler=cmd_sample_efficiency, default_agents=(1, 2, 4, 8))
 
@@ -351,6 +352,8 @@ def cmd_sample_efficiency(args: argparse.Namespace) -> int:
         fail("--samples: this sweep sets each trial's budget from --samples-per-agent")
     if args.samples_per_agent < 1:
         fail(f"--samples-per-agent: must be a positive integer, got {args.samples_per_agent}")
+    if args.target is not None and not math.isfinite(args.target):
+        fail(f"--target: must be a finite return, got {args.target}")
     seeds = _seeds(args)
     variants = sample_efficiency.variants(args.agents, args.samples_per_agent, args.algo)
     too_small = f"--samples-per-agent: must be at least --batch (one gradient), got {args.samples_per_agent}"
@@ -376,7 +379,7 @@ def cmd_sample_efficiency(args: argparse.Namespace) -> int:
                 f"{agents * args.samples_per_agent} steps, less than one update ({update})"
             )
     rows, results, out = _launch(args, sample_efficiency.NAME, trials, lambda: grid_space(base, variants, seeds))
-    csv_path, png = sample_efficiency.write_outputs(rows, out)
+    csv_path, png = sample_efficiency.write_outputs(rows, out, args.target)
     print(f"wrote {csv_path} and {png} ({len(rows)} reports)")
     return _done(results, len(trials))
 

@@ -86,11 +86,12 @@ def speedup_summary(rows: Sequence[dict[str, Any]], target: float | None = None)
     return table
 
 
-def write_outputs(rows: Sequence[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
-    """Write ``results.csv``, ``sample_efficiency_summary.csv`` and ``sample_efficiency.png`` into ``out_dir``."""
+def write_outputs(rows: Sequence[dict[str, Any]], out_dir: Path, target: float | None = None) -> tuple[Path, Path]:
+    """Write ``results.csv``, ``sample_efficiency_summary.csv`` and ``sample_efficiency.png`` into ``out_dir``
+    (``target``: the return to count samples to; default the smallest N's final return)."""
     csv_path = out_dir / RESULTS_CSV
     write_rows(csv_path, rows, ROW_COLUMNS)
-    return csv_path, write_summary(rows, out_dir)
+    return csv_path, write_summary(rows, out_dir, target)
 
 
 def target_warning(table: Sequence[dict[str, Any]]) -> str:
@@ -101,7 +102,8 @@ def target_warning(table: Sequence[dict[str, Any]]) -> str:
         base = table[0]
         return (
             f"no target return: N={base['agents']}'s final mean return ({base['final_return']:.2f}) is not above its "
-            f"starting mean return ({base['start_return']:.2f}), so no samples to target or ratio is reported"
+            f"starting mean return ({base['start_return']:.2f}), so no samples to target or ratio is reported; "
+            "give --target to count one"
         )
     low = [
         row
@@ -113,7 +115,7 @@ def target_warning(table: Sequence[dict[str, Any]]) -> str:
     names = ", ".join(f"N={row['agents']} ({row['start_return']:.2f})" for row in low)
     return (
         f"target return {table[0]['target']:.2f} is not above the starting mean return of {names}: "
-        f"no samples to target for {'it' if len(low) == 1 else 'them'}"
+        f"no samples to target for {'it' if len(low) == 1 else 'them'}; give a higher --target"
     )
 
 
@@ -121,9 +123,9 @@ def _shown(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value}"
 
 
-def write_summary(rows: Sequence[dict[str, Any]], out_dir: Path) -> Path:
+def write_summary(rows: Sequence[dict[str, Any]], out_dir: Path, target: float | None = None) -> Path:
     """Write ``sample_efficiency_summary.csv`` and the figure from the rows; print the summary; return the figure."""
-    table = speedup_summary(rows)
+    table = speedup_summary(rows, target)
     write_rows(out_dir / SUMMARY_CSV, table, SUMMARY_COLUMNS)
     warning = target_warning(table)
     if warning:
