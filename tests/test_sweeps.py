@@ -1003,17 +1003,23 @@ def test_a_resume_refuses_an_option_the_sweep_started_with_another_value_of(
     assert err.startswith("afedpg: error: " + message.format(out=out)), err
 
 
-def test_a_resume_runs_the_command_the_sweep_started_with(tmp_path, monkeypatch):
-    """Options left out of the resume come from the record; where the sweep lives and its target may be new."""
+def _spy_on_launch(monkeypatch) -> dict:
+    """Stop a sweep where it would start Ray; the returned dict gets the args and trials it would run."""
     import tune_sweeps.cli as sweep_cli
 
-    seen = {}
+    seen: dict = {}
 
     def launch(args, name, trials, space, num_samples=1):
         seen.update(args=args, trials=trials)
         raise SystemExit(7)
 
     monkeypatch.setattr(sweep_cli, "_launch", launch)
+    return seen
+
+
+def test_a_resume_runs_the_command_the_sweep_started_with(tmp_path, monkeypatch):
+    """Options left out of the resume come from the record; where the sweep lives and its target may be new."""
+    seen = _spy_on_launch(monkeypatch)
     out = tmp_path / "out"
     _record(
         out,
@@ -1044,15 +1050,7 @@ def test_a_resume_runs_the_command_the_sweep_started_with(tmp_path, monkeypatch)
 
 
 def test_a_resume_accepts_the_default_the_sweep_started_with_and_its_relative_storage(tmp_path, monkeypatch):
-    import tune_sweeps.cli as sweep_cli
-
-    seen = {}
-
-    def launch(args, name, trials, space, num_samples=1):
-        seen.update(args=args, trials=trials)
-        raise SystemExit(7)
-
-    monkeypatch.setattr(sweep_cli, "_launch", launch)
+    seen = _spy_on_launch(monkeypatch)
     started_in = tmp_path / "started"
     started_in.mkdir()
     monkeypatch.chdir(started_in)
