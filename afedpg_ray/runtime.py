@@ -609,11 +609,12 @@ class RayRunner:
         self.log.write_row(record)
         return stepped and record.accepted and record.update % self.config.checkpoint_every == 0
 
-    def _drain_records(self, block: bool) -> None:
+    def _drain_records(self, block: bool, checkpoint: bool = True) -> None:
         """Log the server's records in submission order: all of them, or (not ``block``) the finished ones.
 
         The loop does not wait for each record (a round trip per update); checkpoints wait for every
-        submitted update, so a checkpoint's version always matches the last line of progress.csv.
+        submitted update, so a checkpoint's version always matches the last line of progress.csv. Without
+        ``checkpoint`` none is taken even if one falls due (a stop decides itself whether the log allows one).
         """
         self._last_drain = time.monotonic()
         if not self._records:
@@ -637,7 +638,7 @@ class RayRunner:
                 continue
             count -= 1
             due = self._after_update(record, self._records.popleft) or due
-        if due:
+        if due and checkpoint:
             self._checkpoint()
 
     def _run_async(self) -> None:
@@ -768,7 +769,9 @@ class RayRunner:
             ready, _ = ray.wait([emitted_ref], num_returns=1, timeout=STOP_CHECKPOINT_S)
             if not ready:
                 return f"the server did not answer within {STOP_CHECKPOINT_S:g} s; {self._stands()}"
-            self._drain_records(block=True)  # their records are ready: the server ran them before the export
+            # their records are ready (the server ran them before the export); a checkpoint falling due on the
+            # way is not taken: with a record missing from the log (emitted != logged) it would count it
+            self._drain_records(block=True, checkpoint=False)
             try:
                 self._log_round()
             except GradientLostError:
