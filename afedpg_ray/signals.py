@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -17,6 +18,9 @@ from typing import Any
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a job scheduler's or ``kill``'s stop): it stops a training the way Ctrl-C does."""
 
+
+CTRL_C_HELD_NOTICE = "Ctrl-C: stopping once Ray has started (press Ctrl-C again to stop at once)"
+"""What :func:`ctrl_c_deferred` prints when it holds a Ctrl-C."""
 
 SIGTERM_RECEIVED = threading.Event()
 """Set by the SIGTERM handlers below (cleared when one is installed). Ask it, not the exception's type:
@@ -63,8 +67,10 @@ def sigterm_as_ctrl_c() -> AbstractContextManager[None]:
 
 
 @contextmanager
-def ctrl_c_deferred() -> Iterator[None]:
+def ctrl_c_deferred(notice: str = CTRL_C_HELD_NOTICE) -> Iterator[None]:
     """Hold a Ctrl-C that arrives inside the block and raise it when the block ends; a second one raises at once.
+
+    The first one prints ``notice`` to stderr.
 
     Measured: a Ctrl-C during ``ray.init`` could be swallowed inside Ray's start-up, and the run then went
     on to the end as if nothing was pressed. Only Python's default SIGINT handler is replaced.
@@ -78,6 +84,8 @@ def ctrl_c_deferred() -> Iterator[None]:
         if pressed:  # pressed again: the user insists
             raise KeyboardInterrupt
         pressed.append(signum)
+        # Ray's start-up can take 15 s on a loaded machine: say the key was heard
+        print(f"\n{notice}", file=sys.stderr, flush=True)
 
     with _handler(signal.SIGINT, hold):
         yield

@@ -191,11 +191,11 @@ def test_a_restarted_agent_that_finds_no_node_counts_as_failed_at_its_deadline()
         ray.kill(placeable)
 
 
-def test_a_ctrl_c_during_ray_start_up_is_held_then_raised():
+def test_a_ctrl_c_during_ray_start_up_is_held_then_raised(capsys):
     import os
     import signal
 
-    from afedpg_ray.signals import ctrl_c_deferred
+    from afedpg_ray.signals import CTRL_C_HELD_NOTICE, ctrl_c_deferred
 
     reached_end = False
     with pytest.raises(KeyboardInterrupt):
@@ -204,6 +204,7 @@ def test_a_ctrl_c_during_ray_start_up_is_held_then_raised():
             time.sleep(0.05)
             reached_end = True
     assert reached_end
+    assert capsys.readouterr().err.strip() == CTRL_C_HELD_NOTICE  # the held key is acknowledged, once
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C raises at once
         with ctrl_c_deferred():
