@@ -17,19 +17,29 @@ from afedpg_ray.metrics import AgentMetrics
 from afedpg_ray.rollout import Sampler
 
 
-def agent_seed(run_seed: int, agent_id: int, incarnation: int) -> int:
-    """Seed of one agent, hashed from the run's seed, the agent and its incarnation: agents of one run, of
-    runs with nearby seeds, and a restarted agent (``incarnation`` > 0, which must not replay its old
-    episodes) all draw unrelated streams. (An offset such as ``run_seed + 1000 * (agent_id + 1)`` made run
-    1000's agent 0 replay run 0's agent 1.)"""
-    return int(np.random.SeedSequence([run_seed, agent_id, incarnation]).generate_state(1, np.uint64)[0])
+def agent_seed(run_seed: int, agent_id: int, restarts: int, session_start: int = 0) -> int:
+    """Seed of one agent, hashed from the run's seed, the agent, how often it was restarted in this session and
+    the update the session started at (0 unless resumed): agents of one run, of runs with nearby seeds, a
+    restarted agent and an agent of a resumed session (none must replay another's episodes) all draw
+    unrelated streams. (An offset such as ``run_seed + 1000 * (agent_id + 1)`` made run 1000's agent 0 replay
+    run 0's agent 1; a single ``session_start + restarts`` made a session resumed at update 101 replay the
+    previous session's agent restarted once after starting at 100.) A fresh run's key ends in 0, which
+    ``SeedSequence`` pads anyway: its seeds are those of the three-part key used before."""
+    key = [run_seed, agent_id, restarts, session_start]
+    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0])
 
 
 class RolloutAgent:
     """Agent ``agent_id``: a :class:`Sampler` plus its modelled slowdown and communication delay."""
 
     def __init__(
-        self, agent_id: int, config: TrainConfig, slowdown: float = 1.0, comm_delay: float = 0.0, incarnation: int = 0
+        self,
+        agent_id: int,
+        config: TrainConfig,
+        slowdown: float = 1.0,
+        comm_delay: float = 0.0,
+        restarts: int = 0,
+        session_start: int = 0,
     ) -> None:
         torch.set_num_threads(1)  # many agents share few cores: one thread each avoids oversubscription
         self.agent_id = agent_id
@@ -40,11 +50,10 @@ class RolloutAgent:
         attack = parse_attack(config.byzantine, config.agents)
         self.attack = attack if attack is not None and attack.applies_to(agent_id) else None
         # its own stream: the sampler's generator is seeded with agent_seed alone
-        self.attack_rng = np.random.default_rng([agent_seed(config.seed, agent_id, incarnation), 1])
+        seed = agent_seed(config.seed, agent_id, restarts, session_start)
+        self.attack_rng = np.random.default_rng([seed, 1])
         self.node = self.node_id()
-        self.sampler = Sampler(
-            config.env, config.num_envs, agent_seed(config.seed, agent_id, incarnation), config.hidden, config.estimator
-        )
+        self.sampler = Sampler(config.env, config.num_envs, seed, config.hidden, config.estimator)
 
     def step(self, dispatch: Dispatch) -> tuple[GradientMeta, np.ndarray]:
         """One iteration: sample ``batch`` steps at the dispatched point and estimate the gradient."""

@@ -305,7 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     extra = {"progress": not args.no_progress, "tensorboard": not args.no_tensorboard}
     from afedpg_ray.address import AddressError
     from afedpg_ray.checkpoint import CheckpointError
-    from afedpg_ray.runtime import RunError
+    from afedpg_ray.errors import RunError
     from afedpg_ray.train import TrainingInterrupted, train
 
     prefix = DEFAULT_PREFIX if args.prefix is None else args.prefix

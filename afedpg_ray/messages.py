@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -66,4 +66,3 @@ class UpdateRecord:
     eta: float = float("nan")
     grad_norm: float = float("nan")
     agent_iteration_seconds: float = float("nan")
-    extra: dict[str, float] = field(default_factory=dict)

@@ -86,9 +86,12 @@ def set_flat(module: nn.Module, flat: np.ndarray) -> None:
 
 
 def flat_grad(module: nn.Module) -> np.ndarray:
-    """All parameters' ``.grad`` as one float64 vector (zeros where a grad is missing)."""
+    """All parameters' ``.grad`` as one float32 vector (zeros where a grad is missing).
+
+    float32 is what torch computed: float64 would add no precision and double what each gradient weighs on
+    its way to the server (the server does its arithmetic in float64)."""
     parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in module.parameters()]
-    return torch.cat(parts).double().numpy()
+    return torch.cat(parts).detach().numpy()
 
 
 def num_params(module: nn.Module) -> int:

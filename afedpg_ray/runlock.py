@@ -18,7 +18,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from afedpg_ray.runtime import RunError
+from afedpg_ray.errors import RunError
 
 LOCK_FILE = "driver.lock"
 

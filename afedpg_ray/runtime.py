@@ -2,8 +2,9 @@
 
 The driver keeps a ``{meta_ref: agent}`` map, waits with ``ray.wait`` for whichever agent finishes
 first, hands that agent's gradient *reference* to the server actor and resubmits the agent with the
-server's reply *reference*: gradients and parameters never detour through the driver. The server
-actor runs one method at a time, so updates are applied strictly in arrival order.
+server's reply *reference*: the driver never waits for them or deserialises them (Ray does copy objects
+under 100 KiB, such as the default policies' gradients, through the process that submitted their task).
+The server actor runs one method at a time, so updates are applied strictly in arrival order.
 """
 
 from __future__ import annotations
@@ -12,25 +13,32 @@ import statistics
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from afedpg_ray.address import NAMESPACE, init_with_retry, probe_address, quiet_token_auth_notice
 from afedpg_ray.agent import RolloutAgent
-from afedpg_ray.checkpoint import save_checkpoint
+from afedpg_ray.checkpoint_writer import CheckpointWriter
 from afedpg_ray.config import TrainConfig, first_line
+from afedpg_ray.errors import GradientLostError, RunError, ServerLostError
 from afedpg_ray.heterogeneity import parse_profile
 from afedpg_ray.messages import SUPERSEDED, GradientMeta, UpdateRecord
 from afedpg_ray.placement import BUSY, agent_options, placement_problem
+from afedpg_ray.ray_errors import (
+    actor_exists,
+    input_lost,
+    raise_if_server_failed,
+    ray_error_line,
+    read_failed,
+    task_error_line,
+)
 from afedpg_ray.runlog import RunLog
 from afedpg_ray.server import ParameterServer
-from afedpg_ray.signals import ctrl_c_deferred, stops_held, stops_holdable
+from afedpg_ray.signals import stops_held, stops_holdable
 
 MAX_AGENT_RESTARTS = 3
 """Restarts per agent before the run continues without it."""
@@ -51,9 +59,6 @@ arrival resets the count."""
 SERVER_PROBE_S = 30.0
 """How long the driver waits for the server to answer when an agent's task failed: no answer means the
 failure was the server's (its reply, the agent's input, is lost), not the agent's."""
-FAILED_REPLY_READ_S = 1.0
-"""How long the driver waits for a failed agent step's gradient reference to hold its error (both returns
-of a failed task land together, so it is there at once; the bound is for a reply lost with its node)."""
 NAME_RELEASE_S = 5.0
 """How long a run waits for its actor names to be released: a run that just finished in this process, or
 whose driver crashed (``--resume``), holds them until Ray has reclaimed its actors."""
@@ -72,57 +77,6 @@ REJECTION_HINTS = {
     "direction_outlier": "the robust filter rejects every agent; try --robust none",
 }
 """What to change when every gradient is rejected for a reason (others: see progress.csv's reason column)."""
-
-
-class RunError(RuntimeError):
-    """A run cannot continue (e.g. every agent failed, or an agent's resources do not exist)."""
-
-
-def connect(address: str | None) -> str | None:
-    """Join the Ray cluster at ``address`` or start a local instance (no-op if already connected).
-
-    Returns the Ray dashboard's address when this call connected and the cluster runs a dashboard, else None.
-    """
-    if ray.is_initialized():
-        return None
-    if address:
-        probe_address(address)  # raises AddressError within seconds instead of ray.init's long retries
-    quiet_token_auth_notice()
-    try:  # address None: start a local instance
-        with ctrl_c_deferred():
-            context = init_with_retry(
-                lambda: ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING"), address
-            )
-    except Exception as err:  # a local start that times out raises a bare Exception from deep in Ray
-        why = first_line(err)
-        if address:
-            raise RunError(f"--address: cannot connect to Ray at {address!r}: {why}") from None
-        raise RunError(
-            f"could not start a local Ray instance: {why} (a loaded machine slows Ray's start-up: retry, or "
-            "start one with `ray start --head` and pass --address)"
-        ) from None
-    return getattr(context, "dashboard_url", None) or None
-
-
-def status_address(address: str | None) -> str:
-    """The address ``afedpg status`` joins to watch this driver's cluster (connected already)."""
-    if address and address.startswith("ray://"):
-        return address  # a Ray-client driver does not see the cluster's GCS address; status accepts ray:// too
-    return ray.get_runtime_context().gcs_address
-
-
-def watch_hint(status_at: str, dashboard: str | None, prefix: str, token_auth: bool) -> str:
-    """One line telling where to watch a run: the Ray dashboard and the ``afedpg status`` command.
-
-    With token authentication (Ray's default for local instances since 2.59) the command needs
-    RAY_AUTH_MODE=token: Ray sends its token to an explicit address only then; the dashboard asks a
-    browser for the token.
-    """
-    token = "RAY_AUTH_MODE=token " if token_auth else ""
-    status = f"{token}afedpg status --address {status_at}" + ("" if prefix == "afedpg" else f" --prefix {prefix}")
-    asks = " (it asks for the token that `ray get-auth-token` prints)" if token_auth else ""
-    board = f"Ray dashboard http://{dashboard.removeprefix('http://')}{asks}; " if dashboard else ""
-    return f"watch: {board}straggler table: {status}"
 
 
 @dataclass
@@ -156,17 +110,6 @@ class LoopStats:
     """From the first dispatch to the last of those updates (server clock): the rate's denominator."""
 
 
-class ServerLostError(RuntimeError):
-    """The server actor died; the loop restores it from the last checkpoint."""
-
-
-class GradientLostError(RuntimeError):
-    """An update never ran: its gradient was lost before the server could read it (the node holding it died).
-
-    The server's state is untouched, so the loop drops that one update instead of restoring the server.
-    """
-
-
 class RayRunner:
     """Creates the server and agent actors and drives them until the sample budget is spent.
 
@@ -185,8 +128,6 @@ class RayRunner:
         run_id: str | None = None,
     ) -> None:
         self.config = config
-        self.run_id = run_id
-        """Stamped on every checkpoint: a resume refuses one another run wrote."""
         self.log = log
         self.run_dir = run_dir
         self.prefix = name_prefix
@@ -199,8 +140,8 @@ class RayRunner:
         self.comm_delays = [delays[0] if len(delays) == 1 else delays[i] for i in range(config.agents)]
         self.stats = LoopStats()
         self.last_state = resume_state
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._saving: Future | None = None
+        saved_version = int(resume_state["rule_state"]["version"]) if resume_state else None
+        self.checkpoints = CheckpointWriter(run_dir, log, run_id, saved_version)
         self._records: deque[tuple[Any, int, int]] = deque()
         """Update records not yet logged, with the samples each update carries and its sender, oldest first."""
         self._round: Any = None
@@ -208,16 +149,15 @@ class RayRunner:
         self._round_records: deque[UpdateRecord] = deque()
         """That round's records read but not yet logged."""
         self._restoring = False
-        self._saved_version: int | None = int(resume_state["rule_state"]["version"]) if resume_state else None
-        """Version of the last checkpoint on disk (written by the writer thread)."""
         self._server_rows = log.rows
         """progress.csv rows when the current server was created: it emits one record per later row."""
         self._last_drain = time.monotonic()
         self._loop_started_elapsed = 0.0
         """The run clock's reading at the first dispatch (updates' ``wall_time`` is on the same clock)."""
-        self.incarnation = int(resume_state["rule_state"]["version"]) if resume_state else 0
+        self.session_start = int(resume_state["rule_state"]["version"]) if resume_state else 0
+        """The update this session started at: with an agent's restarts, it keys the agent's seed."""
         self.samples_total = int(resume_state["samples_total"]) if resume_state else 0
-        self._last_update = self.incarnation
+        self._last_update = self.session_start
         """Version of the last record logged (a checkpoint is due when it reaches a multiple)."""
         self._rejected: list[UpdateRecord] = []
         """Records rejected since the last accepted update (see REJECTED_STREAK_PER_AGENT)."""
@@ -251,7 +191,7 @@ class RayRunner:
         names = [f"{self.prefix}-server"] + [f"{self.prefix}-agent-{i}" for i in range(self.config.agents)]
         deadline = time.monotonic() + NAME_RELEASE_S
         while True:
-            taken = [name for name in names if _actor_exists(name)]
+            taken = [name for name in names if actor_exists(name)]
             if not taken:
                 return
             if time.monotonic() >= deadline:
@@ -288,10 +228,11 @@ class RayRunner:
         configuration, which config validation could not ask Ray about) is a :class:`RunError`."""
         i = slot.agent_id
         name = f"{self.prefix}-agent-{i}" if slot.restarts == 0 else f"{self.prefix}-agent-{i}-r{slot.restarts}"
-        incarnation = self.incarnation + slot.restarts
         try:
             actor_cls = ray.remote(RolloutAgent).options(name=name, **slot.options)
-            return actor_cls.remote(i, self.config, self.slowdowns[i], self.comm_delays[i], incarnation)
+            return actor_cls.remote(
+                i, self.config, self.slowdowns[i], self.comm_delays[i], slot.restarts, self.session_start
+            )
         except (ValueError, TypeError) as err:
             asked = {k: v for k, v in slot.options.items() if k != "max_restarts"}
             raise RunError(
@@ -332,12 +273,14 @@ class RayRunner:
                         self._elapsed(),
                     )
         except RayError as err:
-            raise RunError(f"an agent failed to start: {_ray_error_line(err)}") from None
+            raise RunError(f"an agent failed to start: {ray_error_line(err)}") from None
 
     def _elapsed(self) -> float:
+        """Seconds on the run's clock (which continues a resumed run's)."""
         return time.time() - self.start
 
     def _submit(self, slot: AgentSlot, dispatch_ref: Any) -> tuple[Any, Any]:
+        """Start ``slot``'s next iteration at the point ``dispatch_ref`` will hold: (meta, gradient) references."""
         return slot.actor.step.options(num_returns=2).remote(dispatch_ref)
 
     # -- checkpoints and server faults ------------------------------------------------------------
@@ -350,11 +293,11 @@ class RayRunner:
         try:
             return ray.get(ref)
         except RayTaskError as err:
-            if _input_lost(err):
-                raise GradientLostError(_task_error_line(err)) from None
-            raise RunError(f"the parameter server failed: {_task_error_line(err)}") from None
+            if input_lost(err):
+                raise GradientLostError(task_error_line(err)) from None
+            raise RunError(f"the parameter server failed: {task_error_line(err)}") from None
         except RayError as err:
-            raise ServerLostError(_ray_error_line(err)) from None
+            raise ServerLostError(ray_error_line(err)) from None
 
     def _server_alive(self) -> bool:
         """Whether the server answers within ``SERVER_PROBE_S`` (asked when an agent's task failed)."""
@@ -376,10 +319,10 @@ class RayRunner:
         types do not say whose it was (a memory kill is a plain RayError, and an agent whose input was
         the dead server's reply fails too), so the server is asked."""
         if self._server_unreachable(err) or not self._server_alive():
-            raise ServerLostError(_ray_error_line(err))
-        if _input_lost(err):  # its last gradient never reached the server, so it has no next point
+            raise ServerLostError(ray_error_line(err))
+        if input_lost(err):  # its last gradient never reached the server, so it has no next point
             return True
-        _raise_if_server_failed(err)
+        raise_if_server_failed(err, self.server._actor_id.hex())
         self._agent_failed(slot, err)
         return False
 
@@ -387,28 +330,13 @@ class RayRunner:
         """Take the server's state now; write it to disk on the writer thread (fsync is slow)."""
         self.last_state = self._server_call(self.server.export_state.remote())
         self.last_state["progress_rows"] = self.log.rows  # every submitted update is logged by now
-        self._flush_checkpoint()  # one write at a time, in order; surfaces a failed write
-        self._saving = self._writer.submit(self._save, self.last_state)
-
-    def _save(self, state: dict[str, Any]) -> None:
-        """Write ``state`` as the checkpoint, once the progress.csv rows it counts are on disk."""
-        if self.run_id is not None:
-            state["run_id"] = self.run_id
-        self.log.sync_progress()
-        save_checkpoint(self.run_dir, state)
-        self._saved_version = int(state["rule_state"]["version"])
-
-    def _flush_checkpoint(self) -> None:
-        """Wait until the last checkpoint taken is on disk."""
-        if self._saving is not None:
-            self._saving.result()
-            self._saving = None
+        self.checkpoints.submit(self.last_state)
 
     def _restore_server(self, reason: str) -> None:
         """Recreate the server from the last checkpoint (bounded retries, then give up); a new server that
         dies during its own restore counts as one more death and is retried the same way."""
         self._restoring = True  # until the log is rolled back: a stop meanwhile keeps the checkpoint on disk
-        self._flush_checkpoint()  # its writer fsyncs progress.csv, which the rollback replaces
+        self.checkpoints.flush()  # its writer fsyncs progress.csv, which the rollback replaces
         self._records.clear()  # the dead server's replies: the loop starts afresh
         self._round, self._round_records = None, deque()
         while True:
@@ -427,6 +355,7 @@ class RayRunner:
         self._rejected.clear()
         # updates logged after the checkpoint were lost with the server and will be applied again
         dropped = self.log.rollback(version, self.samples_total, self.last_state.get("progress_rows"))
+        self.stats.loop_updates -= max(0, self._last_update - version)  # they count when applied again
         self._last_update = version
         self._server_rows = self.log.rows
         self._fault("server_restored", None, f"server died ({reason}); restored at update {version}")
@@ -450,14 +379,14 @@ class RayRunner:
         if slot.restarts > MAX_AGENT_RESTARTS:
             slot.alive = False
             self.stats.dropped.append(slot.agent_id)
-            message = f"gave up after {MAX_AGENT_RESTARTS} restarts: {_task_error_line(err)}"
+            message = f"gave up after {MAX_AGENT_RESTARTS} restarts: {task_error_line(err)}"
             self._fault("agent_dropped", slot.agent_id, message)
             if not any(s.alive for s in self.slots):
-                raise RunError(f"every agent failed; last error: {_task_error_line(err)}")
+                raise RunError(f"every agent failed; last error: {task_error_line(err)}")
             return
         backoff = min(8.0, 0.5 * 2 ** (slot.restarts - 1))
         slot.retry_at = time.monotonic() + backoff
-        message = f"restart {slot.restarts} in {backoff:.1f}s after: {_task_error_line(err)}"
+        message = f"restart {slot.restarts} in {backoff:.1f}s after: {task_error_line(err)}"
         self._fault("agent_restart", slot.agent_id, message)
 
     def _restart_due(self) -> list[AgentSlot]:
@@ -514,6 +443,7 @@ class RayRunner:
                 pass  # it died while starting: its first step fails and is handled as that agent's fault
 
     def _wait_timeout(self) -> float | None:
+        """How long the loop may block before an agent's restart or placement deadline falls due (None: no limit)."""
         due = [s.retry_at for s in self.slots if s.alive and s.retry_at is not None]
         due += [s.place_by for s in self.slots if s.alive and s.place_by is not None]
         return max(0.0, min(due) - time.monotonic()) if due else None
@@ -538,19 +468,33 @@ class RayRunner:
                 try:
                     loop()
                     self._checkpoint()
-                    self._flush_checkpoint()
+                    self.checkpoints.flush()
                     break
                 except ServerLostError as lost:
                     self._restore_server(str(lost))
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Terminated): keep what was trained, then stop
             self.log.event("stopped", None, self._checkpoint_on_stop(), self._elapsed())
             raise
+        except OSError as err:
+            if isinstance(err, ConnectionError):  # a socket's, not the run directory's
+                raise
+            raise RunError(self._write_failed(err)) from None
         finally:
-            self._writer.shutdown(wait=True)  # no idle writer thread per run (Tune runs many in one process)
+            self.checkpoints.close()
             # finished (the final checkpoint holds everything the caller needs), failed or stopped: free the
             # names and resources for the next run on the cluster
             self._kill_actors()
         return self.stats
+
+    def _write_failed(self, err: OSError) -> str:
+        """One line for a run stopped because its files could not be written (a full disk, a read-only or
+        vanished mount): what failed, which checkpoint stands, how to go on."""
+        where = err.filename or self.run_dir
+        why = err.strerror or first_line(err)
+        return (
+            f"cannot write {where}: {why}; {self.checkpoints.standing()} - free space or fix the directory, "
+            f"then continue with afedpg train --resume {self.run_dir}"
+        )
 
     def _shift_clock(self, seconds: float) -> float:
         """Move the run's clock (the driver's and the server's) back by ``seconds``; returns its reading.
@@ -567,11 +511,12 @@ class RayRunner:
 
     def shutdown(self) -> None:
         """Finish the checkpoint being written and kill every actor this runner created."""
-        self._flush_checkpoint()
-        self._writer.shutdown(wait=True)
+        self.checkpoints.flush()
+        self.checkpoints.close()
         self._kill_actors()
 
     def _kill_actors(self) -> None:
+        """Kill every agent and the server (their names and resources are free for the next run at once)."""
         for slot in self.slots:
             if slot.actor is not None:
                 ray.kill(slot.actor, no_restart=True)
@@ -642,6 +587,10 @@ class RayRunner:
             self._checkpoint()
 
     def _run_async(self) -> None:
+        """The asynchronous loop (afedpg, vanilla, a3c, pg, rennala): every agent works on its own; each reply
+        found ready goes to the server in the order it was sent, and its sender is resubmitted at once with the
+        server's answer. Records are logged in batches; restarts and placement deadlines are handled between
+        waits. Returns when the applied updates have spent the sample budget."""
         pending: dict[Any, tuple[AgentSlot, Any]] = {}
         self._records.clear()
         for slot in self.slots:
@@ -675,7 +624,7 @@ class RayRunner:
                 try:
                     arrivals.append((ray.get(meta_ref), meta_ref, slot, grad_ref))
                 except RayError as err:
-                    _read_failed(grad_ref)
+                    read_failed(grad_ref)
                     if self._classify_agent_failure(slot, err):
                         meta_ref, grad_ref = self._submit(slot, self.server.dispatch.remote(slot.agent_id))
                         pending[meta_ref] = (slot, grad_ref)
@@ -703,6 +652,8 @@ class RayRunner:
         return self.samples_total >= self.config.samples
 
     def _run_sync(self) -> None:
+        """The synchronous loop (fedpg): each round sends one point to every live agent, waits for all of them,
+        and submits their gradients as one averaged update."""
         dispatch_ref = None
         while self.samples_total < self.config.samples:
             if self._restart_due():
@@ -722,7 +673,7 @@ class RayRunner:
                     metas.append(ray.get(meta_ref))
                     grads.append(grad_ref)
                 except RayError as err:
-                    _read_failed(grad_ref)
+                    read_failed(grad_ref)
                     input_lost |= self._classify_agent_failure(slot, err)
             if not metas:
                 dispatch_ref = None
@@ -755,53 +706,50 @@ class RayRunner:
 
     def _checkpoint_on_stop(self) -> str:
         """After Ctrl-C or SIGTERM: log the updates the server has applied and checkpoint them, so that a
-        resume redoes none. Returns what happened, for the log: the checkpoint's version, or why the last
-        one written stands (no answer within ``STOP_CHECKPOINT_S``, a second Ctrl-C, a server restore under
-        way, a log that does not hold every record the server emitted - a stop between submitting an
-        update and logging it)."""
+        resume redoes none. Returns what happened, for the log: the checkpoint's version, or why none was
+        taken and which one stands."""
         try:
-            if self._restoring:
-                return f"stopped during a server restore; {self._stands()}"
-            if self.server is None:
-                return f"no server; {self._stands()}"
-            state_ref = self.server.export_state.remote()  # runs after every update already submitted
-            emitted_ref = self.server.emitted.remote()
-            ready, _ = ray.wait([emitted_ref], num_returns=1, timeout=STOP_CHECKPOINT_S)
-            if not ready:
-                return f"the server did not answer within {STOP_CHECKPOINT_S:g} s; {self._stands()}"
-            # their records are ready (the server ran them before the export); a checkpoint falling due on the
-            # way is not taken: with a record missing from the log (emitted != logged) it would count it
-            self._drain_records(block=True, checkpoint=False)
-            try:
-                self._log_round()
-            except GradientLostError:
-                pass  # that round never ran: nothing to log
-            state, emitted = ray.get([state_ref, emitted_ref])
-            logged = self.log.rows - self._server_rows
-            version = int(state["rule_state"]["version"])
-            if emitted != logged:
-                return f"the server emitted {emitted} records, the log holds {logged}; {self._stands()}"
-            if version != self._last_update:
-                return f"the server is at update {version}, the log at {self._last_update}; {self._stands()}"
-            state["progress_rows"] = self.log.rows
-            self._flush_checkpoint()
-            self._save(state)
-            self.last_state = state
-            return f"final checkpoint at update {version}"
+            why_not = self._final_checkpoint()
         except KeyboardInterrupt:
-            return f"stopped again while taking the final checkpoint; {self._stands()}"
+            why_not = "stopped again while taking the final checkpoint"
         except Exception as err:  # noqa: BLE001 - any failure: the last checkpoint written stands
-            return f"no final checkpoint ({first_line(err)}); {self._stands()}"
+            why_not = f"no final checkpoint ({first_line(err)})"
+        if why_not is None:
+            return f"final checkpoint at update {self.checkpoints.saved_version}"
+        return f"{why_not}; {self.checkpoints.standing()}"
 
-    def _stands(self) -> str:
-        """Which checkpoint a resume continues from when no final one was taken."""
+    def _final_checkpoint(self) -> str | None:
+        """:meth:`_checkpoint_on_stop`'s checkpoint; None if taken, else why not: no answer within
+        ``STOP_CHECKPOINT_S``, a server restore under way, a log that does not hold every record the server
+        emitted (a stop between submitting an update and logging it)."""
+        if self._restoring:
+            return "stopped during a server restore"
+        if self.server is None:
+            return "no server"
+        state_ref = self.server.export_state.remote()  # runs after every update already submitted
+        emitted_ref = self.server.emitted.remote()
+        ready, _ = ray.wait([emitted_ref], num_returns=1, timeout=STOP_CHECKPOINT_S)
+        if not ready:
+            return f"the server did not answer within {STOP_CHECKPOINT_S:g} s"
+        # their records are ready (the server ran them before the export); a checkpoint falling due on the
+        # way is not taken: with a record missing from the log (emitted != logged) it would count it
+        self._drain_records(block=True, checkpoint=False)
         try:
-            self._flush_checkpoint()  # a periodic checkpoint being written lands first
-        except Exception:  # noqa: BLE001 - a failed write: the one before it stands
-            pass
-        if self._saved_version is None:
-            return "no checkpoint was written"
-        return f"the last checkpoint, at update {self._saved_version}, stands"
+            self._log_round()
+        except GradientLostError:
+            pass  # that round never ran: nothing to log
+        state, emitted = ray.get([state_ref, emitted_ref])
+        logged = self.log.rows - self._server_rows
+        version = int(state["rule_state"]["version"])
+        if emitted != logged:
+            return f"the server emitted {emitted} records, the log holds {logged}"
+        if version != self._last_update:
+            return f"the server is at update {version}, the log at {self._last_update}"
+        state["progress_rows"] = self.log.rows
+        self.checkpoints.flush()
+        self.checkpoints.write(state)
+        self.last_state = state
+        return None
 
 
 def in_arrival_order(arrivals: list[tuple[GradientMeta, Any, Any, Any]]) -> list[tuple[GradientMeta, Any, Any, Any]]:
@@ -823,60 +771,3 @@ def rejection_message(rejected: list[UpdateRecord], config: TrainConfig) -> str:
         detail += f": median norm {statistics.median(norms):.3g} > --max-grad-norm {config.max_grad_norm:g}"
     hint = REJECTION_HINTS.get(reason, "see the reason column of progress.csv")
     return f"{len(rejected)} consecutive gradients rejected ({detail}); {hint}"
-
-
-def _actor_exists(name: str) -> bool:
-    try:
-        ray.get_actor(name)  # in this driver's namespace, where the run's actors are created
-    except ValueError:
-        return False
-    return True
-
-
-def _raise_if_server_failed(err: BaseException) -> None:
-    """Raise :class:`RunError` if an agent task failed only because its input, the server's reply, is an error.
-
-    Ray then fails the agent's task with the server's exception; restarting the agent would not help.
-    """
-    text = str(err)
-    if isinstance(err, RayTaskError) and "could not be computed" in text and "ray::ParameterServer." in text:
-        raise RunError(f"the parameter server failed: {_task_error_line(err)}") from None
-
-
-def _input_lost(err: BaseException) -> bool:
-    """Whether a task never ran because an input object was lost (Ray raises it as a task error whose
-    cause is the :class:`ObjectLostError`, e.g. an ``OwnerDiedError`` when the node holding it died)."""
-    return isinstance(err, RayTaskError) and isinstance(err, ObjectLostError)
-
-
-def _read_failed(ref: Any) -> None:
-    """Read a failed agent step's other return, its gradient, and drop the error it holds.
-
-    Both returns of a failed step hold the error, and Ray logs an "Unhandled error" traceback for every
-    error object freed unread: a failing agent would spam the terminal with each failure twice over.
-    """
-    try:
-        ray.get(ref, timeout=FAILED_REPLY_READ_S)
-    except RayError:  # the step's error, as expected (or GetTimeoutError: nothing more to do)
-        pass
-
-
-def _task_error_line(err: BaseException) -> str:
-    """The first line of the exception raised inside a Ray task (``str(err)`` starts with Ray's traceback,
-    and its last line is the tail of the exception's message, e.g. a tensor's repr); for an error that is
-    not a task's (an actor that died, a memory kill), :func:`_ray_error_line`."""
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, BaseException):
-        lines = str(cause).strip().splitlines()
-        return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
-    return _ray_error_line(err)
-
-
-def _ray_error_line(err: BaseException, limit: int = 160) -> str:
-    """A short, one-line description of a Ray error: its last line (Ray's messages run to paragraphs and end
-    with the cause), shortened to ``limit`` characters."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else type(err).__name__
-    if isinstance(err, RayActorError) and "worker process has died" in text:
-        text = "the actor's worker process died"
-    return text if len(text) <= limit else text[: limit - 3] + "..."

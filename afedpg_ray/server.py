@@ -96,6 +96,7 @@ class ParameterServer:
         self.robust = RobustFilter() if config.robust == "filter" else None
 
     def _make_rule(self) -> UpdateRule:
+        """The configured update rule (schedule and constants from the config)."""
         cfg = self.config
         return make_rule(
             cfg.algo,
@@ -195,6 +196,8 @@ class ParameterServer:
         return self._dispatch()
 
     def _dispatch(self) -> Dispatch:
+        """What an agent is sent: the current sampling point (float32 halves the bytes), its version and the
+        shared normaliser statistics."""
         assert self.state.point is not None
         return Dispatch(self.state.point.astype(np.float32), self.state.version, self.obs_stats, self.return_stats)
 
@@ -297,6 +300,8 @@ class ParameterServer:
         return self._dispatch(), records
 
     def _absorb(self, meta: GradientMeta) -> None:
+        """Count an arrival's samples and episodes and merge its normaliser statistics (done for every arrival
+        that is not rejected, also a superseded one: its samples were spent)."""
         self.obs_stats = self.obs_stats.merge(meta.obs_delta)
         if meta.return_delta is not None:
             self.return_stats = self.return_stats.merge(meta.return_delta)
@@ -305,6 +310,7 @@ class ParameterServer:
         self.recent_returns.extend(float(r) for r in meta.episode_returns)
 
     def _reject(self, meta: GradientMeta, reason: str) -> tuple[Dispatch, UpdateRecord]:
+        """Refuse an arrival without touching the parameters: count the reason, send the sender the current point."""
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         if meta.agent_id in self.agent_versions:
             self.agent_versions[meta.agent_id] = self.state.version
@@ -319,6 +325,7 @@ class ParameterServer:
         alpha: float = float("nan"),
         eta: float = float("nan"),
     ) -> UpdateRecord:
+        """The progress record of one arrival, also counted in the sender's straggler statistics."""
         self.agent_stats.setdefault(meta.agent_id, AgentStats()).observe(meta, delay, accepted, reason)
         if accepted:
             self.recent_rate.observe(time.time(), self.state.version)
@@ -344,10 +351,6 @@ class ParameterServer:
     def shift_clock(self, seconds: float) -> None:
         """Move the run's clock back by ``seconds`` (a resumed session's start-up is not training time)."""
         self.start_time += seconds
-
-    def policy_snapshot(self) -> dict:
-        """The global parameters and normaliser, for saving the final policy."""
-        return policy_snapshot_of(self.export_state())
 
     def status(self) -> dict:
         """Live view for ``afedpg status``: version, rates, and per-agent straggler statistics."""

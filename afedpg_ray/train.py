@@ -20,10 +20,11 @@ from afedpg_ray.address import token_auth_on
 from afedpg_ray.atomic import temporary_path
 from afedpg_ray.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from afedpg_ray.config import RUN_ID_KEY, ConfigError, TrainConfig, check_env_id, first_line, load_config
+from afedpg_ray.connection import connect, status_address, watch_hint
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
 from afedpg_ray.runlog import RunLog, cut_progress, progress_problem, progress_shortfall
-from afedpg_ray.runtime import RayRunner, connect, status_address, watch_hint
+from afedpg_ray.runtime import RayRunner
 from afedpg_ray.server import policy_snapshot_of
 from afedpg_ray.signals import SIGTERM_RECEIVED, Terminated, sigterm_raises_terminated
 

@@ -133,7 +133,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     """Start a quiet local Ray instance in the project's namespace (no-op if one is running)."""
     import ray
 
-    from afedpg_ray.runtime import NAMESPACE
+    from afedpg_ray.address import NAMESPACE
 
     if not ray.is_initialized():
         ray.init(

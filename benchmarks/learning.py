@@ -32,8 +32,8 @@ import numpy as np
 
 from afedpg_ray.cli import OneLineParser, build_parser, config_from_args, non_negative_int, positive_int
 from afedpg_ray.config import ConfigError, TrainConfig
+from afedpg_ray.errors import RunError
 from afedpg_ray.runlog import read_progress
-from afedpg_ray.runtime import RunError
 from afedpg_ray.seedstats import bootstrap_mean_ci, paired_comparison, prob_improvement, prob_improvement_ci
 from afedpg_ray.train import train
 from tune_sweeps.plots import short_step_labels

@@ -108,7 +108,13 @@ class TrivialAgent:
     """An agent that costs nothing: replies to every dispatch with the same precomputed gradient."""
 
     def __init__(
-        self, agent_id: int, config: TrainConfig, slowdown: float = 1.0, comm_delay: float = 0.0, incarnation: int = 0
+        self,
+        agent_id: int,
+        config: TrainConfig,
+        slowdown: float = 1.0,
+        comm_delay: float = 0.0,
+        restarts: int = 0,
+        session_start: int = 0,
     ) -> None:
         from afedpg_ray.policy import build_policy, num_params
 

@@ -332,7 +332,7 @@ def test_env_table_applies_unless_overridden():
 
 
 def test_ray_client_connect_retries_a_failed_server_start(monkeypatch):
-    from afedpg_ray import address, runtime
+    from afedpg_ray import address, connection
 
     calls = []
 
@@ -341,11 +341,11 @@ def test_ray_client_connect_retries_a_failed_server_start(monkeypatch):
         if len(calls) < address.CLIENT_CONNECT_ATTEMPTS:
             raise ConnectionAbortedError("Initialization failure from server:\n")
 
-    monkeypatch.setattr(runtime.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(runtime.ray, "init", flaky_init)
-    monkeypatch.setattr(runtime, "probe_address", lambda _address: None)
+    monkeypatch.setattr(connection.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(connection.ray, "init", flaky_init)
+    monkeypatch.setattr(connection, "probe_address", lambda _address: None)
     monkeypatch.setattr(address.time, "sleep", lambda seconds: None)
-    runtime.connect("ray://head:10001")
+    connection.connect("ray://head:10001")
     assert calls == ["ray://head:10001"] * address.CLIENT_CONNECT_ATTEMPTS
     calls.clear()
 
@@ -353,13 +353,13 @@ def test_ray_client_connect_retries_a_failed_server_start(monkeypatch):
         calls.append(kwargs["address"])
         raise ConnectionAbortedError("Initialization failure from server:\n")
 
-    monkeypatch.setattr(runtime.ray, "init", always_fails)
-    with pytest.raises(runtime.RunError, match="cannot connect to Ray at 'ray://head:10001'"):
-        runtime.connect("ray://head:10001")
+    monkeypatch.setattr(connection.ray, "init", always_fails)
+    with pytest.raises(connection.RunError, match="cannot connect to Ray at 'ray://head:10001'"):
+        connection.connect("ray://head:10001")
     assert len(calls) == address.CLIENT_CONNECT_ATTEMPTS
     calls.clear()
-    with pytest.raises(runtime.RunError):  # a plain address is not retried: ray.init waits there itself
-        runtime.connect("head:6379")
+    with pytest.raises(connection.RunError):  # a plain address is not retried: ray.init waits there itself
+        connection.connect("head:6379")
     assert len(calls) == 1
 
 
@@ -475,15 +475,15 @@ def test_benchmark_number_types_refuse_zero_negative_and_nan():
 
 
 def test_local_ray_start_failure_is_one_line(monkeypatch):
-    from afedpg_ray import runtime
+    from afedpg_ray import connection
 
     def times_out(**kwargs):  # what ray.init raises when the local node's agents start too slowly
         raise Exception("The current node timed out during startup. This could happen because some of the ...\n")
 
-    monkeypatch.setattr(runtime.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(runtime.ray, "init", times_out)
-    with pytest.raises(runtime.RunError) as info:
-        runtime.connect(None)
+    monkeypatch.setattr(connection.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(connection.ray, "init", times_out)
+    with pytest.raises(connection.RunError) as info:
+        connection.connect(None)
     message = str(info.value)
     assert message.startswith("could not start a local Ray instance: The current node timed out during startup")
     assert "\n" not in message and "--address" in message

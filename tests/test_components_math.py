@@ -138,7 +138,7 @@ def test_bundles_pack_one_whole_bundle_per_node():
 
 
 def test_watch_hint_names_the_dashboard_and_a_status_command_that_works():
-    from afedpg_ray.runtime import watch_hint
+    from afedpg_ray.connection import watch_hint
 
     local = watch_hint("10.0.0.5:6379", "127.0.0.1:8265", "afedpg", token_auth=True)
     assert local == (
@@ -418,16 +418,21 @@ def test_nearby_runs_agents_and_restarts_draw_unrelated_environment_seeds():
     from afedpg_ray.agent import agent_seed
     from afedpg_ray.rollout import env_seeds
 
-    # runs 0-1999 x 8 agents x 2 incarnations, 4 environments each: no two environments share a seed
+    # runs 0-1999 x 8 agents x 2 restarts, 4 environments each: no two environments share a seed
     # (the old offsets gave run s's environment j the seed of run s + j's environment 0)
     seeds = [
         env_seed
         for run in range(2000)
         for agent in range(8)
-        for incarnation in range(2)
-        for env_seed in env_seeds(agent_seed(run, agent, incarnation), 4)
+        for restarts in range(2)
+        for env_seed in env_seeds(agent_seed(run, agent, restarts), 4)
     ]
     assert len(set(seeds)) == len(seeds)
+    # sessions resumed at nearby updates, with restarts: a session resumed at 101 does not replay the agent
+    # restarted once in the session that started at 100 (a single start + restarts count gave both 101)
+    resumed = [agent_seed(0, 0, restarts, start) for start in (0, 100, 101, 102) for restarts in range(3)]
+    assert len(set(resumed)) == len(resumed)
+    assert agent_seed(5, 2, 1) == agent_seed(5, 2, 1, 0)  # a fresh session keeps the seeds it always had
     assert agent_seed(3, 1, 0) == agent_seed(3, 1, 0) and env_seeds(7, 3) == env_seeds(7, 3)  # reproducible
 
 

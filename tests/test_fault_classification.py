@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from pathlib import Path
 
 import pytest
 import ray
@@ -23,8 +24,10 @@ from ray.exceptions import (
 )
 
 from afedpg_ray import runtime
+from afedpg_ray.checkpoint_writer import CheckpointWriter
 from afedpg_ray.config import TrainConfig
-from afedpg_ray.runtime import AgentSlot, LoopStats, RayRunner, RunError, ServerLostError
+from afedpg_ray.errors import RunError, ServerLostError
+from afedpg_ray.runtime import AgentSlot, LoopStats, RayRunner
 
 
 class FakeActor:
@@ -123,13 +126,14 @@ def restoring_runner(monkeypatch, deaths: int) -> RayRunner:
         return "server"
 
     runner = bare_runner(
-        stats=LoopStats(),
+        stats=LoopStats(loop_updates=9),  # updates 1-9 applied in this session, 8 and 9 after the checkpoint
+        _last_update=9,
         server="dead server",
         last_state={"rule_state": {"version": 7}, "samples_total": 700, "progress_rows": 7},
         log=FakeLog(),
         start=time.time(),
         _rejected=[],
-        _saving=None,
+        checkpoints=CheckpointWriter(Path("unused"), None, None, None),  # type: ignore[arg-type]  # writes nothing
         _records=deque(),
         _make_server=make_server,
         _fault=lambda kind, agent, message: None,
@@ -142,6 +146,7 @@ def test_a_server_that_dies_during_its_restore_is_restored_again(monkeypatch):
     runner._restore_server("killed")
     assert runner.server == "server" and runner.stats.server_restores == 3
     assert (runner.samples_total, runner._last_update) == (700, 7)
+    assert runner.stats.loop_updates == 7  # the two lost updates count once, when applied again
     # the log is back at the checkpoint's rows, and the new server's records are counted from there
     assert runner.log.rows == runner._server_rows == 7 and not runner._restoring
 

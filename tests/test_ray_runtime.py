@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -167,11 +168,11 @@ def test_records_are_logged_once_in_order_and_checkpoints_match_the_log(tmp_path
 def test_each_checkpoint_is_written_after_the_rows_it_counts_are_fsynced(tmp_path, monkeypatch):
     # A power loss after a checkpoint must not leave progress.csv shorter than the rows the checkpoint
     # counts (a resume refuses that): every save follows an fsync of progress.csv holding those rows.
-    from afedpg_ray import runtime
+    from afedpg_ray import checkpoint
     from afedpg_ray.runlog import RunLog
 
     calls: list[tuple[str, int]] = []
-    sync, save = RunLog.sync_progress, runtime.save_checkpoint
+    sync, save = RunLog.sync_progress, checkpoint.save_checkpoint
 
     def recorded_sync(self):
         sync(self)
@@ -182,7 +183,7 @@ def test_each_checkpoint_is_written_after_the_rows_it_counts_are_fsynced(tmp_pat
         return save(run_dir, state)
 
     monkeypatch.setattr(RunLog, "sync_progress", recorded_sync)
-    monkeypatch.setattr(runtime, "save_checkpoint", recorded_save)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", recorded_save)
     train(tiny(tmp_path, agents=2, samples=1280, checkpoint_every=4))
     saves = [i for i, (kind, _) in enumerate(calls) if kind == "save"]
     assert len(saves) >= 4  # the first, every 4 updates, the final one
@@ -192,7 +193,7 @@ def test_each_checkpoint_is_written_after_the_rows_it_counts_are_fsynced(tmp_pat
 
 def test_an_unplaceable_agent_is_reported_early_then_fails_at_the_timeout(tmp_path, monkeypatch):
     from afedpg_ray import runtime
-    from afedpg_ray.runtime import RunError
+    from afedpg_ray.errors import RunError
 
     monkeypatch.setattr(runtime, "PLACEMENT_NOTICE_S", 0.5)
     config = tiny(tmp_path, agents=2, agent_cpus=1000.0, placement_timeout=3.0)
@@ -206,3 +207,34 @@ def test_an_unplaceable_agent_is_reported_early_then_fails_at_the_timeout(tmp_pa
     assert [e["kind"] for e in events] == ["placement_waiting"], events
     notice = events[0]
     assert "requested CPU=1000; no single node has that much of it all; 2 of 2 agents wait" in notice["message"]
+
+
+def test_a_run_whose_files_cannot_be_written_stops_with_one_line_and_keeps_its_checkpoint(tmp_path, monkeypatch):
+    # a full disk mid-run: the row write fails; the run names the failure, which checkpoint stands and how to
+    # go on, instead of a traceback from the driver loop
+    import errno
+
+    from afedpg_ray.checkpoint import load_checkpoint
+    from afedpg_ray.errors import RunError
+    from afedpg_ray.runlog import RunLog
+
+    write_row = RunLog.write_row
+
+    def full_disk(self, record):
+        if self.rows >= 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_row(self, record)
+
+    monkeypatch.setattr(RunLog, "write_row", full_disk)
+    config = tiny(tmp_path, agents=2, checkpoint_every=2)
+    with pytest.raises(RunError) as failed:
+        train(config)
+    message = str(failed.value)
+    assert "\n" not in message, message
+    assert re.match(
+        rf"^cannot write {re.escape(config.out)}: No space left on device; the last checkpoint, at update (\d+), "
+        rf"stands - free space or fix the directory, then continue with afedpg train --resume {re.escape(config.out)}$",
+        message,
+    ), message
+    standing = int(re.search(r"at update (\d+)", message).group(1))
+    assert load_checkpoint(Path(config.out))["rule_state"]["version"] == standing <= 6

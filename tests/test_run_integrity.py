@@ -19,9 +19,10 @@ from afedpg_ray import runlock
 from afedpg_ray.checkpoint import load_checkpoint, save_checkpoint
 from afedpg_ray.cli import main
 from afedpg_ray.config import TrainConfig
+from afedpg_ray.errors import RunError
 from afedpg_ray.messages import UpdateRecord
 from afedpg_ray.runlog import RunLog, cut_progress, read_progress
-from afedpg_ray.runtime import REJECTED_STREAK_PER_AGENT, RayRunner, RunError, rejection_message
+from afedpg_ray.runtime import REJECTED_STREAK_PER_AGENT, RayRunner, rejection_message
 from afedpg_ray.train import cut_to_checkpoint, load_resumable, train
 
 
@@ -226,7 +227,7 @@ def test_a_run_whose_every_gradient_is_rejected_ends_with_run_error(tmp_path, al
     def on_record(record: UpdateRecord) -> None:
         seen.append(record)
         if len(seen) in (1, limit):  # the server's parameters after the first and the last rejection
-            thetas.append(ray.get(ray.get_actor("afedpg-server").policy_snapshot.remote())["theta"])
+            thetas.append(ray.get(ray.get_actor("afedpg-server").export_state.remote())["rule_state"]["theta"])
 
     with pytest.raises(RunError) as failed:
         train(config, on_record=on_record)
@@ -246,23 +247,26 @@ def test_a_failing_server_call_becomes_one_line_run_error():
     import ray
     from ray.exceptions import RayTaskError
 
-    from afedpg_ray.runtime import _raise_if_server_failed
+    from afedpg_ray.ray_errors import raise_if_server_failed
 
-    class ParameterServer:  # named like the real one: the driver recognises the server's failures by it
+    class ParameterServer:
         """Stands in for a server whose method raises (e.g. a merge that cannot broadcast)."""
 
         def apply(self, _payload: int) -> int:
             raise ValueError("operands could not be broadcast together\nwith shapes (4,) (5,)")
 
     expected = r"^the parameter server failed: ValueError: operands could not be broadcast together$"
-    reply = ray.remote(ParameterServer).remote().apply.remote(1)
+    server = ray.remote(ParameterServer).remote()
+    reply = server.apply.remote(1)
     with pytest.raises(RunError, match=expected):
         RayRunner._server_call(None, reply)  # type: ignore[arg-type]  # uses no runner state
     # an agent handed the failed reply as its input fails with the server's error: not an agent fault
     with pytest.raises(RayTaskError) as downstream:
         ray.get(ray.remote(lambda dispatch: dispatch).remote(reply))
     with pytest.raises(RunError, match=expected):
-        _raise_if_server_failed(downstream.value)
+        raise_if_server_failed(downstream.value, server._actor_id.hex())
+    # the same failure of another server (one restored since) is not this run's server failing
+    raise_if_server_failed(downstream.value, ray.remote(ParameterServer).remote()._actor_id.hex())
 
 
 @pytest.mark.usefixtures("ray_session")

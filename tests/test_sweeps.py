@@ -289,7 +289,7 @@ def test_unreachable_remote_storage_is_one_line_exit_1(tmp_path, capsys, monkeyp
     def unreachable(*args, **kwargs):  # what pyarrow raises for an s3:// bucket it cannot reach
         raise OSError("When resolving region for bucket 'x': AWS Error NETWORK_CONNECTION\nmore detail")
 
-    monkeypatch.setattr("afedpg_ray.runtime.connect", lambda address: None)
+    monkeypatch.setattr("afedpg_ray.connection.connect", lambda address: None)
     monkeypatch.setattr(sweep_cli, "_default_agent_cpus", lambda max_agents: 0.5)
     monkeypatch.setattr(sweep_cli, "_alive_nodes", lambda: [{"CPU": 4.0}])
     monkeypatch.setattr(sweep_cli, "run_tuner", unreachable)
@@ -756,7 +756,7 @@ def test_agent_resource_ranges_number_the_largest_trials_agents(tmp_path, capsys
             seen.append(trial_bundles(trial_train_config(trial)))
         raise OSError("stop before Tune")
 
-    monkeypatch.setattr("afedpg_ray.runtime.connect", lambda address: None)
+    monkeypatch.setattr("afedpg_ray.connection.connect", lambda address: None)
     monkeypatch.setattr(sweep_cli, "_alive_nodes", lambda: [{"CPU": 16.0}])
     monkeypatch.setattr(sweep_cli, "run_tuner", capture)
     argv = ["sweep", "speedup", "--env", "CartPole-v1", "--agents", "4,8", "--algos", "afedpg"]
@@ -776,7 +776,7 @@ def test_an_option_some_trials_use_is_kept(tmp_path, capsys, monkeypatch):
     def stop(*args, **kwargs):
         raise OSError("stop before Tune")
 
-    monkeypatch.setattr("afedpg_ray.runtime.connect", lambda address: None)
+    monkeypatch.setattr("afedpg_ray.connection.connect", lambda address: None)
     monkeypatch.setattr(sweep_cli, "_alive_nodes", lambda: [{"CPU": 16.0}])
     monkeypatch.setattr(sweep_cli, "run_tuner", stop)
     for algos in ("a3c,afedpg", "afedpg,a3c"):
@@ -1078,7 +1078,7 @@ def test_hyper_numbers_agent_resources_by_its_largest_swept_agent_count(tmp_path
     def stop(*args, **kwargs):
         raise OSError("stop before Tune")
 
-    monkeypatch.setattr("afedpg_ray.runtime.connect", lambda address: None)
+    monkeypatch.setattr("afedpg_ray.connection.connect", lambda address: None)
     monkeypatch.setattr(sweep_cli, "_alive_nodes", lambda: [{"CPU": 16.0}])
     monkeypatch.setattr(sweep_cli, "run_tuner", stop)
     argv = ["sweep", "hyper", "--env", "CartPole-v1", "--grid", "agents=2,8", "--agent-cpus", "0.5"]

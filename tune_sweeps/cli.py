@@ -226,7 +226,8 @@ def _launch(
         except AddressError as err:
             fail(str(err))
     sweep, out = _sweep_run(args, name, configs[0].placement_timeout)
-    from afedpg_ray.runtime import RunError, connect
+    from afedpg_ray.connection import connect
+    from afedpg_ray.errors import RunError
 
     try:
         connect(args.address)

@@ -67,7 +67,7 @@ class A3CRule:
         state.theta_prev, state.theta = state.theta, theta_new
         state.version = t
         state.point = theta_new.copy()
-        return state.point, StepInfo(alpha=weight, eta=lr, momentum_norm=float(np.linalg.norm(state.momentum)))
+        return state.point, StepInfo(alpha=weight, eta=lr)
 
     def _plain_step(self, state: RuleState, g: np.ndarray, issued: int) -> tuple[np.ndarray, StepInfo]:
         """``theta + lr * w * g``, ``w`` the arrival's staleness weight; ``momentum`` keeps the last step's
@@ -79,4 +79,4 @@ class A3CRule:
         state.theta_prev, state.theta = state.theta, theta_new
         state.version += 1
         state.point = theta_new.copy()
-        return state.point, StepInfo(alpha=weight, eta=lr, momentum_norm=float(np.linalg.norm(state.momentum)))
+        return state.point, StepInfo(alpha=weight, eta=lr)

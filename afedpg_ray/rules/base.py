@@ -43,7 +43,6 @@ class StepInfo:
 
     alpha: float
     eta: float
-    momentum_norm: float
 
 
 class UpdateRule(Protocol):

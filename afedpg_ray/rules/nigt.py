@@ -75,7 +75,7 @@ class NormalisedMomentumRule:
         else:
             point = theta_new.copy()
         state.point = point
-        return point, StepInfo(alpha=mix, eta=eta, momentum_norm=float(np.linalg.norm(state.momentum)))
+        return point, StepInfo(alpha=mix, eta=eta)
 
 
 def afedpg(schedule: Schedule, staleness_power: float = 0.0, delay_lookahead: float = 0.0) -> NormalisedMomentumRule:
