@@ -204,6 +204,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         help=f"seconds agents may wait for their resources, e.g. while an autoscaler adds nodes "
         f"(default {d.placement_timeout:g})",
     )
+    add(
+        "--agent-timeout",
+        type=float,
+        help="seconds an agent's iteration may take before it counts as a failed agent (killed and restarted; "
+        "a modelled slowdown counts too); default: wait forever",
+    )
 
 
 def config_from_args(
@@ -351,13 +357,15 @@ checkpoint (e.g. its agents could not be placed): there is nothing to resume, so
 def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfig:
     """The config of the run in ``--resume RUN_DIR``.
 
-    Only --samples, where it runs (--address, --placement-timeout) and output flags may change.
+    Only --samples, where and how patiently it runs (--address, --placement-timeout, --agent-timeout) and
+    output flags may change.
     """
     run_dir = Path(args.resume)
     path = run_dir / "config.json"
     if not path.is_file():
         raise ConfigError("--resume", f"{path}: no config.json (is {run_dir} a run directory?)")
-    allowed = {"resume", "samples", "address", "placement_timeout", "prefix", "no_progress", "no_tensorboard"}
+    allowed = {"resume", "samples", "address", "placement_timeout", "agent_timeout", "prefix"}
+    allowed |= {"no_progress", "no_tensorboard"}
     allowed |= {"handler", "command", "argv"}
     changed = sorted(k for k, v in vars(args).items() if v is not None and v is not False and k not in allowed)
     if changed:
@@ -374,7 +382,7 @@ def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfi
     raw.update(extra, out=str(run_dir))
     if args.samples is not None:
         raw["samples"] = args.samples
-    for option in ("address", "placement_timeout"):  # where the run continues may differ
+    for option in ("address", "placement_timeout", "agent_timeout"):  # where the run continues may differ
         if getattr(args, option) is not None:
             raw[option] = getattr(args, option)
     return config_from_dict(raw)

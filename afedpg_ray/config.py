@@ -139,6 +139,10 @@ class TrainConfig:
     """Existing Ray cluster address; None starts a local Ray instance."""
     placement_timeout: float = 120.0
     """Seconds every agent may wait for its resources before the run reports which one cannot be placed."""
+    agent_timeout: float | None = None
+    """Seconds an agent's iteration may take before it counts as that agent's failure (killed, then restarted
+    or dropped, as a crash is): a hung environment or a node cut off but not yet declared dead would
+    otherwise stall a synchronous round forever, or silently idle an asynchronous agent. None: wait forever."""
     out: str | None = None
     """Output directory; None picks runs/<env>-<algo>-n<agents>-s<seed>-<timestamp>."""
     progress: bool = True
@@ -398,6 +402,12 @@ def validate(config: TrainConfig) -> TrainConfig:
             "--placement-timeout",
             f"must be at most {MAX_PLACEMENT_TIMEOUT_S:g} seconds, got {config.placement_timeout!r}",
         )
+    if config.agent_timeout is not None:
+        _positive("--agent-timeout", config.agent_timeout)
+        if config.agent_timeout > MAX_PLACEMENT_TIMEOUT_S:
+            raise ConfigError(
+                "--agent-timeout", f"must be at most {MAX_PLACEMENT_TIMEOUT_S:g} seconds, got {config.agent_timeout!r}"
+            )
     _positive("--eta0", config.eta0)
     _positive("--lr", config.lr)
     if config.a3c_optimizer not in A3C_OPTIMIZERS:

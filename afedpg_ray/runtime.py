@@ -93,6 +93,9 @@ class AgentSlot:
     """A restarted actor's ``node_id`` reference until it has been placed on a node."""
     place_by: float | None = None
     """When a restarted actor that is still not placed counts as failed (``--placement-timeout``)."""
+    reply_due: float | None = None
+    """When the step submitted last counts as the agent's failure (``--agent-timeout``); None: no step out,
+    or no timeout."""
 
 
 @dataclass
@@ -281,7 +284,21 @@ class RayRunner:
 
     def _submit(self, slot: AgentSlot, dispatch_ref: Any) -> tuple[Any, Any]:
         """Start ``slot``'s next iteration at the point ``dispatch_ref`` will hold: (meta, gradient) references."""
+        timeout = self.config.agent_timeout
+        slot.reply_due = None if timeout is None else time.monotonic() + timeout
         return slot.actor.step.options(num_returns=2).remote(dispatch_ref)
+
+    def _overdue(self) -> list[AgentSlot]:
+        """Agents whose step has taken longer than ``--agent-timeout`` (they are no longer watched)."""
+        now = time.monotonic()
+        late = [s for s in self.slots if s.alive and s.reply_due is not None and s.reply_due <= now]
+        for slot in late:
+            slot.reply_due = None
+        return late
+
+    def _overdue_error(self) -> RunError:
+        """What an overdue agent is failed with (its events.csv line)."""
+        return RunError(f"no reply within {self.config.agent_timeout:g}s (--agent-timeout)")
 
     # -- checkpoints and server faults ------------------------------------------------------------
 
@@ -374,6 +391,7 @@ class RayRunner:
     def _agent_failed(self, slot: AgentSlot, err: Exception) -> None:
         """Drop the in-flight gradient, then schedule a restart (with backoff) or retire the agent."""
         ray.kill(slot.actor, no_restart=True)
+        slot.reply_due = None  # its step died with it
         slot.restarts += 1
         self.stats.restarts[slot.agent_id] = slot.restarts
         if slot.restarts > MAX_AGENT_RESTARTS:
@@ -446,6 +464,7 @@ class RayRunner:
         """How long the loop may block before an agent's restart or placement deadline falls due (None: no limit)."""
         due = [s.retry_at for s in self.slots if s.alive and s.retry_at is not None]
         due += [s.place_by for s in self.slots if s.alive and s.place_by is not None]
+        due += [s.reply_due for s in self.slots if s.alive and s.reply_due is not None]
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     # -- the loops --------------------------------------------------------------------------------
@@ -606,9 +625,11 @@ class RayRunner:
                 meta_ref, grad_ref = self._submit(slot, self.server.dispatch.remote(slot.agent_id))
                 pending[meta_ref] = (slot, grad_ref)
             for slot in self._unplaced_restarts():
-                for ref in [ref for ref, (owner, _) in pending.items() if owner is slot]:
-                    del pending[ref]  # its step can never run
+                _forget(pending, slot)  # its step can never run
                 self._placement_failed(slot)
+            for slot in self._overdue():
+                _forget(pending, slot)  # killed with the agent: a late reply would find no actor to resubmit
+                self._agent_failed(slot, self._overdue_error())
             if not pending:
                 time.sleep(self._wait_timeout() or 0.05)
                 continue
@@ -621,6 +642,7 @@ class RayRunner:
             arrivals: list[tuple[Any, Any, AgentSlot, Any]] = []
             for meta_ref in ready:
                 slot, grad_ref = pending.pop(meta_ref)
+                slot.reply_due = None
                 try:
                     arrivals.append((ray.get(meta_ref), meta_ref, slot, grad_ref))
                 except RayError as err:
@@ -670,8 +692,12 @@ class RayRunner:
             input_lost = False
             for slot, meta_ref, grad_ref in submitted:
                 try:
-                    metas.append(ray.get(meta_ref))
+                    wait_s = None if slot.reply_due is None else max(0.0, slot.reply_due - time.monotonic())
+                    metas.append(ray.get(meta_ref, timeout=wait_s))
                     grads.append(grad_ref)
+                    slot.reply_due = None
+                except GetTimeoutError:  # the round goes on without it (before RayError: it is one)
+                    self._agent_failed(slot, self._overdue_error())
                 except RayError as err:
                     read_failed(grad_ref)
                     input_lost |= self._classify_agent_failure(slot, err)
@@ -750,6 +776,12 @@ class RayRunner:
         self.checkpoints.write(state)
         self.last_state = state
         return None
+
+
+def _forget(pending: dict[Any, tuple[AgentSlot, Any]], slot: AgentSlot) -> None:
+    """Stop waiting for ``slot``'s step: drop its references from the loop's ``pending`` map."""
+    for ref in [ref for ref, (owner, _) in pending.items() if owner is slot]:
+        del pending[ref]
 
 
 def in_arrival_order(arrivals: list[tuple[GradientMeta, Any, Any, Any]]) -> list[tuple[GradientMeta, Any, Any, Any]]:

@@ -117,6 +117,9 @@ from afedpg_ray.cli import main
         (["--algo", "a3c", "--a3c-optimizer", "rmsprop"], "--a3c-optimizer"),
         (["--prefix", ""], "--prefix"),
         (["--prefix", "x" * 65], "--prefix"),
+        (["--agent-timeout", "0"], "--agent-timeout"),
+        (["--agent-timeout", "nan"], "--agent-timeout"),
+        (["--agent-timeout", "1e300"], "--agent-timeout"),
     ],
 )
 def test_bad_train_input_is_one_line_exit_2(argv, option, capsys, monkeypatch):

@@ -112,6 +112,24 @@ def test_killed_server_is_restored_from_its_checkpoint(tmp_path, algo):
     assert len(rolled_back) == 1 and f"past update {version}" in rolled_back[0]
 
 
+@pytest.mark.parametrize(("algo", "samples"), [("afedpg", 10000), ("fedpg", 3000)])
+def test_an_agent_that_stops_replying_is_failed_at_the_agent_timeout_and_the_run_goes_on(tmp_path, algo, samples):
+    # agent 2's iterations last 10 s (a hung environment, a node cut off): with --agent-timeout 3 it is killed
+    # and restarted as a crashed agent is, instead of stalling fedpg's rounds or idling unnoticed. The budgets
+    # outlast the first timeout: the fast agents spend ~2000 samples/s, fedpg ~7 rounds of 200 per restart.
+    run = config(tmp_path, algo=algo, hetero="straggler:100", iteration_time=0.1, agent_timeout=3.0, samples=samples)
+    result = train(run)
+    run_dir = Path(result.out_dir)
+    restarts = [e for e in events(run_dir) if e["kind"] in ("agent_restart", "agent_dropped")]
+    assert restarts and {e["agent"] for e in restarts} == {"2"}, restarts
+    assert all("no reply within 3s (--agent-timeout)" in e["message"] for e in restarts), restarts
+    assert result.samples_total >= samples and set(result.restarts) == {2}
+    rows = progress(run_dir)
+    assert not [r for r in rows if r["agent"] == "2" and r["accepted"] == "True"]  # it never finished a step
+    assert {r["agent"] for r in rows} == {"0", "1"}
+    assert_each_update_applied_once(rows, algo)
+
+
 class StopAt:
     """An on_record callback raising KeyboardInterrupt at record ``n`` (a Ctrl-C landing while the log writes
     its progress bar or listeners); with ``before_row`` the record never reaches progress.csv (a Ctrl-C
