@@ -160,18 +160,37 @@ def test_sample_efficiency_without_learning_shows_no_speedup():
     )
 
 
-def test_sample_efficiency_counts_samples_to_the_target_given(tmp_path, capsys):
-    """``--target``: N=1 crosses 15 halfway between its reports at 10 and 100 samples/agent, N=4 between
-    2.5 and 25: ratio 13.75 / 55 = 0.25."""
+def two_sample_curves() -> list[dict]:
+    """Sample-efficiency report rows: N=1 from 10 to 20 over 10-100 samples/agent, N=4 the same over 2.5-25."""
     data = sample_rows("pg", 1, 0, [(10.0, 10.0), (100.0, 20.0)])
     data += sample_rows("afedpg", 4, 0, [(2.5, 10.0), (25.0, 20.0)])
     for row in data:
         row.update(trial_id=f"t{row['agents']}", update=1, samples_total=row["samples_per_agent"] * row["agents"])
-    sample_efficiency.write_outputs(data, tmp_path, target=15.0)
+    return data
+
+
+def test_sample_efficiency_counts_samples_to_the_target_given(tmp_path, capsys):
+    """``--target``: N=1 crosses 15 halfway between its reports at 10 and 100 samples/agent, N=4 between
+    2.5 and 25: ratio 13.75 / 55 = 0.25."""
+    sample_efficiency.write_outputs(two_sample_curves(), tmp_path, target=15.0)
     summary = {int(r["agents"]): r for r in csv.DictReader((tmp_path / sample_efficiency.SUMMARY_CSV).open())}
     assert float(summary[1]["target"]) == 15.0 and float(summary[1]["samples_per_agent_to_target"]) == 55.0
     assert float(summary[4]["samples_per_agent_to_target"]) == pytest.approx(13.75, abs=0.051)  # rounded to 0.1
     assert float(summary[4]["ratio_to_base"]) == pytest.approx(0.25, abs=0.005)
+
+
+def test_a_sample_efficiency_redraw_keeps_the_target_the_sweep_counted_to(tmp_path, capsys):
+    """``afedpg plot`` on a sweep run with ``--target 15`` redraws its figure and leaves its summary at 15
+    (it recounted to the default, N=1's final return 20); a sweep without a summary gets one at the default."""
+    sample_efficiency.write_outputs(two_sample_curves(), tmp_path, target=15.0)
+    summary_path, figure = tmp_path / sample_efficiency.SUMMARY_CSV, tmp_path / sample_efficiency.FIGURE
+    summary = summary_path.read_text()
+    figure.unlink()
+    assert sample_efficiency.redraw(tmp_path) == figure and figure.is_file()
+    assert summary_path.read_text() == summary
+    summary_path.unlink()
+    sample_efficiency.redraw(tmp_path)
+    assert {float(row["target"]) for row in csv.DictReader(summary_path.open())} == {20.0}
 
 
 def test_sample_efficiency_curve_that_starts_above_the_target_gets_none(tmp_path, capsys):

@@ -140,5 +140,13 @@ def write_summary(rows: Sequence[dict[str, Any]], out_dir: Path, target: float |
 
 
 def redraw(out_dir: Path) -> Path:
-    """Redraw ``sample_efficiency.png`` and its summary from ``results.csv`` (which stays as it is)."""
-    return write_summary(read_rows(out_dir / RESULTS_CSV), out_dir)
+    """Redraw ``sample_efficiency.png`` from ``results.csv`` (which stays as it is).
+
+    The summary the sweep wrote stays too: its target may be the sweep's ``--target``, which a recount
+    with the default would silently replace (and a recount with the CSV's rounded default could miss the
+    smallest N's final return it rounds up). Only a sweep without one gets it, with the default target.
+    """
+    rows = read_rows(out_dir / RESULTS_CSV)
+    if not (out_dir / SUMMARY_CSV).is_file():
+        return write_summary(rows, out_dir)
+    return plot_sample_efficiency(rows, out_dir / FIGURE)
