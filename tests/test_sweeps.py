@@ -597,6 +597,20 @@ def test_trial_checkpoints_are_at_least_the_minimum_interval_apart(tmp_path, mon
     assert [p["samples_total"] for p in sent if p.get(CHECKPOINT_PAYLOAD_KEY)] == [100, 400, 600]
 
 
+def test_the_end_of_the_budget_is_reported_once():
+    """FedPG's last round logs a record per agent, each with the final samples: one report, not one per agent."""
+    from afedpg_ray.messages import UpdateRecord
+    from tune_sweeps.trainable import ThrottledReporter
+
+    config = TrainConfig(env="CartPole-v1", algo="fedpg", agents=3, samples=600, batch=100, num_envs=2)
+    sent = []
+    reporter = ThrottledReporter(config, sent.append, fraction=0.5)
+    for update in (1, 2):
+        for agent in range(3):
+            reporter(UpdateRecord(update, 0.1 * update + 0.01 * agent, agent, 0, 300 * update, 0, 1.0, True))
+    assert [(p["update"], p["samples_total"]) for p in sent] == [(1, 300), (2, 600)]
+
+
 def test_a_resumed_trial_joins_its_earlier_reports_up_to_its_checkpoint():
     from tune_sweeps.trainable import collect_rows
 

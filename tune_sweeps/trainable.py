@@ -189,6 +189,8 @@ class ThrottledReporter:
 
     def __call__(self, record: UpdateRecord) -> None:
         """Report ``record`` if it crossed the next threshold or finished the budget."""
+        if self.reached_budget:
+            return  # FedPG's last round logs a record per agent, each with the final samples: one report
         if record.samples_total < self.next_at and record.samples_total < self.config.samples:
             return
         self.next_at = (record.samples_total // self.step + 1) * self.step
