@@ -513,8 +513,19 @@ def check_env_id(env_id: str) -> None:
 def first_line(err: BaseException) -> str:
     """The first non-empty line of an error's message, without terminal colour codes (gymnasium colours its
     warnings), else the error's type name: error messages for one-line reports."""
-    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines() if line.strip()]
+    lines = _message_lines(err)
     return lines[0] if lines else type(err).__name__
+
+
+def last_line(err: BaseException) -> str:
+    """The last non-empty line of an error's message (a Ray error's is the remote exception, after its
+    traceback), without colour codes, else the error's type name."""
+    lines = _message_lines(err)
+    return lines[-1] if lines else type(err).__name__
+
+
+def _message_lines(err: BaseException) -> list[str]:
+    return [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines() if line.strip()]
 
 
 def has_discrete_actions(env_id: str) -> bool:

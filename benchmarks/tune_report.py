@@ -25,7 +25,7 @@ from typing import Any
 import common
 
 from afedpg_ray.cli import OneLineParser, positive_float, positive_int
-from afedpg_ray.config import TrainConfig, config_from_dict
+from afedpg_ray.config import TrainConfig, config_from_dict, last_line
 
 NAME = "tune_report"
 WAYS = ("inline", "background")
@@ -116,7 +116,7 @@ def main() -> None:
     )
     try:
         grid = tuner.fit()
-        failed = [str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None]
+        failed = [last_line(r.error) for r in grid if r.error is not None]
         if failed:
             raise SystemExit(f"{len(failed)} trial(s) failed: {failed[0]}")
         trials = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]

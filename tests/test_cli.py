@@ -549,6 +549,13 @@ def test_first_line_of_an_error():
     assert first_line(OSError()) == "OSError"  # no message: its type
 
 
+def test_last_line_of_an_error():
+    from afedpg_ray.config import last_line
+
+    assert last_line(ValueError("Traceback ...\n  \x1b[31mRunError: boom\x1b[0m  \n\n")) == "RunError: boom"
+    assert last_line(RuntimeError("  \n")) == "RuntimeError"  # no message: its type
+
+
 def test_discrete_actions_not_numbered_from_zero_are_refused(capsys):
     import gymnasium as gym
 

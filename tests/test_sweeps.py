@@ -690,6 +690,11 @@ def test_only_finished_trials_reach_the_tables():
     rows, errors, left_out = collect_rows(FakeGrid([done, cut, rerun, failed]))
     assert [r["samples_total"] for r in rows] == [100, 400] and left_out == 2
     assert errors == ["trial at /tune/trial failed: RunError: boom"]
+    # an error without a message is named by its type
+    _, errors, _ = collect_rows(
+        FakeGrid([FakeResult([100], error=RuntimeError("")), FakeResult([100], error=OSError())])
+    )
+    assert errors == ["trial at /tune/trial failed: RuntimeError", "trial at /tune/trial failed: OSError"]
 
 
 def _a_checkpoint_reached_tune(experiment: Path) -> bool:

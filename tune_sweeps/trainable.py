@@ -24,7 +24,7 @@ from typing import Any
 
 from afedpg_ray.atomic import set_scratch_dir
 from afedpg_ray.checkpoint import CHECKPOINT_FILE
-from afedpg_ray.config import EstimatorConfig, TrainConfig, config_from_dict
+from afedpg_ray.config import EstimatorConfig, TrainConfig, config_from_dict, last_line
 from afedpg_ray.messages import UpdateRecord
 
 TRIAL_CPUS = 0.1
@@ -503,7 +503,7 @@ def collect_rows(results: Any) -> tuple[list[dict[str, Any]], list[str], int]:
     cut = 0
     for result in results:
         if result.error is not None:
-            errors.append(f"trial at {result.path} failed: {str(result.error).strip().splitlines()[-1]}")
+            errors.append(f"trial at {result.path} failed: {last_line(result.error)}")
             continue
         frame = result.metrics_dataframe
         if frame is None or frame.empty or "return_mean" not in frame:
