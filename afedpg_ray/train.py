@@ -17,7 +17,7 @@ import torch
 
 from afedpg_ray import runlock
 from afedpg_ray.address import token_auth_on
-from afedpg_ray.atomic import temporary_path
+from afedpg_ray.atomic import temporary_path, write_text_atomically
 from afedpg_ray.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from afedpg_ray.config import RUN_ID_KEY, ConfigError, TrainConfig, check_env_id, first_line, load_config
 from afedpg_ray.connection import connect, status_address, watch_hint
@@ -185,8 +185,13 @@ def _train_connected(
         session_wall_time=session_wall,
         startup_seconds=stats.startup_seconds,
     )
-    (out_dir / "summary.json").write_text(json.dumps(result.__dict__, indent=2) + "\n")
+    save_summary(out_dir, result)
     return result
+
+
+def save_summary(run_dir: Path, result: TrainResult) -> None:
+    """Write ``result`` as the run's summary.json (atomically)."""
+    write_text_atomically(run_dir / "summary.json", json.dumps(result.__dict__, indent=2) + "\n")
 
 
 def cut_to_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
@@ -265,9 +270,9 @@ def _saved_budget(run_dir: Path) -> int:
 
 
 def save_run_config(path: Path, config: TrainConfig, run_id: str) -> None:
-    """Write a new run's config.json: its options and its identity (``run_id``)."""
+    """Write a new run's config.json (atomically): its options and its identity (``run_id``)."""
     raw = {**config.to_dict(), RUN_ID_KEY: run_id}
-    path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    write_text_atomically(path, json.dumps(raw, indent=2, sort_keys=True) + "\n")
 
 
 def read_run_id(run_dir: Path) -> str | None:
@@ -282,12 +287,12 @@ def read_run_id(run_dir: Path) -> str | None:
 def save_resumed_config(run_dir: Path, config: TrainConfig, run_id: str) -> None:
     """Record a resumed run's new budget in config.json (and its identity, if it had none yet), and nothing
     else: where this session runs (--address, --placement-timeout) is not part of the run and must not
-    bind later resumes."""
+    bind later resumes. Written atomically: every resume rewrites it, and a resume needs it whole."""
     path = run_dir / "config.json"
     raw = json.loads(path.read_text()) if path.is_file() else config.to_dict()
     raw["samples"] = config.samples
     raw.setdefault(RUN_ID_KEY, run_id)
-    path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    write_text_atomically(path, json.dumps(raw, indent=2, sort_keys=True) + "\n")
 
 
 def save_policy(path: Path, config: TrainConfig, snapshot: dict[str, Any]) -> None:
