@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -158,8 +159,11 @@ def _train_connected(
     try:
         runner = RayRunner(config, log, out_dir, name_prefix, resume_state, run_id)
         stats = runner.run()  # ends with a final checkpoint taken and every actor killed
-    finally:
-        log.close()
+    except BaseException:
+        with contextlib.suppress(Exception):  # e.g. a rollback stopped with progress.csv closed: report the stop
+            log.close()
+        raise
+    log.close()
     final_state = runner.last_state  # the final checkpoint: no server call can fail after the run
     assert final_state is not None
     snapshot = policy_snapshot_of(final_state)

@@ -1,16 +1,32 @@
-"""What ``train()`` writes around its training loop, checked without Ray: config.json and summary.json
-replaced whole or not at all."""
+"""What ``train()`` writes around its training loop, checked without Ray (a stand-in runner): config.json
+and summary.json replaced whole or not at all, summary.json's clock, and a failed run's log closed without
+hiding why it failed."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from _checkpoint_util import resumable_run
+from _checkpoint_util import resumable_run, update_record
 
+from afedpg_ray.checkpoint import save_checkpoint
 from afedpg_ray.config import TrainConfig
-from afedpg_ray.train import TrainResult, save_resumed_config, save_run_config, save_summary
+from afedpg_ray.runlog import RunLog
+from afedpg_ray.runtime import LoopStats
+from afedpg_ray.train import (
+    TrainingInterrupted,
+    TrainResult,
+    load_run_config,
+    save_resumed_config,
+    save_run_config,
+    save_summary,
+    train,
+)
 
 
 def a_result(run: Path) -> TrainResult:
@@ -39,3 +55,71 @@ def test_a_json_write_that_fails_midway_leaves_the_old_file(name, write, tmp_pat
     assert (run / name).read_bytes() == before
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temporary file left
     json.loads((run / name).read_text())
+
+
+STARTUP_S, TRAINING_S, EARLIER_S = 7.0, 2.0, 50.0
+"""The stand-in session's start-up and training, and the resumed run's training before it."""
+
+
+class OneUpdateRunner:
+    """Stands in for :class:`~afedpg_ray.runtime.RayRunner`: a session that starts up for ``STARTUP_S`` s
+    (not on the run's clock, as RayRunner shifts it for a resume) and trains the budget in one update of
+    ``TRAINING_S`` s, advancing ``time.time`` by both."""
+
+    clock: list[float]
+    """Seconds added to ``time.time``."""
+
+    def __init__(self, config: TrainConfig, log: RunLog, run_dir: Path, *args: Any) -> None:
+        self.config, self.log, self.resume_state = config, log, args[1]
+        self.last_state: dict[str, Any] | None = self.resume_state
+
+    def run(self) -> LoopStats:
+        """Train the budget in one update logged on the run's clock, and take a final checkpoint."""
+        self.clock[0] += STARTUP_S + TRAINING_S
+        state = copy.deepcopy(self.resume_state)
+        state["rule_state"]["version"] += 1
+        state["samples_total"] = self.config.samples
+        state["elapsed"] += TRAINING_S
+        record = update_record(state["rule_state"]["version"])
+        self.log.record(dataclasses.replace(record, wall_time=state["elapsed"], samples_total=self.config.samples))
+        state["progress_rows"] = self.log.rows
+        self.last_state = state
+        return LoopStats(startup_seconds=STARTUP_S, loop_updates=1, loop_seconds=TRAINING_S)
+
+
+@pytest.fixture
+def stand_in_runner(monkeypatch):
+    """Ray replaced by :class:`OneUpdateRunner` in ``train()``; returns the runner class."""
+    OneUpdateRunner.clock = [0.0]
+    real_time = time.time
+    monkeypatch.setattr("afedpg_ray.train.time.time", lambda: real_time() + OneUpdateRunner.clock[0])
+    monkeypatch.setattr("afedpg_ray.train.connect", lambda address: None)
+    monkeypatch.setattr("afedpg_ray.train.status_address", lambda address: "head:6379")
+    monkeypatch.setattr("afedpg_ray.train.RayRunner", OneUpdateRunner)
+    return OneUpdateRunner
+
+
+def resumed_run(tmp_path: Path) -> Path:
+    """A run directory a driver crash left after 3 updates and ``EARLIER_S`` s of training."""
+    run, state = resumable_run(tmp_path, rows=3)
+    save_checkpoint(run, {**state, "elapsed": EARLIER_S})
+    return run
+
+
+def test_a_log_that_cannot_close_does_not_hide_why_the_run_stopped(tmp_path, stand_in_runner, monkeypatch):
+    # Ctrl-C in a server restore's rollback, between closing progress.csv and reopening it: closing the log
+    # then raised "I/O operation on closed file" in place of the interruption (a traceback, not the advice)
+    def interrupted(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    class RollbackInterrupted(OneUpdateRunner):
+        def run(self) -> LoopStats:
+            monkeypatch.setattr("afedpg_ray.runlog.cut_progress", interrupted)
+            self.log.rollback(3, 300, 3)
+            raise AssertionError("the rollback was not interrupted")
+
+    monkeypatch.setattr("afedpg_ray.train.RayRunner", RollbackInterrupted)
+    run = resumed_run(tmp_path)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(load_run_config(run), resume=True)
+    assert stopped.value.advice() == f"interrupted; continue the run with: afedpg train --resume {run}"
