@@ -25,7 +25,7 @@ from afedpg_ray.connection import connect, status_address, watch_hint
 from afedpg_ray.normalizer import RunningStats
 from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
 from afedpg_ray.runlog import RunLog, cut_progress, progress_problem, progress_shortfall
-from afedpg_ray.runtime import RayRunner
+from afedpg_ray.runtime import LoopStats, RayRunner
 from afedpg_ray.server import policy_snapshot_of
 from afedpg_ray.signals import SIGTERM_RECEIVED, Terminated, sigterm_raises_terminated
 
@@ -113,7 +113,9 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
     # Everything that can refuse the run happens before a file is written: the checkpoint is read and
     # matched against the config, and the cluster reached, before progress.csv is cut or config.json saved.
     resume_state = load_resumable(out_dir, config) if resume else None
-    dashboard = connect(config.address)  # ray.init replaces the SIGTERM handler: ours goes in after it
+    # A run only finishing needs no agent, nor a cluster to place them on (a smaller one would refuse them).
+    # ray.init replaces the SIGTERM handler: ours goes in after it.
+    dashboard = None if _budget_spent(config, resume_state) else connect(config.address)
     with sigterm_raises_terminated():
         return _train_connected(config, out_dir, name_prefix, on_record, resume_state, dashboard)
 
@@ -126,7 +128,8 @@ def _train_connected(
     resume_state: dict[str, Any] | None,
     dashboard: str | None,
 ) -> TrainResult:
-    """:func:`train` once Ray is reached and the resume state (if any) is read."""
+    """:func:`train` once Ray is reached (unless the resumed run's budget is spent) and the resume state
+    (if any) is read."""
     run_id = (read_run_id(out_dir) if resume_state is not None else None) or uuid.uuid4().hex
     if resume_state is not None:
         cut_to_checkpoint(out_dir, resume_state)
@@ -140,7 +143,9 @@ def _train_connected(
     )
     if resume_state is not None:  # the rows the cut kept (none if progress.csv was moved aside): a server
         resume_state["progress_rows"] = log.rows  # restored before the next checkpoint rolls back to these
-    log.note(watch_hint(status_address(config.address), dashboard, name_prefix, token_auth_on()))
+    finishing = _budget_spent(config, resume_state)
+    if not finishing:
+        log.note(watch_hint(status_address(config.address), dashboard, name_prefix, token_auth_on()))
     prior_wall = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0  # training time before the resume
     if resume_state is not None:
         version = resume_state["rule_state"]["version"]
@@ -157,14 +162,17 @@ def _train_connected(
         log.add_listener(on_record)
     start = time.time()
     try:
-        runner = RayRunner(config, log, out_dir, name_prefix, resume_state, run_id)
-        stats = runner.run()  # ends with a final checkpoint taken and every actor killed
+        if finishing:  # stopped after its final checkpoint: only the end's outputs are missing
+            final_state, stats = resume_state, LoopStats()
+        else:
+            runner = RayRunner(config, log, out_dir, name_prefix, resume_state, run_id)
+            stats = runner.run()  # ends with a final checkpoint taken and every actor killed
+            final_state = runner.last_state  # the final checkpoint: no server call can fail after the run
     except BaseException:
         with contextlib.suppress(Exception):  # e.g. a rollback stopped with progress.csv closed: report the stop
             log.close()
         raise
     log.close()
-    final_state = runner.last_state  # the final checkpoint: no server call can fail after the run
     assert final_state is not None
     snapshot = policy_snapshot_of(final_state)
     rejected = dict(final_state.get("rejected", {}))
@@ -263,6 +271,12 @@ def load_resumable(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
             f"budget, so pass more than {spent} to continue it"
         )
     return state
+
+
+def _budget_spent(config: TrainConfig, resume_state: dict[str, Any] | None) -> bool:
+    """Whether the resumed run has already trained its budget (it stopped after its final checkpoint,
+    before writing policy.pt: :func:`load_resumable` accepts no other such run)."""
+    return resume_state is not None and int(resume_state["samples_total"]) >= config.samples
 
 
 def _saved_budget(run_dir: Path) -> int:
