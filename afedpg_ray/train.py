@@ -39,6 +39,8 @@ class TrainResult:
     Return, updates, samples, ``wall_time``, mean delay and rejections cover the whole run, across
     resumes; updates per second, start-up time, restarts, dropped agents and server restores are this
     driver session's (a resume starts every agent afresh; ``events.csv`` has every session's).
+    ``wall_time`` is the run's clock at its final checkpoint, progress.csv's: it counts the first session's
+    start-up but not a resumed session's (``startup_seconds`` has the last session's).
     """
 
     out_dir: str
@@ -59,7 +61,7 @@ class TrainResult:
     resumed_at_update: int | None = None
     """None for a run trained in one go; else the checkpoint's update this driver session started from."""
     session_wall_time: float = 0.0
-    """Seconds this driver session trained (``wall_time`` adds the time before a resume)."""
+    """This driver session's share of ``wall_time`` (``wall_time`` adds the time before a resume)."""
     startup_seconds: float = 0.0
     """Seconds this session spent before its first dispatch: creating and placing the actors (the
     environments are built then) and writing the first checkpoint."""
@@ -160,7 +162,6 @@ def _train_connected(
             log.event("schedule_kept", None, message, prior_wall)
     if on_record is not None:
         log.add_listener(on_record)
-    start = time.time()
     try:
         if finishing:  # stopped after its final checkpoint: only the end's outputs are missing
             final_state, stats = resume_state, LoopStats()
@@ -176,8 +177,9 @@ def _train_connected(
     assert final_state is not None
     snapshot = policy_snapshot_of(final_state)
     rejected = dict(final_state.get("rejected", {}))
-    session_wall = time.time() - start
-    wall = prior_wall + session_wall
+    # the run's clock at its final checkpoint, progress.csv's: a resumed session's start-up is not on it
+    wall = float(final_state.get("elapsed", prior_wall))
+    session_wall = wall - prior_wall
     save_policy(out_dir / POLICY_FILE, config, snapshot)
     last = log.last
     result = TrainResult(

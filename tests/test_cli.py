@@ -439,6 +439,7 @@ def test_a_run_stopped_after_its_final_checkpoint_resumes_to_write_its_policy(tm
     assert load_policy(run)[2] == "CartPole-v1"
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["updates"], summary["samples_total"], summary["resumed_at_update"]) == (5, 5000, 5)
+    assert summary["session_wall_time"] == 0.0  # nothing trained in this session
 
 
 def test_a_run_that_stopped_before_its_first_checkpoint_can_be_trained_again(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from _checkpoint_util import resumable_run, update_record
 
 from afedpg_ray.checkpoint import save_checkpoint
 from afedpg_ray.config import TrainConfig
-from afedpg_ray.runlog import RunLog
+from afedpg_ray.runlog import RunLog, read_progress
 from afedpg_ray.runtime import LoopStats
 from afedpg_ray.train import (
     TrainingInterrupted,
@@ -104,6 +104,16 @@ def resumed_run(tmp_path: Path) -> Path:
     run, state = resumable_run(tmp_path, rows=3)
     save_checkpoint(run, {**state, "elapsed": EARLIER_S})
     return run
+
+
+def test_a_resumed_runs_wall_time_is_progress_csvs_clock(tmp_path, stand_in_runner):
+    # summary.json counted the resumed session's start-up, which progress.csv's clock leaves out
+    run = resumed_run(tmp_path)
+    result = train(load_run_config(run), resume=True)
+    rows = read_progress(run / "progress.csv")
+    assert result.wall_time == pytest.approx(float(rows[-1]["wall_time"])) == EARLIER_S + TRAINING_S
+    assert result.session_wall_time == pytest.approx(TRAINING_S) and result.startup_seconds == STARTUP_S
+    assert json.loads((run / "summary.json").read_text())["wall_time"] == result.wall_time
 
 
 def test_a_log_that_cannot_close_does_not_hide_why_the_run_stopped(tmp_path, stand_in_runner, monkeypatch):
