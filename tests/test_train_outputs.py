@@ -91,7 +91,7 @@ class OneUpdateRunner:
 def stand_in_runner(monkeypatch):
     """Ray replaced by :class:`OneUpdateRunner` in ``train()``; returns the runner class."""
     OneUpdateRunner.clock = [0.0]
-    real_time = time.time
+    real_time = time.time  # the time module's: the whole process sees the session's seconds pass, as in a run
     monkeypatch.setattr("afedpg_ray.train.time.time", lambda: real_time() + OneUpdateRunner.clock[0])
     monkeypatch.setattr("afedpg_ray.train.connect", lambda address: None)
     monkeypatch.setattr("afedpg_ray.train.status_address", lambda address: "head:6379")
