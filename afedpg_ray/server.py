@@ -296,7 +296,8 @@ class ParameterServer:
             for meta, _ in valid:
                 records.append(self._record(meta, 0, True, "", info.alpha, info.eta))
         for meta in metas:
-            self.agent_versions[meta.agent_id] = self.state.version
+            if meta.agent_id in self.agent_versions:  # an unknown sender was rejected, not registered
+                self.agent_versions[meta.agent_id] = self.state.version
         return self._dispatch(), records
 
     def _absorb(self, meta: GradientMeta) -> None:

@@ -128,6 +128,10 @@ def test_fedpg_round_takes_one_gradient_per_agent():
     assert s.state.version == 1 and sorted(r.agent for r in records) == [0, 1, 2]
     assert all(r.delay == 0 and r.accepted for r in records)
     assert dispatch.version == 1 and set(s.agent_versions.values()) == {1}
+    # a gradient from an agent the server never dispatched to is rejected and does not register it
+    _, records = s.apply_round([meta(0, 1), meta(7, 1)], np.ones(p), np.ones(p))
+    assert [(r.agent, r.accepted, r.reason) for r in records] == [(7, False, "unknown_agent"), (0, True, "")]
+    assert sorted(s.agent_versions) == [0, 1, 2]
 
 
 def test_agent_gradient_round_trip_in_process():
