@@ -7,6 +7,7 @@ import dataclasses
 import math
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,7 @@ class RunLog:
         self._progress_path, events_path = out_dir / "progress.csv", out_dir / "events.csv"
         self._progress_file, self._progress = _csv_writer(self._progress_path, PROGRESS_COLUMNS, append)
         self._events_file, self._events = _csv_writer(events_path, EVENT_COLUMNS, append)
-        self._tb = _tensorboard_writer(out_dir / "tb") if tensorboard else None
+        self._tb = self._open_tensorboard(initial_samples if append else None) if tensorboard else None
         self._bar = _progress_bar(total_samples, initial_samples) if show_progress else None
         if self._bar is not None:  # Ray starts the actors and each builds its environments: tens of seconds
             self._bar.set_postfix_str("starting agents; the first gradient follows their set-up")
@@ -109,8 +110,9 @@ class RunLog:
         """Drop the rows logged after the checkpoint at ``version`` (a restored server redoes them).
 
         ``keep_rows`` (the checkpoint's row count) cuts exactly; without it, rows past ``version`` go.
-        Returns how many rows were dropped; the counters they fed are taken back. TensorBoard points and
-        listeners' reports already sent stay (they cannot be unsent).
+        Returns how many rows were dropped; the counters they fed are taken back. TensorBoard is told to
+        hide its points past ``samples_total`` (a new event file that purges them); listeners' reports
+        already sent stay (they cannot be unsent).
         """
         self._progress_file.close()
         dropped = cut_progress(self._progress_path, version, keep_rows)
@@ -120,6 +122,9 @@ class RunLog:
         self._times.clear()  # the recent-rate window would count the dropped updates
         self._delays.clear()
         self._samples_seen = samples_total
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = self._open_tensorboard(samples_total)
         if self._bar is not None:
             self._bar.n = samples_total
             self._bar.refresh()
@@ -133,6 +138,16 @@ class RunLog:
             self.delay_sum += sign * int(row["delay"])
         elif row.get("reason") == SUPERSEDED:
             self.superseded += sign
+
+    def _open_tensorboard(self, kept_samples: int | None) -> Any:
+        """A TensorBoard writer for ``tb/``; after a cut to ``kept_samples`` (a resume or a server restore), its
+        file starts by purging the points logged past that step (TensorBoard hides them), so the redone
+        updates are not drawn twice."""
+        purge_step = None if kept_samples is None else kept_samples + 1
+        # one file per writer, read in name order: names carry whole seconds, so two writers within a second
+        # (a restore soon after the start, or a test's resume) would share a file without a finer stamp
+        suffix = f".{time.time_ns():020d}"
+        return _tensorboard_writer(self.out_dir / "tb", purge_step, suffix)
 
     @property
     def return_mean(self) -> float:
@@ -231,10 +246,10 @@ def cut_progress(path: Path, version: int, keep_rows: int | None = None) -> list
     return dropped
 
 
-def _tensorboard_writer(path: Path) -> Any:
+def _tensorboard_writer(path: Path, purge_step: int | None, suffix: str) -> Any:
     from tensorboardX import SummaryWriter
 
-    return SummaryWriter(str(path))
+    return SummaryWriter(str(path), purge_step=purge_step, filename_suffix=suffix)
 
 
 def _progress_bar(total: int, initial: int) -> Any:

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,48 @@ def test_superseded_rows_are_counted_and_taken_back(tmp_path):
     appended = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=False, append=True)
     assert appended.superseded == 1 and appended.accepted == 1 and appended.rows == 2
     appended.close()
+
+
+def tensorboard_points(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """The ``(step, value)`` points TensorBoard draws for ``tag``: event files read in name order, each
+    purge (a session start at step S) hiding the earlier points at S and after, as TensorBoard does."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+    points: list[tuple[int, float]] = []
+    for path in sorted(tb_dir.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):  # TFRecord: length (8), its crc (4), the event, its crc (4)
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 16 + length
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                points = [(step, value) for step, value in points if step < event.step]
+            for value in event.summary.value:
+                if value.tag == tag:
+                    points.append((event.step, value.simple_value))
+    return points
+
+
+def test_tensorboard_hides_the_points_a_rollback_or_a_resume_dropped(tmp_path):
+    # a restored server (or a resumed run) redoes the updates past its checkpoint: TensorBoard drew both
+    # trajectories over the same samples; each cut now starts an event file that purges the dropped points
+    log = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=True)
+    for update in range(1, 8):
+        log.record(record(update, delay=1))
+    log.rollback(5, 500)  # a server restore at update 5: updates 6 and 7 are redone
+    for update in range(6, 9):
+        log.record(record(update, delay=2))
+    log.close()
+    delays = tensorboard_points(tmp_path / "tb", "delay")
+    assert delays == [(100 * u, 1.0) for u in range(1, 6)] + [(100 * u, 2.0) for u in range(6, 9)]
+    # a resume from a checkpoint at update 7 (the driver died at 8): update 8 is redone
+    resumed = RunLog(tmp_path, 10_000, show_progress=False, tensorboard=True, append=True, initial_samples=700)
+    resumed.record(record(8, delay=3))
+    resumed.close()
+    delays = tensorboard_points(tmp_path / "tb", "delay")
+    assert [step for step, _ in delays] == [100 * u for u in range(1, 9)] and delays[-1] == (800, 3.0)
 
 
 HOLD_LOCK = (
