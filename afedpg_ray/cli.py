@@ -337,10 +337,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         fail(str(err), code=1)
     except TrainingInterrupted as stop:
         fail(stop.advice(), code=stop.exit_code)
+    returned = (
+        f"{result.return_mean:.1f}"
+        if math.isfinite(result.return_mean)
+        else "n/a (no episode has finished yet: give more --samples)"
+    )
     print(
-        f"done: return {result.return_mean:.1f} after {result.samples_total} samples, {result.updates} updates "
-        f"in {result.wall_time:.0f}s ({result.updates_per_second:.1f} upd/s after "
-        f"{result.startup_seconds:.0f}s start-up, mean delay {result.mean_delay:.2f}"
+        f"done: return {returned} after {result.samples_total} samples, {result.updates} updates "
+        f"in {result.wall_time:.0f}s (start-up {result.startup_seconds:.0f}s, then "
+        f"{result.updates_per_second:.1f} upd/s; mean delay {result.mean_delay:.2f}"
         + (f", {result.superseded} gradients superseded" if result.superseded else "")
         + f"); outputs in {result.out_dir}\n"
         f"next: afedpg eval {result.out_dir}  (deterministic return); afedpg plot {result.out_dir}  (learning curve)"

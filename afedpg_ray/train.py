@@ -204,8 +204,11 @@ def _train_connected(
 
 
 def save_summary(run_dir: Path, result: TrainResult) -> None:
-    """Write ``result`` as the run's summary.json (atomically)."""
-    write_text_atomically(run_dir / "summary.json", json.dumps(result.__dict__, indent=2) + "\n")
+    """Write ``result`` as the run's summary.json (atomically). A number that is not finite (the return of a
+    run in which no episode has finished yet) is written as null: ``NaN`` is not JSON, and strict parsers
+    refuse the whole file."""
+    fields = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in result.__dict__.items()}
+    write_text_atomically(run_dir / "summary.json", json.dumps(fields, indent=2, allow_nan=False) + "\n")
 
 
 def cut_to_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:

@@ -602,3 +602,15 @@ def test_eval_of_a_policy_file_without_an_environment_id_calls_it_corrupt(tmp_pa
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "corrupt" in err, err
+
+
+def test_the_done_line_says_why_a_run_has_no_return(tmp_path, monkeypatch, capsys):
+    # a 1000-step task on a tiny budget finishes no episode: "done: return nan" read like a bug
+    from afedpg_ray.train import TrainResult
+
+    result = TrainResult(str(tmp_path), float("nan"), 6, 6000, 9.0, 3.0, 0.5, {}, {}, [], startup_seconds=7.0)
+    monkeypatch.setattr("afedpg_ray.train.train", lambda config, **kwargs: result)
+    assert main(["train", "--env", "Swimmer-v5", "--samples", "6000", "--out", str(tmp_path / "run")]) == 0
+    done = capsys.readouterr().out.splitlines()[0]
+    assert done.startswith("done: return n/a (no episode has finished yet: give more --samples) after 6000 samples")
+    assert "6 updates in 9s (start-up 7s, then 3.0 upd/s; mean delay 0.50)" in done

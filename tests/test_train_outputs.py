@@ -57,6 +57,19 @@ def test_a_json_write_that_fails_midway_leaves_the_old_file(name, write, tmp_pat
     json.loads((run / name).read_text())
 
 
+def test_a_summary_without_a_return_is_strict_json(tmp_path):
+    # no episode finished (a 1000-step task on a tiny budget): the return is NaN, which json.dumps writes as
+    # a bare NaN that strict parsers (JavaScript's JSON.parse, jq) refuse; it is written as null
+    result = dataclasses.replace(a_result(tmp_path), return_mean=float("nan"), mean_delay=float("inf"))
+    save_summary(tmp_path, result)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["return_mean"] is None and summary["mean_delay"] is None and summary["samples_total"] == 200
+
+
 STARTUP_S, TRAINING_S, EARLIER_S = 7.0, 2.0, 50.0
 """The stand-in session's start-up and training, and the resumed run's training before it."""
 
