@@ -81,6 +81,6 @@ def test_the_reference_direction_is_recomputed_once_per_n_judged_arrivals(monkey
     for step in range(4 * 5):
         filt.check(step % 4, honest(rng, direction))
     assert len(medians) == 5  # 20 judged arrivals of 4 agents
-    for step in range(3):  # agent 4 joins the judged set at its third arrival: recomputed then
+    for _ in range(3):  # agent 4 joins the judged set at its third arrival: recomputed then
         filt.check(4, honest(rng, direction))
     assert len(medians) == 6
