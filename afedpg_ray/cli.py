@@ -68,6 +68,24 @@ def int_list(text: str) -> tuple[int, ...]:
     return _items(text, int, "integers")
 
 
+def step_count(text: str) -> int:
+    """A whole number of environment steps, also written as researchers write budgets: ``1e6``, ``2.5e5``,
+    ``1_000_000`` (an argparse type; whether it is positive is the config's check)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value.is_integer() and abs(value) < 2**63):
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of environment steps, e.g. 1000000 or 1e6; got {text!r}"
+        )
+    return int(value)
+
+
 def _bounded(text: str, kind: type, allow_zero: bool) -> Any:
     """``text`` as an ``int`` or a finite ``float`` above 0 (or at least 0), else an ``ArgumentTypeError``."""
     what = ("a non-negative " if allow_zero else "a positive ") + ("integer" if kind is int else "number")
@@ -152,7 +170,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     add("--hetero", help=f"slowdown profile: {PROFILE_HELP} (default {d.hetero})")
     add("--iteration-time", type=float, help="pad agent i's iteration to exactly s_i * T seconds")
     add("--comm-delay", type=_floats, help="extra seconds per iteration: one value, or one per agent")
-    add("--samples", type=int, help=f"environment steps over all agents (default {d.samples})")
+    add("--samples", type=step_count, help=f"environment steps over all agents, e.g. 1e6 (default {d.samples})")
     add("--batch", type=int, help=f"environment steps per gradient (default {d.batch})")
     add("--num-envs", type=int, help=f"environments each agent steps at once (default {d.num_envs})")
     add("--seed", type=int, help=f"random seed, 0 <= seed < 2**32 (default {d.seed})")

@@ -100,6 +100,8 @@ class RunLog:
             self._tb.add_scalar("delay", rec.delay, step)
             self._tb.add_scalar("version", rec.update, step)
         if self._bar is not None:
+            if rec.samples_total > self._bar.total:  # the last gradient overshoots; tqdm drops a total passed
+                self._bar.total = rec.samples_total
             self._bar.update(max(0, rec.samples_total - self._samples_seen))
             self._bar.set_postfix(self.summary_fields(), refresh=False)
         self._samples_seen = max(self._samples_seen, rec.samples_total)

@@ -117,6 +117,9 @@ from afedpg_ray.cli import main
         (["--algo", "a3c", "--a3c-optimizer", "rmsprop"], "--a3c-optimizer"),
         (["--prefix", ""], "--prefix"),
         (["--prefix", "x" * 65], "--prefix"),
+        (["--samples", "1.5e3x"], "--samples"),
+        (["--samples", "2.5"], "--samples"),  # not a whole number of steps
+        (["--samples", "-1e3"], "--samples"),
         (["--agent-timeout", "0"], "--agent-timeout"),
         (["--agent-timeout", "nan"], "--agent-timeout"),
         (["--agent-timeout", "1e300"], "--agent-timeout"),
@@ -614,3 +617,11 @@ def test_the_done_line_says_why_a_run_has_no_return(tmp_path, monkeypatch, capsy
     done = capsys.readouterr().out.splitlines()[0]
     assert done.startswith("done: return n/a (no episode has finished yet: give more --samples) after 6000 samples")
     assert "6 updates in 9s (start-up 7s, then 3.0 upd/s; mean delay 0.50)" in done
+
+
+@pytest.mark.parametrize(("text", "steps"), [("1e6", 1_000_000), ("2.5e5", 250_000), ("1_000_000", 1_000_000)])
+def test_budgets_are_accepted_as_researchers_write_them(text, steps):
+    from afedpg_ray.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--samples", text])
+    assert config_from_args(args).samples == steps

@@ -362,3 +362,13 @@ def test_progress_bar_rate_is_timed_by_the_server_not_by_when_rows_are_written(t
         log.record(dataclasses.replace(record(update), wall_time=float(update)))
     assert log.summary_fields()["upd/s"] == "1.0"
     log.close()
+
+
+def test_the_progress_bar_keeps_its_total_when_the_last_gradient_overshoots(tmp_path):
+    # a budget that is not a multiple of the batch ends past it: tqdm then drew "1.1kstep" with no total
+    log = RunLog(tmp_path, 1050, show_progress=True, tensorboard=False)
+    for update in range(1, 12):
+        log.record(record(update))
+    assert log._bar is not None and log._bar.total == 1100
+    assert "1.10k/1.10k" in str(log._bar)
+    log.close()
