@@ -49,7 +49,8 @@ def placement_problem(options: dict[str, Any], nodes: list[dict[str, float]]) ->
     if missing:
         return asked, f"no node has {', '.join(repr(k) for k in missing)}"
     if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
-        return asked, "no single node has that much of it all"
+        most = ", ".join(f"{k}={max(node.get(k, 0.0) for node in nodes):g}" for k in wanted)
+        return asked, f"no single node has that much of it all (the most a node has: {most})"
     return asked, BUSY
 
 

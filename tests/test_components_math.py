@@ -115,7 +115,13 @@ def test_placement_problem_names_the_missing_resource():
     nodes = [{"CPU": 2.0, "fast_node": 1.0}, {"CPU": 1.0}]
     asked, problem = placement_problem({"num_cpus": 0.5, "resources": {"gpu_node": 1}}, nodes)
     assert asked == "CPU=0.5, gpu_node=1" and problem == "no node has 'gpu_node'"
-    assert placement_problem({"num_cpus": 4}, nodes)[1] == "no single node has that much of it all"
+    assert placement_problem({"num_cpus": 4}, nodes)[1] == (
+        "no single node has that much of it all (the most a node has: CPU=2)"
+    )
+    # each resource's most, even when no node has the most of everything
+    assert placement_problem({"num_cpus": 2, "resources": {"fast_node": 2}}, nodes)[1].endswith(
+        "(the most a node has: CPU=2, fast_node=1)"
+    )
     assert "busy" in placement_problem({"num_cpus": 1, "resources": {"fast_node": 1}}, nodes)[1]
 
 

@@ -206,7 +206,10 @@ def test_an_unplaceable_agent_is_reported_early_then_fails_at_the_timeout(tmp_pa
     # the notice comes before the timeout, names the request and why no node meets it
     assert [e["kind"] for e in events] == ["placement_waiting"], events
     notice = events[0]
-    assert "requested CPU=1000; no single node has that much of it all; 2 of 2 agents wait" in notice["message"]
+    assert (
+        "requested CPU=1000; no single node has that much of it all (the most a node has: CPU=2); 2 of 2 agents wait"
+        in notice["message"]
+    )
 
 
 def test_a_run_whose_files_cannot_be_written_stops_with_one_line_and_keeps_its_checkpoint(tmp_path, monkeypatch):
