@@ -142,6 +142,10 @@ def test_speedup_sweep_end_to_end(tmp_path, capsys):
     ratios = [float(r["theoretical_ratio"]) for r in summary.values() if r["theoretical_ratio"] not in ("", "nan")]
     assert ratios and ratios == pytest.approx([1.5] * len(ratios)), summary
     assert "speedup_summary.md" in capsys.readouterr().out
+    # a new sweep started into it without --resume is refused, not run beside its trials
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "speedup", "--out", str(out), "--agents", "2", "--algos", "afedpg,fedpg"])
+    assert exit_info.value.code == 2 and "already holds a speedup sweep" in capsys.readouterr().err
 
 
 # --- speedup summary arithmetic ---------------------------------------------------------------------
@@ -323,6 +327,74 @@ def test_resume_without_a_sweep_is_one_line_exit_2(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--resume" in err, err
+
+
+SWEEP_ARGV = {
+    "sample_efficiency": ["sample-efficiency", "--env", "CartPole-v1", "--agents", "1,2"]
+    + ["--samples-per-agent", "1000"],
+    "speedup": ["speedup", "--env", "CartPole-v1", "--agents", "2", "--algos", "afedpg,fedpg"],
+    "hyper": ["hyper", "--env", "CartPole-v1", "--grid", "eta0=0.1,0.2"],
+}
+"""A small valid command of each kind of sweep, by its Tune experiment name."""
+HELD = {"sample_efficiency": "results.csv", "speedup": "speedup.csv", "hyper": "hyper.csv"}
+
+
+def _stop_at_ray(monkeypatch) -> None:
+    """Exit 7 where a sweep would start Ray (every check before it has passed)."""
+
+    def connect(address):
+        raise SystemExit(7)
+
+    monkeypatch.setattr("afedpg_ray.connection.connect", connect)
+
+
+@pytest.mark.parametrize("name", list(SWEEP_ARGV))
+@pytest.mark.parametrize("held", ["record", "results", "experiment"])
+def test_a_new_sweep_into_a_sweep_of_its_kind_is_refused_before_ray(name, held, tmp_path, capsys, monkeypatch):
+    """Found by starting a speedup sweep into a finished one's --out: it overwrote the record and tables
+    and ran its trials beside the old ones in Tune's directory."""
+    _stop_at_ray(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    path = {"record": f"{name}_command.json", "results": HELD[name], "experiment": f"{name}/tuner.pkl"}[held]
+    (out / path).parent.mkdir(exist_ok=True)
+    (out / path).write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", *SWEEP_ARGV[name], "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    kind = name.replace("_", "-")
+    assert err.startswith(f"afedpg: error: --out {out} already holds a {kind} sweep ("), err
+    assert err.endswith("continue it with --resume or choose another --out"), err
+
+
+def test_a_new_sweep_into_the_storage_of_a_sweep_of_its_kind_is_refused(tmp_path, capsys, monkeypatch):
+    _stop_at_ray(monkeypatch)
+    storage = tmp_path / "tune"
+    (storage / "hyper").mkdir(parents=True)
+    (storage / "hyper" / "tuner.pkl").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", *SWEEP_ARGV["hyper"], "--out", str(tmp_path / "new"), "--storage", str(storage)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err == (
+        f"afedpg: error: --storage {storage} already holds a hyper sweep ({storage / 'hyper'}); continue it "
+        "with --resume or choose another --storage"
+    ), err
+
+
+@pytest.mark.parametrize("name", list(SWEEP_ARGV))
+def test_sweeps_of_different_kinds_share_an_out(name, tmp_path, monkeypatch):
+    """Each kind writes its own files and Tune directory: the others' do not stop it."""
+    _stop_at_ray(monkeypatch)
+    out = tmp_path / "out"
+    for other in set(SWEEP_ARGV) - {name}:
+        (out / other).mkdir(parents=True)
+        for path in (f"{other}_command.json", HELD[other], f"{other}/tuner.pkl"):
+            (out / path).write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", *SWEEP_ARGV[name], "--out", str(out)])
+    assert exit_info.value.code == 7
 
 
 def test_hyper_grid_parsing_and_ranking():

@@ -23,7 +23,7 @@ from afedpg_ray.runlog import read_progress
 from afedpg_ray.signals import SIGTERM_RECEIVED, sigterm_as_ctrl_c
 from tune_sweeps import hyper, sample_efficiency, speedup
 from tune_sweeps.plots import plot_learning_curves
-from tune_sweeps.resume import record_command, resumed_args
+from tune_sweeps.resume import record_command, record_path, resumed_args
 from tune_sweeps.trainable import (
     TRIAL_CPUS,
     SweepRun,
@@ -38,6 +38,13 @@ from tune_sweeps.trainable import (
 )
 
 PAPER_ALGOS = ("afedpg", "fedpg", "vanilla", "a3c")
+RESULTS = {
+    sample_efficiency.NAME: sample_efficiency.RESULTS_CSV,
+    speedup.NAME: speedup.RESULTS_CSV,
+    hyper.NAME: hyper.RESULTS_CSV,
+}
+"""Each kind of sweep's table in --out. The kinds write different files (and Tune directories), so one
+--out may hold one sweep of each kind."""
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -153,6 +160,8 @@ def _sweep_run(args: argparse.Namespace, name: str, placement_timeout: float) ->
         fail("--storage: give a path after file://, e.g. file:///mnt/nfs/afedpg-sweeps")
     if "://" not in storage or storage.startswith("file://"):
         storage = str(_writable_dir("--storage", Path(storage.removeprefix("file://")).expanduser()))
+    if not args.resume:
+        _refuse_overwrite(out, storage, name, args.storage is None)
     concurrent = args.default_max_concurrent if args.max_concurrent is None else args.max_concurrent
     verbose = 1 if args.verbose is None else args.verbose
     sweep = SweepRun(name, storage, concurrent, args.resume, verbose, placement_timeout)
@@ -166,6 +175,24 @@ def _sweep_run(args: argparse.Namespace, name: str, placement_timeout: float) ->
         if not restorable:
             fail(f"--resume: no sweep to resume at {sweep.path}")
     return sweep, out
+
+
+def _refuse_overwrite(out: Path, storage: str, name: str, default_storage: bool) -> None:
+    """Exit 2 if ``out`` or a local ``storage`` already holds a sweep of this kind: a new one would
+    overwrite its record and tables, and put a second experiment beside its trials in Tune's directory."""
+    kind = name.replace("_", "-")
+    advice = "continue it with --resume or choose another"
+    for held in (record_path(out, name), out / RESULTS[name]):
+        if held.exists():
+            fail(f"--out {out} already holds a {kind} sweep ({held.name}); {advice} --out")
+    if "://" in storage:  # a remote storage is not read before Ray starts; the record in --out stands for it
+        return
+    experiment = Path(storage) / name
+    from ray import tune
+
+    if tune.Tuner.can_restore(str(experiment)):
+        option = "--out" if default_storage else "--storage"
+        fail(f"{option} {experiment.parent} already holds a {kind} sweep ({experiment}); {advice} {option}")
 
 
 def _check_counts(counts: tuple[int, ...]) -> None:
@@ -490,9 +517,9 @@ def _plot(args: argparse.Namespace) -> int:
             _require_rows(path / sample_efficiency.RESULTS_CSV)
             print(_checked_csv(path / sample_efficiency.RESULTS_CSV, sample_efficiency.redraw, path))
             found = drew_sweep = True
-        if (path / "speedup.csv").is_file():
-            _require_rows(path / "speedup.csv")
-            print(_checked_csv(path / "speedup.csv", speedup.redraw, path))
+        if (path / speedup.RESULTS_CSV).is_file():
+            _require_rows(path / speedup.RESULTS_CSV)
+            print(_checked_csv(path / speedup.RESULTS_CSV, speedup.redraw, path))
             found = drew_sweep = True
         if (path / "progress.csv").is_file():
             if _plottable_run(path / "progress.csv"):

@@ -22,6 +22,7 @@ from tune_sweeps.trainable import ROW_COLUMNS, variant_label
 
 NAME = "speedup"
 """Tune experiment name (its directory under the storage path)."""
+RESULTS_CSV = "speedup.csv"
 TARGET_FRACTION = 0.8
 """Default target: this fraction of the way from the highest starting to the best final mean return."""
 SUMMARY_COLUMNS = [
@@ -289,12 +290,12 @@ def redraw(out_dir: Path) -> Path:
     """Redraw ``speedup.png`` from ``speedup.csv`` (with the target line of ``speedup_summary.csv``, if any)."""
     summary = out_dir / "speedup_summary.csv"
     target = float(read_rows(summary)[0]["target"]) if summary.is_file() and read_rows(summary) else None
-    return plot_speedup(read_rows(out_dir / "speedup.csv"), out_dir / "speedup.png", target)
+    return plot_speedup(read_rows(out_dir / RESULTS_CSV), out_dir / "speedup.png", target)
 
 
 def write_outputs(rows: Sequence[dict[str, Any]], out_dir: Path, timing: Timing, target: float | None = None) -> str:
     """Write speedup.csv, speedup.png, speedup_summary.csv and speedup_summary.md; return the Markdown."""
-    write_rows(out_dir / "speedup.csv", rows, ROW_COLUMNS)
+    write_rows(out_dir / RESULTS_CSV, rows, ROW_COLUMNS)
     table, how = summarize(rows, timing, target)
     warning = target_warning(table)
     if warning:
