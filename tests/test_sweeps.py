@@ -1072,7 +1072,12 @@ def _record(out: Path, name: str, argv: list[str]) -> None:
             "--max-concurrent: the sweep in {out} started with "
             "--max-concurrent 1; a resumed sweep runs the trials it started with",
         ),
-        ([], ["--verbose", "0"], "--verbose: the sweep in {out} started without --verbose;"),
+        (
+            [],
+            ["--verbose", "0"],
+            "--verbose: the sweep in {out} started with the default --verbose 1; Tune restores a sweep's "
+            "progress output with it",
+        ),
         ([], ["--seeds", "2"], "--seeds: the sweep in {out} started with the default --seeds 3;"),
         (
             ["--algos", "afedpg,fedpg"],
@@ -1151,6 +1156,17 @@ def test_a_resume_accepts_the_default_the_sweep_started_with_and_its_relative_st
     with pytest.raises(SystemExit):
         main(["sweep", "speedup", "--resume", "--out", str(out), "--seeds", "3", "--agents", "4,8"])
     assert seen["args"].storage == str(started_in / "tune-store") and len(seen["trials"]) == 4 * 2 * 3
+
+
+@pytest.mark.parametrize(("started", "resumed"), [([], ["--verbose", "1"]), (["--verbose", "0"], ["--verbose", "0"])])
+def test_a_resume_accepts_the_verbose_the_sweep_runs_with(started, resumed, tmp_path, monkeypatch):
+    """Found by `--resume --verbose 1` on a sweep started without --verbose: refused, though 1 is the default."""
+    seen = _spy_on_launch(monkeypatch)
+    out = tmp_path / "out"
+    _record(out, "speedup", ["sweep", "speedup", "--env", "CartPole-v1", *started])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "speedup", "--resume", "--out", str(out), *resumed])
+    assert exit_info.value.code == 7 and seen["args"].resume
 
 
 def test_a_resume_with_an_unreadable_record_is_one_line(tmp_path, capsys):

@@ -65,7 +65,7 @@ def _add_sweep_options(parser: argparse.ArgumentParser, name: str, seeds: int, c
     add("--verbose", type=int, choices=(0, 1, 2), help="Tune's progress output: 0, 1 (default) or 2")
     # None above (and for every option with a default) tells "not given" apart: a resumed sweep keeps the
     # values it started with and refuses a different one; the defaults are filled in by _command_args
-    parser.set_defaults(default_max_concurrent=concurrent, default_seeds=seeds)
+    parser.set_defaults(default_max_concurrent=concurrent, default_seeds=seeds, default_verbose=1)
     add("--no-tensorboard", action="store_true", help="no TensorBoard event files in the trials' run directories")
 
 
@@ -163,7 +163,7 @@ def _sweep_run(args: argparse.Namespace, name: str, placement_timeout: float) ->
     if not args.resume:
         _refuse_overwrite(out, storage, name, args.storage is None)
     concurrent = args.default_max_concurrent if args.max_concurrent is None else args.max_concurrent
-    verbose = 1 if args.verbose is None else args.verbose
+    verbose = args.default_verbose if args.verbose is None else args.verbose
     sweep = SweepRun(name, storage, concurrent, args.resume, verbose, placement_timeout)
     if args.resume:
         from ray import tune

@@ -24,6 +24,8 @@ KEPT_ON_RESUME = frozenset({"out", "storage", "resume", "address", "target"})
 speedup summary's target (the summary is recomputed from the rows, so a new target takes effect)."""
 _NOT_OPTIONS = frozenset({"handler", "argv", "command", "sweep"})
 """Parser bookkeeping in the namespace, not options."""
+_WHY_KEPT = {"verbose": "Tune restores a sweep's progress output with it (Tuner.restore takes no new one)"}
+"""Why a resume cannot change an option that changes no trial; any other keeps the trials as they started."""
 
 
 def record_path(out: Path, name: str) -> Path:
@@ -91,8 +93,9 @@ def resumed_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
                 if default is not None
                 else f"started without {flag}"
             )
+            why = _WHY_KEPT.get(dest, "a resumed sweep runs the trials it started with")
             fail(
-                f"{flag}: the sweep in {path.parent} {was}; a resumed sweep runs the trials it started with - "
+                f"{flag}: the sweep in {path.parent} {was}; {why} - "
                 f"give the same value or leave {flag} out (to change it, start a new sweep with another --out)"
             )
     storage = started.storage
