@@ -277,6 +277,10 @@ def test_mean_curve_t_interval():
         (["hyper", "--grid", "schedule=constant,theory", "--algo", "a3c"], "--schedule"),
         (["sample-efficiency", "--agents", "1,2"], "--samples-per-agent: required"),
         (["sample-efficiency", "--samples-per-agent", "1000", "--target", "inf"], "--target"),
+        # a swept option given too: the grid's values won and the option was silently ignored
+        (["hyper", "--grid", "eta0=0.1", "--eta0", "0.2"], "--eta0: eta0 is also swept by --grid; give it in one"),
+        (["hyper", "--grid", "critic=true,false", "--critic", "false"], "--critic: critic is also swept by --grid"),
+        (["hyper", "--grid", "num-envs=2,4", "--num-envs", "2"], "--num-envs: num_envs is also swept by --grid"),
     ],
 )
 def test_bad_sweep_input_is_one_line_exit_2(argv, option, tmp_path, capsys):

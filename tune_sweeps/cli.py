@@ -448,6 +448,10 @@ def cmd_hyper(args: argparse.Namespace) -> int:
     parser = hyper.option_parser()
     axes = [hyper.parse_axis(spec, parser) for spec in args.grid]
     hyper.check_axes(axes, args.random, args.seeds)
+    for axis in axes:  # the grid's values override the option's in every trial: it would do nothing
+        if getattr(args, axis.name, None) is not None:
+            flag = "--" + axis.name.replace("_", "-")
+            fail(f"{flag}: {axis.name} is also swept by --grid; give it in one place")
     seeds = _seeds(args)
     # --agent-resources ranges number the agents of the largest trial, also when --agents is swept
     counts = [max(axis.values) for axis in axes if axis.name == "agents"]
