@@ -160,6 +160,20 @@ def test_sample_efficiency_without_learning_shows_no_speedup():
     )
 
 
+def test_sample_efficiency_without_a_target_says_so(tmp_path, capsys):
+    """Found in a user walkthrough: each line read 'samples/agent to nan: n/a  ratio to N=1: n/a'."""
+    data = sample_rows("pg", 1, 0, [(10.0, 20.0), (100.0, 18.0)])
+    data += sample_rows("afedpg", 2, 0, [(5.0, 20.0), (50.0, 19.0)])
+    for row in data:
+        row.update(trial_id=f"t{row['agents']}", update=1, samples_total=row["samples_per_agent"] * row["agents"])
+    sample_efficiency.write_summary(data, tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "N=1   pg       final    18.00  no target return to count samples to (give --target)",
+        "N=2   afedpg   final    19.00  no target return to count samples to (give --target)",
+    ], lines
+
+
 def two_sample_curves() -> list[dict]:
     """Sample-efficiency report rows: N=1 from 10 to 20 over 10-100 samples/agent, N=4 the same over 2.5-25."""
     data = sample_rows("pg", 1, 0, [(10.0, 10.0), (100.0, 20.0)])

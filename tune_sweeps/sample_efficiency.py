@@ -131,11 +131,13 @@ def write_summary(rows: Sequence[dict[str, Any]], out_dir: Path, target: float |
     if warning:
         print(f"afedpg: warning: {warning}", file=sys.stderr)
     for row in table:
-        print(
-            f"N={row['agents']:<3} {row['algo']:8s} final {row['final_return']:8.2f}  samples/agent to "
-            f"{row['target']:.1f}: {_shown(row['samples_per_agent_to_target']):>10}  "
+        counted = (
+            f"samples/agent to {row['target']:.1f}: {_shown(row['samples_per_agent_to_target']):>10}  "
             f"ratio to N={row['base_agents']}: {_shown(row['ratio_to_base'])}"
+            if math.isfinite(row["target"])
+            else "no target return to count samples to (give --target)"  # "to nan: n/a" read like a bug
         )
+        print(f"N={row['agents']:<3} {row['algo']:8s} final {row['final_return']:8.2f}  {counted}")
     return plot_sample_efficiency(rows, out_dir / FIGURE)
 
 
