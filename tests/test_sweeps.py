@@ -1027,6 +1027,8 @@ def test_speedup_budget_time_ratio_by_hand():
         ("update,wall\n1,2\n", [], "progress.csv is not a CSV afedpg wrote (no column 'samples_total')"),
         ("samples_total,wall_time,return_mean\n10,0.5,abc\n", [], "progress.csv is not a CSV afedpg wrote (ValueError"),
         (None, [], "nothing to plot yet: no run has applied an update"),  # a run that has just started
+        # one line of garbage has no rows either: it said "has no updates yet; skipped ... plot again once it has"
+        ("garbage", [], "progress.csv is not a CSV afedpg wrote (no column 'samples_total')"),
         (None, ["--out", "figure.xyz"], "--out: give a .png"),
     ],
 )
@@ -1038,6 +1040,19 @@ def test_bad_plot_input_is_one_line_exit_2(setup, extra, message, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert "progress.csv" not in message or str(tmp_path / "progress.csv") in err  # the CSV is named by its path
+
+
+def test_plot_of_a_hyper_sweep_says_it_has_no_figure(tmp_path, capsys):
+    """Found in a user walkthrough: it said the directory had no results.csv, speedup.csv or progress.csv."""
+    (tmp_path / "hyper.csv").write_text("rank,eta0,final_return\n1,0.1,20.0\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err == (
+        f"afedpg: error: RUN_OR_SWEEP_DIR: {str(tmp_path)!r} holds a hyper sweep, which has no figure; "
+        "its table is hyper.csv"
+    )
 
 
 @pytest.mark.parametrize("name", ["speedup.csv", "results.csv"])

@@ -495,11 +495,19 @@ def _require_rows(csv_path: Path) -> None:
             fail(f"RUN_OR_SWEEP_DIR: {csv_path} has no rows to plot (a sweep stopped before any trial reported?)")
 
 
+def _header(csv_path: Path) -> list[str]:
+    """The first row of ``csv_path`` ([] for an empty file)."""
+    with csv_path.open(newline="") as handle:
+        return next(csv.reader(handle), [])
+
+
 def _plottable_run(progress: Path) -> bool:
     """Whether a run's progress.csv has afedpg's columns (else exit 2 naming it) and at least one update."""
     rows = _checked_csv(progress, read_progress, progress)
+    # the header, not the first row: a one-line garbage file has no rows and passed for a run just started
+    header = _checked_csv(progress, _header, progress)
     columns = ("samples_total", "wall_time", "return_mean")
-    missing = [c for c in columns if rows and c not in rows[0]]
+    missing = [c for c in columns if header and c not in header]
     if missing:
         fail(f"RUN_OR_SWEEP_DIR: {progress} is not a CSV afedpg wrote (no column {missing[0]!r})")
     _checked_csv(progress, lambda rs: [float(r[c]) for r in rs for c in columns], rows)  # every value a number
@@ -529,6 +537,10 @@ def _plot(args: argparse.Namespace) -> int:
             if _plottable_run(path / "progress.csv"):
                 runs.append(path)
             found = True
+        if not found and (path / hyper.RESULTS_CSV).is_file():
+            fail(
+                f"RUN_OR_SWEEP_DIR: {text!r} holds a hyper sweep, which has no figure; its table is {hyper.RESULTS_CSV}"
+            )
         if not found:
             fail(f"RUN_OR_SWEEP_DIR: {text!r} has no results.csv, speedup.csv or progress.csv")
     if not runs and not drew_sweep:
