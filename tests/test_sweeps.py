@@ -291,6 +291,20 @@ def test_bad_sweep_input_is_one_line_exit_2(argv, option, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and option in err, err
 
 
+@pytest.mark.parametrize("kind", ["sample-efficiency", "speedup", "hyper"])
+def test_sweep_help_states_the_sweep_defaults(kind, capsys):
+    """Found in a user walkthrough: --help gave train's --agent-cpus default (95% of the CPUs shared evenly;
+    a sweep packs the largest trial's bundles onto the nodes), and --algo's afedpg for N = 1 (which runs pg)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", kind, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    assert exit_info.value.code == 0
+    assert "--agent-cpus AGENT_CPUS CPUs per agent (default: the largest share, 0.01-1 in hundredths, at which" in text
+    assert "95%" not in text
+    if kind == "sample-efficiency":
+        assert "(default pg for N = 1, else afedpg)" in text and "(default afedpg)" not in text
+
+
 def test_unreachable_remote_storage_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
     import tune_sweeps.cli as sweep_cli
 

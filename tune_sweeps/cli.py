@@ -69,11 +69,19 @@ def _add_sweep_options(parser: argparse.ArgumentParser, name: str, seeds: int, c
     add("--no-tensorboard", action="store_true", help="no TensorBoard event files in the trials' run directories")
 
 
-def _hide_option(parser: argparse.ArgumentParser, option: str) -> None:
-    """Leave ``option`` out of ``parser``'s --help (it is still parsed, so its command can refuse it by name)."""
+def _set_help(parser: argparse.ArgumentParser, option: str, text: str) -> None:
+    """Replace ``option``'s --help text in ``parser`` (``argparse.SUPPRESS`` leaves it out; it is still parsed,
+    so its command can refuse it by name)."""
     for action in parser._actions:  # argparse has no public way to reach an added action by option string
         if option in action.option_strings:
-            action.help = argparse.SUPPRESS
+            action.help = text
+
+
+AGENT_CPUS_HELP = (
+    "CPUs per agent (default: the largest share, 0.01-1 in hundredths, at which the largest trial's bundles "
+    "fit the cluster's nodes, each bundle whole on one node)"
+)
+"""A sweep's --agent-cpus default (:func:`_default_agent_cpus`), not train's share of the cluster's CPUs."""
 
 
 def add_commands(sub: Any) -> None:
@@ -83,21 +91,24 @@ def add_commands(sub: Any) -> None:
 
     se = kinds.add_parser("sample-efficiency", conflict_handler="resolve", help="return vs samples per agent over N")
     add_train_options(se)
-    _hide_option(se, "--samples")  # refused: the budget comes from --samples-per-agent
+    _set_help(se, "--samples", argparse.SUPPRESS)  # refused: the budget comes from --samples-per-agent
+    _set_help(se, "--algo", f"one update rule for every N: {', '.join(ALGORITHMS)} (default pg for N = 1, else afedpg)")
     se.add_argument("--agents", type=int_list, help="agent counts N (default 1,2,4,8)")
     se.add_argument("--samples-per-agent", type=int, help="environment steps per agent per trial (required)")
     se.add_argument("--target", type=float, help="target return (default: the smallest N's final mean return)")
+    _set_help(se, "--agent-cpus", AGENT_CPUS_HELP)
     _add_sweep_options(se, sample_efficiency.NAME, seeds=3, concurrent=0)
     se.set_defaults(handler=cmd_sample_efficiency, default_agents=(1, 2, 4, 8))
 
     sp = kinds.add_parser("speedup", conflict_handler="resolve", help="return vs wall time under heterogeneity")
     add_train_options(sp)
-    _hide_option(sp, "--algo")  # refused: the rules come from --algos
+    _set_help(sp, "--algo", argparse.SUPPRESS)  # refused: the rules come from --algos
     sp.add_argument("--agents", type=int_list, help="agent counts N (default 4,8)")
     sp.add_argument("--algos", type=_names, help=f"rules (default {','.join(PAPER_ALGOS)})")
     sp.add_argument(
         "--target", type=float, help="target return (default: 80%% of the way from the highest start to the best final)"
     )
+    _set_help(sp, "--agent-cpus", AGENT_CPUS_HELP)
     _add_sweep_options(sp, speedup.NAME, seeds=3, concurrent=1)
     sp.set_defaults(handler=cmd_speedup, default_agents=(4, 8), default_algos=PAPER_ALGOS)
 
@@ -105,6 +116,7 @@ def add_commands(sub: Any) -> None:
     add_train_options(hy)
     hy.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2", help="an option and its values")
     hy.add_argument("--random", type=int, help="random search: this many samples (values become tune.choice)")
+    _set_help(hy, "--agent-cpus", AGENT_CPUS_HELP)
     _add_sweep_options(hy, hyper.NAME, seeds=1, concurrent=0)
     hy.set_defaults(handler=cmd_hyper)
 
