@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import shutil
 import signal
@@ -324,6 +325,45 @@ def test_unreachable_remote_storage_is_one_line_exit_1(tmp_path, capsys, monkeyp
         err == "afedpg: error: --storage: cannot use 's3://x/tune' (When resolving region for bucket 'x': AWS "
         "Error NETWORK_CONNECTION)"
     ), err
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_a_sweep_names_its_tensorboard_files_and_verbose_0_quiets_tunes_snapshot_warning(
+    verbose, tmp_path, capsys, monkeypatch
+):
+    """Found in a user walkthrough: Tune's TensorBoard hint named /tmp/ray/session_.../driver_artifacts (its
+    staging copy of its own metrics, not the trials' runs), and --verbose 0 still showed Tune's 3-line
+    "snapshotting has been triggered multiple times" warning, which Tune turns off with an environment variable."""
+    import ray.tune
+
+    import tune_sweeps.cli as sweep_cli
+
+    threshold = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"  # Tune's name for it
+    monkeypatch.delenv(threshold, raising=False)
+    seen = {}
+
+    class Tuner:  # Tune reads the threshold when fit() starts its controller
+        def __init__(self, *args, **kwargs):
+            pass
+
+        @staticmethod
+        def can_restore(path):
+            return False
+
+        def fit(self):
+            seen["threshold"] = os.environ.get(threshold)
+            raise OSError("stop before Tune")
+
+    monkeypatch.setattr(ray.tune, "Tuner", Tuner)
+    monkeypatch.setattr("afedpg_ray.connection.connect", lambda address: None)
+    monkeypatch.setattr(sweep_cli, "_default_agent_cpus", lambda max_agents: 0.5)
+    monkeypatch.setattr(sweep_cli, "_alive_nodes", lambda: [{"CPU": 4.0}])
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):
+        main(["sweep", *SWEEP_ARGV["hyper"], "--out", str(out), "--verbose", str(verbose)])
+    assert f"TensorBoard: tensorboard --logdir {out.resolve() / 'hyper'}  (each trial's run" in capsys.readouterr().out
+    assert seen["threshold"] == ("0" if verbose == 0 else None)
+    assert threshold not in os.environ  # the setting ends with the sweep
 
 
 def test_unwritable_storage_is_one_line_exit_2(tmp_path, capsys):

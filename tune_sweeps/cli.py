@@ -281,6 +281,9 @@ def _launch(
         _warn_unplaceable(configs, base["agent_cpus"])
     if not sweep.resume:
         record_command(out, name, args)
+    # Tune's own hint names its staging copy of its metrics under /tmp/ray: not the runs', gone with the session
+    held = "Tune's metrics; --no-tensorboard" if args.no_tensorboard else "each trial's run and Tune's metrics"
+    print(f"TensorBoard: tensorboard --logdir {sweep.path}  ({held}; Tune's hint names a temporary copy of its own)")
     try:
         with sigterm_as_ctrl_c():
             results = run_tuner(sweep, space(), num_samples)

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import queue
 import shutil
 import tempfile
@@ -420,8 +421,16 @@ def variant_generator(max_concurrent: int = 0) -> Any:
     return BasicVariantGenerator(constant_grid_search=True, max_concurrent=max_concurrent)
 
 
+SNAPSHOT_WARNING_THRESHOLD = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+"""Tune's switch for its 3-line "experiment state snapshotting has been triggered multiple times"
+warning (0 turns it off), which a short trial's frequent checkpoints trigger."""
+
+
 def run_tuner(sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1) -> Any:
-    """Fit (or restore and finish) the sweep with Ray Tune and return its ``ResultGrid``."""
+    """Fit (or restore and finish) the sweep with Ray Tune and return its ``ResultGrid``.
+
+    With ``verbose`` 0 Tune's snapshotting warning is off too (unless the environment sets its threshold).
+    """
     from ray import tune
 
     from tune_sweeps.placement_watch import PlacementWatchdog
@@ -444,7 +453,14 @@ def run_tuner(sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1
                 callbacks=[PlacementWatchdog(sweep.placement_timeout)],
             ),
         )
-    return tuner.fit()
+    quiet = sweep.verbose == 0 and SNAPSHOT_WARNING_THRESHOLD not in os.environ
+    if quiet:  # Tune reads it when fit() starts its controller
+        os.environ[SNAPSHOT_WARNING_THRESHOLD] = "0"
+    try:
+        return tuner.fit()
+    finally:
+        if quiet:
+            del os.environ[SNAPSHOT_WARNING_THRESHOLD]
 
 
 def _last_attempt(frame: Any) -> Any:
