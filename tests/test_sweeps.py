@@ -426,6 +426,34 @@ def test_a_new_sweep_into_a_sweep_of_its_kind_is_refused_before_ray(name, held, 
     assert err.endswith("continue it with --resume or choose another --out"), err
 
 
+def test_a_sweep_tune_could_not_start_leaves_no_record_that_would_refuse_its_rerun(tmp_path, capsys, monkeypatch):
+    """A storage Tune cannot write (a typo in an s3:// bucket) stops the sweep before its experiment exists:
+    no record is left to refuse the corrected command, which --resume could not continue either."""
+    import ray.tune
+
+    import tune_sweeps.cli as sweep_cli
+
+    class Unwritable:
+        can_restore = staticmethod(lambda path: False)
+
+        def __init__(self, *args, **kwargs):  # Tuner() writes tuner.pkl to the storage
+            raise OSError("When resolving region for bucket 'x': AWS Error NETWORK_CONNECTION")
+
+    monkeypatch.setattr(ray.tune, "Tuner", Unwritable)
+    monkeypatch.setattr("afedpg_ray.connection.connect", lambda address: None)
+    monkeypatch.setattr(sweep_cli, "_default_agent_cpus", lambda max_agents: 0.5)
+    monkeypatch.setattr(sweep_cli, "_alive_nodes", lambda: [{"CPU": 4.0}])
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", *SWEEP_ARGV["hyper"], "--out", str(out), "--storage", "s3://x/tune"])
+    assert exit_info.value.code == 1 and "--storage: cannot use 's3://x/tune'" in capsys.readouterr().err
+    assert not (out / "hyper_command.json").exists()
+    _stop_at_ray(monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", *SWEEP_ARGV["hyper"], "--out", str(out), "--storage", str(tmp_path / "tune")])
+    assert exit_info.value.code == 7
+
+
 def test_a_new_sweep_into_the_storage_of_a_sweep_of_its_kind_is_refused(tmp_path, capsys, monkeypatch):
     _stop_at_ray(monkeypatch)
     storage = tmp_path / "tune"
@@ -897,7 +925,7 @@ def test_agent_resource_ranges_number_the_largest_trials_agents(tmp_path, capsys
     # the paper's sweep with fast and slow agents pinned: every trial validates (it refused N = 4 before)
     seen: list[list[list[dict]]] = []
 
-    def capture(sweep, space, num_samples=1):
+    def capture(sweep, space, num_samples=1, created=None):
         from tune_sweeps.trainable import trial_bundles, trial_train_config
 
         for variant in space["variants"]:

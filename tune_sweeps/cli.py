@@ -279,14 +279,14 @@ def _launch(
         base["agent_cpus"] = _default_agent_cpus(max(c.agents for c in configs))
     if not sweep.resume:
         _warn_unplaceable(configs, base["agent_cpus"])
-    if not sweep.resume:
-        record_command(out, name, args)
     # Tune's own hint names its staging copy of its metrics under /tmp/ray: not the runs', gone with the session
     held = "Tune's metrics; --no-tensorboard" if args.no_tensorboard else "each trial's run and Tune's metrics"
     print(f"TensorBoard: tensorboard --logdir {sweep.path}  ({held}; Tune's hint names a temporary copy of its own)")
     try:
         with sigterm_as_ctrl_c():
-            results = run_tuner(sweep, space(), num_samples)
+            # the record only once Tune has written the experiment: a record then always means a sweep to resume
+            created = None if sweep.resume else lambda: record_command(out, name, args)
+            results = run_tuner(sweep, space(), num_samples, created)
     except OSError as err:  # a remote --storage (s3://, gs://) is only reached here, by pyarrow
         fail(f"--storage: cannot use {sweep.storage!r} ({first_line(err)})", code=1)
     from tune_sweeps.placement_watch import STOPPED  # imports Tune: not before Ray is up

@@ -426,10 +426,13 @@ SNAPSHOT_WARNING_THRESHOLD = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THR
 warning (0 turns it off), which a short trial's frequent checkpoints trigger."""
 
 
-def run_tuner(sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1) -> Any:
+def run_tuner(
+    sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1, created: Callable[[], None] | None = None
+) -> Any:
     """Fit (or restore and finish) the sweep with Ray Tune and return its ``ResultGrid``.
 
-    With ``verbose`` 0 Tune's snapshotting warning is off too (unless the environment sets its threshold).
+    ``created`` is called once a new sweep's Tuner has written its experiment to storage, before any trial
+    runs. With ``verbose`` 0 Tune's snapshotting warning is off too (unless the environment sets its threshold).
     """
     from ray import tune
 
@@ -453,6 +456,8 @@ def run_tuner(sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1
                 callbacks=[PlacementWatchdog(sweep.placement_timeout)],
             ),
         )
+        if created is not None:  # Tuner() wrote tuner.pkl: Tuner.can_restore holds from here
+            created()
     quiet = sweep.verbose == 0 and SNAPSHOT_WARNING_THRESHOLD not in os.environ
     if quiet:  # Tune reads it when fit() starts its controller
         os.environ[SNAPSHOT_WARNING_THRESHOLD] = "0"
