@@ -695,6 +695,8 @@ def test_a_trial_reports_a_checkpoint_per_run_checkpoint_and_a_rerun_resumes_fro
         for samples in (100, 200, 300, 400, 500):
             if samples in (100, 300, 500):  # the run's own checkpoints, before these records are reported
                 save_checkpoint(run, server_state(config, version=samples // 100, samples_total=samples))
+                # as if written within one tick of the kernel's file clock (it happened): the same mtime
+                os.utime(run / "checkpoint.pt", ns=(1_700_000_000_000_000_000,) * 2)
             on_record(UpdateRecord(samples // 100, 0.0, 0, 0, samples, 0, 1.0, True))
 
     _fake_tune_trial(monkeypatch, tmp_path, report, fake_train)

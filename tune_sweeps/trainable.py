@@ -180,8 +180,8 @@ class ThrottledReporter:
         self.attempt = time.time()
         self.run_dir = run_dir
         self.resumed_from = resumed_from
-        self.checkpointed: int | None = None
-        """Modification time (ns) of the run checkpoint the last trial checkpoint was taken of."""
+        self.checkpointed: tuple[int, int] | None = None
+        """Inode and modification time (ns) of the run checkpoint the last trial checkpoint was taken of."""
         self.checkpoint_every_s = TRIAL_CHECKPOINT_MIN_S if checkpoint_every_s is None else checkpoint_every_s
         self.checkpointed_at = -math.inf
         """``time.monotonic()`` of the last trial checkpoint."""
@@ -226,14 +226,20 @@ class ThrottledReporter:
             "resumed_from_samples": math.nan if self.resumed_from is None else self.resumed_from,
         }
 
-    def _new_checkpoint(self) -> int | None:
-        """The modification time of the run's checkpoint on disk if no trial checkpoint was taken of it yet."""
+    def _new_checkpoint(self) -> tuple[int, int] | None:
+        """The identity of the run's checkpoint on disk if no trial checkpoint was taken of it yet.
+
+        The modification time alone is not enough: the kernel stamps files with a clock that advances in
+        ticks of a few milliseconds, so two checkpoints written within one tick had the same time (a test
+        saw it). Each checkpoint replaces the last with a file created while the last still existed, so its
+        inode differs from its predecessor's."""
         if self.run_dir is None:
             return None
         try:
-            stamp = (self.run_dir / CHECKPOINT_FILE).stat().st_mtime_ns
+            status = (self.run_dir / CHECKPOINT_FILE).stat()
         except OSError:  # none written yet
             return None
+        stamp = (status.st_ino, status.st_mtime_ns)
         return stamp if stamp != self.checkpointed else None
 
 
