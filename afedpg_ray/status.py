@@ -8,6 +8,11 @@ node, plus the server's version, update rate, samples and return.
 ``ray.init`` can block for minutes on an address where no Ray cluster answers, so the address is
 first probed with a plain TCP connect (a few seconds at most), and the connection itself runs under a
 deadline; either failure is a one-line error with exit code 2.
+
+The same probe watches the cluster afterwards (:class:`Lifeline`): once a run's own Ray instance stops
+with it, every Ray call would block for a minute and then end the process with a C++ error, so the
+watch ends with one line (exit 0) as soon as the cluster's address stops answering. SIGTERM and Ctrl-C
+end the watch quietly with exit 143 and 130.
 """
 
 from __future__ import annotations
@@ -16,16 +21,20 @@ import argparse
 import math
 import os
 import re
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from afedpg_ray.address import NAMESPACE, PROBE_TIMEOUT_S, AddressError, init_with_retry, probe_address, token_auth_on
 from afedpg_ray.cli import EXIT_USAGE, fail
 from afedpg_ray.config import first_line
+from afedpg_ray.signals import Terminated, sigterm_raises_terminated
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 60.0
 """Default deadline for joining the cluster and for each ``status()`` call."""
@@ -37,6 +46,68 @@ class StatusError(RuntimeError):
 
 class ServerGoneError(StatusError):
     """The server actor does not exist (any more)."""
+
+
+class InstanceGoneError(Exception):
+    """The cluster's address stopped answering: the Ray instance is gone (a run's own one ends with it)."""
+
+
+INSTANCE_GONE = "the run has ended (its Ray instance stopped)"
+"""What the watch prints when the cluster's address stops answering."""
+
+LIFELINE_POLL_S = 1.0
+"""How often a Ray call that has not returned yet is checked on by probing the cluster's address."""
+
+
+class Lifeline:
+    """Runs Ray calls while probing the cluster's address, so that a cluster that stops ends the watch at once.
+
+    With the GCS gone, a Ray call blocks for 60 s and then the C++ core terminates the process with its
+    own error; the call therefore runs in a thread, and the address is probed before it and every
+    :data:`LIFELINE_POLL_S` while it is pending.
+    """
+
+    def __init__(self, address: str, probe_timeout: float = PROBE_TIMEOUT_S) -> None:
+        self.address = address
+        self.probe_timeout = probe_timeout
+        self.lost = False
+        """Set once the address stopped answering: the process must then end with ``os._exit``."""
+
+    def check(self) -> None:
+        """:class:`InstanceGoneError` unless the address accepts a TCP connection (asked twice, a second apart,
+        so that one lost connection on a slow network does not end the watch)."""
+        for attempt in range(2):
+            try:
+                probe_address(self.address, self.probe_timeout)
+                return
+            except AddressError:
+                if attempt == 0:
+                    time.sleep(1.0)
+        self.lost = True
+        raise InstanceGoneError(self.address)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, or :class:`InstanceGoneError` as soon as the address stops answering (the call is
+        then left blocked in its daemon thread)."""
+        self.check()
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["value"] = fn(*args)
+            except BaseException as err:  # noqa: BLE001 - handed to the calling thread
+                outcome["error"] = err
+
+        thread = threading.Thread(target=run, name="afedpg-status-call", daemon=True)
+        thread.start()
+        while True:
+            thread.join(LIFELINE_POLL_S)
+            if not thread.is_alive():
+                break
+            self.check()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
 
 
 def connect(address: str, timeout: float) -> None:
@@ -192,12 +263,49 @@ def show(args: argparse.Namespace) -> int:
     import ray
 
     connect(args.address, args.timeout)
+    lifeline = Lifeline(lifeline_address(args.address))
+    name = f"{args.prefix}-server"
+    code = EXIT_USAGE
     try:
-        server = find_server(args.prefix)
-        follow = Follow(lambda: find_server(args.prefix), lambda: agents_alive(args.prefix))
-        return print_tables(server, f"{args.prefix}-server", args.watch, args.timeout, follow)
+        with sigterm_raises_terminated():  # instead of the handler ray.init installed, which dumps a stack trace
+            server = lifeline.call(find_server, args.prefix)
+            follow = Follow(
+                lambda: lifeline.call(find_server, args.prefix), lambda: lifeline.call(agents_alive, args.prefix)
+            )
+            code = print_tables(server, name, args.watch, args.timeout, follow, lifeline)
+    except KeyboardInterrupt as stop:  # before the first table
+        code = stop_exit_code(stop)
+    except InstanceGoneError:  # before the first table: nothing to show
+        print(f"afedpg: error: {name}: {INSTANCE_GONE}", file=sys.stderr)
     finally:
+        if lifeline.lost:
+            # ray.shutdown (also Ray's exit handler) waits for the GCS (5 s measured), and a Ray call may be
+            # left blocked in the lifeline's thread, which Ray's C++ core ends with its own error after a minute
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         ray.shutdown()
+    return code
+
+
+def lifeline_address(address: str) -> str:
+    """The address whose TCP port tells whether the cluster is still there: the GCS's (``auto`` resolved
+    once connected), or the Ray-client server's for ``ray://``."""
+    if address.startswith("ray://"):
+        return address
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def stop_exit_code(stop: KeyboardInterrupt) -> int:
+    """The shell's convention for a process stopped by SIGTERM (143) or Ctrl-C (130).
+
+    The exception's type is enough here: Ray calls run in the lifeline's thread, so the main thread is
+    never inside ``ray.get`` (which may turn :class:`Terminated` into a plain KeyboardInterrupt) when a
+    signal arrives.
+    """
+    return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
 
 
 RESTORE_WAIT_S = 90.0
@@ -247,15 +355,28 @@ def restored_server(old: Any, follow: Follow, wait: float, poll: float) -> Any |
         time.sleep(poll)
 
 
-def print_tables(server: Any, name: str, watch: float | None, timeout: float, follow: Follow | None = None) -> int:
-    """Print the table once, or every ``watch`` seconds until Ctrl-C or the server exits (exit 0).
+def print_tables(
+    server: Any,
+    name: str,
+    watch: float | None,
+    timeout: float,
+    follow: Follow | None = None,
+    lifeline: Lifeline | None = None,
+) -> int:
+    """Print the table once, or every ``watch`` seconds until the server or the whole Ray instance is gone
+    (exit 0) or Ctrl-C or SIGTERM (exit 130 or 143).
 
     With ``follow``, a server that dies while the run goes on (its budget not spent, its agents alive)
-    is followed to its replacement when the driver restores one from the checkpoint.
+    is followed to its replacement when the driver restores one from the checkpoint. With ``lifeline``
+    each ``status()`` call runs under it (``follow``'s calls should too).
     """
+
+    def fetch(server: Any) -> dict[str, Any]:
+        return fetch_status(server, timeout) if lifeline is None else lifeline.call(fetch_status, server, timeout)
+
     clear = watch is not None and sys.stdout.isatty()
+    status = fetch(server)  # failing here is an error: there is no run to show
     try:
-        status = fetch_status(server, timeout)
         while True:
             if clear:
                 print("\x1b[H\x1b[2J", end="")
@@ -267,7 +388,7 @@ def print_tables(server: Any, name: str, watch: float | None, timeout: float, fo
             time.sleep(watch)
             while True:
                 try:
-                    status = fetch_status(server, timeout)
+                    status = fetch(server)
                     break
                 except ServerGoneError as gone:
                     unfinished = status.get("samples_total", 0) < status.get("samples_budget", 0)
@@ -282,8 +403,11 @@ def print_tables(server: Any, name: str, watch: float | None, timeout: float, fo
                         return 0
                     server = replacement
                     print(f"{name}: restored from its checkpoint; following the new server", flush=True)
-    except KeyboardInterrupt:
+    except InstanceGoneError:  # a run's own Ray instance stops with it: as normal an end as its server's exit
+        print(f"{name}: {INSTANCE_GONE}", flush=True)
         return 0
+    except KeyboardInterrupt as stop:
+        return stop_exit_code(stop)
 
 
 MAX_SECONDS = 86400.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from _scenario_util import VENV_BIN, ray_env, ray_head, short_tmpdir
 
 from afedpg_ray import status as status_mod
 from afedpg_ray.cli import build_parser, main
+from afedpg_ray.signals import Terminated
 
 AFEDPG = str(VENV_BIN / "afedpg")
 TINY = ["--env", "CartPole-v1", "--batch", "64", "--num-envs", "2", "--no-progress", "--no-tensorboard"]
@@ -333,13 +335,61 @@ def test_watch_stops_quietly_on_ctrl_c_and_when_the_server_exits(monkeypatch, ca
     assert next(clock) == 120  # deadline set at 0, checked at 30, 60 and 90: given up at 90
     monkeypatch.setattr(status_mod, "fetch_status", fake_fetch)
 
-    def interrupt(seconds):
-        raise KeyboardInterrupt
+    # Ctrl-C and SIGTERM (raised as Terminated by show's handler) end it with the shell's codes, quietly
+    for stop, code in ((KeyboardInterrupt, 130), (Terminated, 143)):
 
-    calls.clear()
-    monkeypatch.setattr(status_mod.time, "sleep", interrupt)
-    assert status_mod.print_tables("handle", "afedpg-server", 1.0, 5.0) == 0
-    assert capsys.readouterr().out.count("--- ") == 1
+        def interrupt(seconds, stop=stop):
+            raise stop
+
+        calls.clear()
+        monkeypatch.setattr(status_mod.time, "sleep", interrupt)
+        assert status_mod.print_tables("handle", "afedpg-server", 1.0, 5.0) == code
+        assert capsys.readouterr().out.count("--- ") == 1
+
+
+def listening_socket() -> tuple[socket.socket, str]:
+    """A listening TCP socket on a free local port, and its address (it stands for a cluster's GCS)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    return listener, f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_lifeline_passes_results_on_and_ends_a_call_blocked_on_a_cluster_that_stopped():
+    listener, address = listening_socket()
+    lifeline = status_mod.Lifeline(address)
+    release = threading.Event()
+
+    def blocked() -> None:  # a Ray call while the GCS goes away: it would wait a minute, then abort
+        listener.close()
+        release.wait()
+
+    try:
+        assert lifeline.call(lambda x: x + 1, 1) == 2
+        with pytest.raises(ValueError, match="bad"):
+            lifeline.call(int, "bad")
+        assert not lifeline.lost
+        with pytest.raises(status_mod.InstanceGoneError):
+            lifeline.call(blocked)
+        assert lifeline.lost
+    finally:
+        release.set()
+        listener.close()
+
+
+def test_watch_ends_with_one_line_when_the_ray_instance_stops(monkeypatch, capsys):
+    """A run's own Ray instance stops with it: the next refresh says so and the watch ends with exit 0."""
+    listener, address = listening_socket()
+    monkeypatch.setattr(status_mod, "fetch_status", lambda server, timeout: SNAPSHOT)
+    monkeypatch.setattr(status_mod.time, "sleep", lambda seconds: listener.close())  # the run ends meanwhile
+    try:
+        code = status_mod.print_tables("handle", "afedpg-server", 1.0, 5.0, None, status_mod.Lifeline(address))
+    finally:
+        listener.close()
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.count("--- ") == 1
+    assert out.rstrip().endswith("afedpg-server: the run has ended (its Ray instance stopped)")
 
 
 def test_status_at_an_address_that_never_lets_it_in_names_the_token_after_its_timeout():
