@@ -38,7 +38,7 @@ import ray
 from _scenario_util import agent_ports, free_ports
 from ray.cluster_utils import Cluster
 
-from afedpg_ray import runtime
+from afedpg_ray.address import NAMESPACE
 from afedpg_ray.cli import main as cli_main
 from afedpg_ray.config import AgentResources, TrainConfig
 from afedpg_ray.messages import GradientMeta, UpdateRecord
@@ -252,7 +252,7 @@ def main() -> None:
     scrapers = {node: Scraper(port) for node, port in metrics_ports.items()}
     try:
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, namespace=runtime.NAMESPACE, logging_level="ERROR", log_to_driver=False)
+        ray.init(address=cluster.address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
         nodes = nodes_by_resource()
         cluster_up = time.time() - started
         for scraper in scrapers.values():
