@@ -62,6 +62,11 @@ failure was the server's (its reply, the agent's input, is lost), not the agent'
 NAME_RELEASE_S = 5.0
 """How long a run waits for its actor names to be released: a run that just finished in this process, or
 whose driver crashed (``--resume``), holds them until Ray has reclaimed its actors."""
+CREATION_SETTLE_S = 10.0
+"""How long killing the run's actors first waits for those still being created (not yet known to be placed).
+Ray ignores a kill that reaches a worker still setting an actor up ("Mismatched ActorID: ignoring
+KillActor"); the actor is then created anyway and keeps its resources until this process exits, which for a
+Tune trial or a test session is much later (seen: a leaked agent held 0.95 CPU and starved the next runs)."""
 PLACEMENT_NOTICE_S = 5.0
 """After this long, agents still waiting for a request no node can meet (a resource no node has, or more of
 it than any node has) are reported (event and progress line), rather than only when ``--placement-timeout``
@@ -167,6 +172,8 @@ class RayRunner:
         self._check_names_free()
         self.server: Any = None
         self.slots: list[AgentSlot] = []
+        self._placed = False
+        """Whether every first-generation actor is known to be created (restarted agents: ``slot.placing``)."""
         try:
             self.server = self._make_server()
             cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -179,9 +186,11 @@ class RayRunner:
         except ServerLostError as lost:  # before the loop runs, nothing restores it
             self.shutdown()
             raise RunError(f"the parameter server died while starting: {lost}") from None
-        except BaseException:  # a refusal, Ctrl-C while waiting for placement, ...
-            self.shutdown()  # free the names and resources for the next run in this process
+        except BaseException as failed:  # a refusal, Ctrl-C while waiting for placement, ...
+            # free the names and resources for the next run in this process (a Ctrl-C does not wait)
+            self.shutdown(settle=not isinstance(failed, KeyboardInterrupt))
             raise
+        self._placed = True
 
     # -- actors -----------------------------------------------------------------------------------
 
@@ -528,19 +537,38 @@ class RayRunner:
             pass  # the loop's first call finds it dead; its replacement starts on the shifted clock
         return self._elapsed()
 
-    def shutdown(self) -> None:
-        """Finish the checkpoint being written and kill every actor this runner created."""
+    def shutdown(self, settle: bool = True) -> None:
+        """Finish the checkpoint being written and kill every actor this runner created (``settle``: see
+        :meth:`_kill_actors`)."""
         self.checkpoints.flush()
         self.checkpoints.close()
-        self._kill_actors()
+        self._kill_actors(settle)
 
-    def _kill_actors(self) -> None:
-        """Kill every agent and the server (their names and resources are free for the next run at once)."""
+    def _kill_actors(self, settle: bool = True) -> None:
+        """Kill every agent and the server (their names and resources are free for the next run at once).
+
+        With ``settle``, actors not yet known to be created get up to ``CREATION_SETTLE_S`` to finish first,
+        so that the kill is not lost (see there); actors that cannot be placed have no worker and die at once.
+        """
+        if settle:
+            self._await_creations()
         for slot in self.slots:
             if slot.actor is not None:
                 ray.kill(slot.actor, no_restart=True)
         if self.server is not None:
             ray.kill(self.server, no_restart=True)
+
+    def _await_creations(self) -> None:
+        """Wait up to ``CREATION_SETTLE_S`` for the actors not yet known to be created (see there)."""
+        unconfirmed = [slot.placing for slot in self.slots if slot.alive and slot.placing is not None]
+        if not self._placed:
+            unconfirmed += [slot.actor.node_id.remote() for slot in self.slots if slot.actor is not None]
+            unconfirmed += [self.server.pid.remote()] if self.server is not None else []
+        if not unconfirmed:
+            return
+        ready, _ = ray.wait(unconfirmed, num_returns=len(unconfirmed), timeout=CREATION_SETTLE_S)
+        for ref in ready:
+            read_failed(ref)  # an actor that failed to start: read its error (Ray reports unread ones)
 
     def _after_update(self, record: UpdateRecord, take: Callable[[], object]) -> bool:
         """Log one update record, calling ``take`` to remove it from its queue; returns whether a checkpoint

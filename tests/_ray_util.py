@@ -22,6 +22,17 @@ def released(name: str, timeout: float = 30.0) -> bool:
     return False
 
 
+def cpus_returned(timeout: float = 30.0) -> bool:
+    """Whether every CPU of the session's instance is free again within ``timeout`` s (a run that ended or
+    failed must not leave an actor holding its share)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0.0) >= ray.cluster_resources().get("CPU", 0.0) - 1e-6:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def orphan_ref() -> Any:
     """An ObjectRef whose owner (a throwaway actor) is dead: reading it, or running a task on it, fails with
     Ray's ``OwnerDiedError``, the error of an object lost with its node (a single machine has no node to lose)."""
