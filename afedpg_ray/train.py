@@ -148,6 +148,9 @@ def _train_connected(
     finishing = _budget_spent(config, resume_state)
     if not finishing:
         log.note(watch_hint(status_address(config.address), dashboard, name_prefix, token_auth_on()))
+        rounding = rounds_note(config)
+        if rounding:
+            log.note(rounding)
     prior_wall = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0  # training time before the resume
     if resume_state is not None:
         version = resume_state["rule_state"]["version"]
@@ -201,6 +204,22 @@ def _train_connected(
     )
     save_summary(out_dir, result)
     return result
+
+
+def rounds_note(config: TrainConfig) -> str | None:
+    """What a synchronous run will really train when its budget is not a whole number of rounds (every
+    round spends one gradient per agent, so fedpg with 4 agents x 1000 steps ends a 6000-step budget at
+    8000, which surprised a user); None when the budget fits."""
+    if not config.synchronous:
+        return None
+    per_round = config.agents * config.batch
+    rounds = math.ceil(config.samples / per_round)
+    if rounds * per_round == config.samples:
+        return None
+    return (
+        f"note: fedpg trains in rounds of {per_round} samples ({config.agents} agents x --batch {config.batch}), "
+        f"so --samples {config.samples} ends at {rounds * per_round}"
+    )
 
 
 def save_summary(run_dir: Path, result: TrainResult) -> None:

@@ -146,3 +146,15 @@ def test_a_log_that_cannot_close_does_not_hide_why_the_run_stopped(tmp_path, sta
     with pytest.raises(TrainingInterrupted) as stopped:
         train(load_run_config(run), resume=True)
     assert stopped.value.advice() == f"interrupted; continue the run with: afedpg train --resume {run}"
+
+
+def test_a_synchronous_budget_that_is_not_whole_rounds_is_announced():
+    # fedpg spends one gradient per agent per round: 6000 steps with 4 agents x 1000 ended at 8000, unannounced
+    from afedpg_ray.train import rounds_note
+
+    fedpg = TrainConfig(algo="fedpg", agents=4, batch=1000, num_envs=2, samples=6000)
+    assert rounds_note(fedpg) == (
+        "note: fedpg trains in rounds of 4000 samples (4 agents x --batch 1000), so --samples 6000 ends at 8000"
+    )
+    assert rounds_note(dataclasses.replace(fedpg, samples=8000)) is None  # whole rounds
+    assert rounds_note(dataclasses.replace(fedpg, algo="afedpg")) is None  # one gradient at a time
