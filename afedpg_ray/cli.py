@@ -226,7 +226,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "--agent-timeout",
         type=float,
         help="seconds an agent's iteration may take before it counts as a failed agent (killed and restarted; "
-        "a modelled slowdown counts too); default: wait forever",
+        "a modelled slowdown counts too, a restarted agent's start-up does not); default: wait forever",
     )
 
 

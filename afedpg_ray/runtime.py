@@ -9,6 +9,7 @@ The server actor runs one method at a time, so updates are applied strictly in a
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import Counter, deque
@@ -67,6 +68,9 @@ CREATION_SETTLE_S = 10.0
 Ray ignores a kill that reaches a worker still setting an actor up ("Mismatched ActorID: ignoring
 KillActor"); the actor is then created anyway and keeps its resources until this process exits, which for a
 Tune trial or a test session is much later (seen: a leaked agent held 0.95 CPU and starved the next runs)."""
+AWAITING_START = math.inf
+"""``AgentSlot.reply_due`` of a step sent to a restarted actor that has not started yet: ``--agent-timeout``
+counts from its start, since the start-up is no part of the step."""
 PLACEMENT_NOTICE_S = 5.0
 """After this long, agents still waiting for a request no node can meet (a resource no node has, or more of
 it than any node has) are reported (event and progress line), rather than only when ``--placement-timeout``
@@ -100,7 +104,8 @@ class AgentSlot:
     """When a restarted actor that is still not placed counts as failed (``--placement-timeout``)."""
     reply_due: float | None = None
     """When the step submitted last counts as the agent's failure (``--agent-timeout``); None: no step out,
-    or no timeout."""
+    or no timeout; ``AWAITING_START``: a restarted actor's step, timed once the actor has started (its start-up,
+    a new worker importing torch and building environments, can take longer than the timeout)."""
 
 
 @dataclass
@@ -294,7 +299,12 @@ class RayRunner:
     def _submit(self, slot: AgentSlot, dispatch_ref: Any) -> tuple[Any, Any]:
         """Start ``slot``'s next iteration at the point ``dispatch_ref`` will hold: (meta, gradient) references."""
         timeout = self.config.agent_timeout
-        slot.reply_due = None if timeout is None else time.monotonic() + timeout
+        if timeout is None:
+            slot.reply_due = None
+        elif slot.placing is not None:  # a restarted actor still starting: its clock starts once it is up
+            slot.reply_due = AWAITING_START
+        else:
+            slot.reply_due = time.monotonic() + timeout
         return slot.actor.step.options(num_returns=2).remote(dispatch_ref)
 
     def _overdue(self) -> list[AgentSlot]:
@@ -443,6 +453,8 @@ class RayRunner:
         for slot in watched:
             if slot.placing in placed:
                 slot.placing = slot.place_by = None
+                if slot.reply_due == AWAITING_START and self.config.agent_timeout is not None:
+                    slot.reply_due = now + self.config.agent_timeout  # its step starts now
             elif slot.place_by is not None and now >= slot.place_by:
                 slot.placing = slot.place_by = None
                 late.append(slot)
@@ -473,7 +485,7 @@ class RayRunner:
         """How long the loop may block before an agent's restart or placement deadline falls due (None: no limit)."""
         due = [s.retry_at for s in self.slots if s.alive and s.retry_at is not None]
         due += [s.place_by for s in self.slots if s.alive and s.place_by is not None]
-        due += [s.reply_due for s in self.slots if s.alive and s.reply_due is not None]
+        due += [s.reply_due for s in self.slots if s.alive and s.reply_due not in (None, AWAITING_START)]
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     # -- the loops --------------------------------------------------------------------------------

@@ -196,6 +196,45 @@ def test_a_restarted_agent_that_finds_no_node_counts_as_failed_at_its_deadline()
         ray.kill(placeable)
 
 
+class StepRecorder:
+    """Stands in for an agent actor handle: ``step.options(...).remote(...)`` returns two dummy references."""
+
+    def __init__(self) -> None:
+        self.step = self
+
+    def options(self, **_: object) -> StepRecorder:
+        return self
+
+    def remote(self, *_: object) -> tuple[str, str]:
+        return "meta", "grad"
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_the_agent_timeout_of_a_restarted_agent_counts_from_its_start_not_its_creation():
+    # a restarted actor starts a new worker (torch, environments: seconds, on a cloud node more); its first
+    # step is sent at once. Counted from then, a timeout shorter than the start-up failed it again and again
+    runner = bare_runner(config=TrainConfig(agent_timeout=3.0))
+    starting = ray.put("node")  # stands in for the restarted actor's node_id reply: not yet read by the loop
+    restarted = AgentSlot(0, StepRecorder(), {}, restarts=1, placing=starting, place_by=time.monotonic() + 60)
+    running = AgentSlot(1, StepRecorder(), {})
+    runner.slots = [restarted, running]
+    runner._submit(restarted, "point")
+    runner._submit(running, "point")
+    assert restarted.reply_due == runtime.AWAITING_START
+    assert running.reply_due == pytest.approx(time.monotonic() + 3.0, abs=0.5)
+    assert runner._wait_timeout() <= 3.0  # the starting agent's step sets no deadline of its own
+    restarted.reply_due = running.reply_due = time.monotonic() - 1  # as if 4 s had passed ...
+    restarted.reply_due = runtime.AWAITING_START  # ... while agent 0 was still starting
+    assert runner._overdue() == [running]
+    assert runner._unplaced_restarts() == []  # agent 0 is up now: its step's clock starts
+    assert restarted.placing is None
+    assert restarted.reply_due == pytest.approx(time.monotonic() + 3.0, abs=0.5)
+    runner.config = TrainConfig()  # without --agent-timeout nothing is timed
+    fresh = AgentSlot(2, StepRecorder(), {}, restarts=1, placing=ray.put("node"))
+    runner._submit(fresh, "point")
+    assert fresh.reply_due is None
+
+
 def test_a_ctrl_c_during_ray_start_up_is_held_then_raised(capsys):
     import os
     import signal
