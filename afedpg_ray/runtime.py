@@ -368,6 +368,16 @@ class RayRunner:
         self.last_state["progress_rows"] = self.log.rows  # every submitted update is logged by now
         self.checkpoints.submit(self.last_state)
 
+    def _checkpoint_is_current(self) -> bool:
+        """Whether the last checkpoint taken holds every update and row logged (the budget was spent at a
+        periodic checkpoint: the final one would write the same state again)."""
+        state = self.last_state
+        return (
+            state is not None
+            and int(state["rule_state"]["version"]) == self._last_update
+            and state.get("progress_rows") == self.log.rows
+        )
+
     def _restore_server(self, reason: str) -> None:
         """Recreate the server from the last checkpoint (bounded retries, then give up); a new server that
         dies during its own restore counts as one more death and is retried the same way."""
@@ -507,7 +517,8 @@ class RayRunner:
             while True:
                 try:
                     loop()
-                    self._checkpoint()
+                    if not self._checkpoint_is_current():
+                        self._checkpoint()
                     self.checkpoints.flush()
                     break
                 except ServerLostError as lost:

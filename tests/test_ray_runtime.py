@@ -178,17 +178,23 @@ def test_each_checkpoint_is_written_after_the_rows_it_counts_are_fsynced(tmp_pat
         sync(self)
         calls.append(("fsync", self.rows))
 
+    saved: list[tuple[int, int]] = []
+
     def recorded_save(run_dir, state):
         calls.append(("save", state["progress_rows"]))
+        saved.append((int(state["rule_state"]["version"]), state["progress_rows"]))
         return save(run_dir, state)
 
     monkeypatch.setattr(RunLog, "sync_progress", recorded_sync)
     monkeypatch.setattr(checkpoint, "save_checkpoint", recorded_save)
-    train(tiny(tmp_path, agents=2, samples=1280, checkpoint_every=4))
+    result = train(tiny(tmp_path, agents=2, samples=1280, checkpoint_every=4))
     saves = [i for i, (kind, _) in enumerate(calls) if kind == "save"]
     assert len(saves) >= 4  # the first, every 4 updates, the final one
     for i in saves:
         assert calls[i - 1][0] == "fsync" and calls[i - 1][1] >= calls[i][1], calls
+    # 1280 samples of 64 end at update 20, a periodic checkpoint: the final one is not written a second time
+    assert result.updates == 20 and saved[-1][0] == 20, saved
+    assert len(set(saved)) == len(saved), saved
 
 
 def test_an_unplaceable_agent_is_reported_early_then_fails_at_the_timeout(tmp_path, monkeypatch):
