@@ -81,7 +81,7 @@ REJECTION_HINTS = {
     "bad_stats": "check that the agents run the same environment as the server",
     "bad_samples": "check that the agents run the same --batch and --num-envs as the server",
     "wrong_shape": "check that the agents build the same policy (--env, --hidden) as the server",
-    "wrong_dtype": "agents must send floating-point gradients; check for a modified agent",
+    "wrong_dtype": "agents must send floating-point numpy arrays (not a subclass); check for a modified agent",
     "norm_outlier": "the robust filter rejects every agent; try --robust none",
     "direction_outlier": "the robust filter rejects every agent; try --robust none",
 }

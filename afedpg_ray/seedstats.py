@@ -21,11 +21,20 @@ import numpy as np
 BOOTSTRAP_RESAMPLES = 10_000
 
 
+def _finite(values: Sequence[float], name: str) -> np.ndarray:
+    """``values`` as a float array; refused if any is NaN or infinite (a NaN compares false with everything,
+    so it would count as a loss against every seed and bias ``P(X > Y)`` without a sign)."""
+    x = np.asarray(values, dtype=float)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} needs finite returns; leave out the runs without one")
+    return x
+
+
 def bootstrap_mean_ci(
     values: Sequence[float], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
 ) -> tuple[float, float]:
     """Percentile-bootstrap confidence interval of the mean of ``values`` (fixed ``seed``: reproducible)."""
-    x = np.asarray(values, dtype=float)
+    x = _finite(values, "bootstrap_mean_ci")
     if x.size == 0:
         raise ValueError("bootstrap_mean_ci needs at least one value")
     if not 0.0 < level < 1.0:
@@ -39,8 +48,8 @@ def bootstrap_mean_ci(
 
 def prob_improvement(x: Sequence[float], y: Sequence[float]) -> float:
     """``P(X > Y)`` over all seed pairs, ties counting one half (the normalised Mann-Whitney U)."""
-    a = np.asarray(x, dtype=float)[:, None]
-    b = np.asarray(y, dtype=float)[None, :]
+    a = _finite(x, "prob_improvement")[:, None]
+    b = _finite(y, "prob_improvement")[None, :]
     if a.size == 0 or b.size == 0:
         raise ValueError("prob_improvement needs at least one value on each side")
     return float(np.mean((a > b) + 0.5 * (a == b)))
@@ -58,8 +67,8 @@ def prob_improvement_ci(
     The two sets of seeds are independent runs, so each is resampled on its own (a stratified bootstrap,
     as rliable does); a fixed ``seed`` makes the interval reproducible.
     """
-    a = np.asarray(x, dtype=float)
-    b = np.asarray(y, dtype=float)
+    a = _finite(x, "prob_improvement_ci")
+    b = _finite(y, "prob_improvement_ci")
     if a.size == 0 or b.size == 0:
         raise ValueError("prob_improvement_ci needs at least one value on each side")
     if not 0.0 < level < 1.0:

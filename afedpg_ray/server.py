@@ -211,7 +211,9 @@ class ParameterServer:
             return "stale_version"
         if not isinstance(grad, np.ndarray) or grad.shape != self.state.theta.shape:
             return "wrong_shape"
-        if grad.dtype.kind != "f":  # strings or objects would raise below; complex would lose its imaginary part
+        # strings or objects would raise below; complex would lose its imaginary part; a subclass such as a
+        # masked array hides entries from the finiteness test below, and np.asarray brings them into theta
+        if type(grad) is not np.ndarray or grad.dtype.kind != "f":
             return "wrong_dtype"
         # an honest agent reports ceil(batch / num_envs) * num_envs steps (a Python or numpy integer)
         if not _is_integer(meta.samples) or not 0 < meta.samples <= self.config.batch + self.config.num_envs:
@@ -401,7 +403,7 @@ def _stats_finite(stats: Any) -> bool:
     return (
         isinstance(stats, RunningStats)
         and isinstance(stats.count, int | float | np.integer | np.floating)
-        and all(isinstance(a, np.ndarray) and a.dtype.kind in "fi" for a in (stats.mean, stats.m2))
+        and all(type(a) is np.ndarray and a.dtype.kind in "fi" for a in (stats.mean, stats.m2))  # no subclasses
         and stats.is_finite()
     )
 

@@ -417,10 +417,14 @@ PROTOCOL_SEEDS = 3
 
 
 def seed_summary(values: list[float]) -> str:
-    """``mean [95% CI] | median | (per seed)`` cells for one algorithm's returns."""
-    lo, hi = bootstrap_mean_ci(values)
-    per_seed = ", ".join(f"{x:.1f}" for x in values)
-    return f"{np.mean(values):.1f} [{lo:.1f}, {hi:.1f}] | {np.median(values):.1f} | {per_seed}"
+    """``mean [95% CI] | median | (per seed)`` cells for one algorithm's returns; a run that finished no
+    episode has no return (NaN): it shows as ``n/a`` and is left out of the statistics."""
+    per_seed = ", ".join(f"{x:.1f}" if np.isfinite(x) else "n/a" for x in values)
+    finite = [x for x in values if np.isfinite(x)]
+    if not finite:
+        return f"n/a | n/a | {per_seed}"
+    lo, hi = bootstrap_mean_ci(finite)
+    return f"{np.mean(finite):.1f} [{lo:.1f}, {hi:.1f}] | {np.median(finite):.1f} | {per_seed}"
 
 
 FEW_SEEDS = 5
@@ -432,9 +436,14 @@ test of 3 against 3 gives p = 0.10)."""
 def improvement_text(x: list[float], y: list[float]) -> str:
     """``P(X > Y)`` with its 95% bootstrap interval, e.g. ``0.60 [0.41, 0.78]``: the ordering is resolved
     only when the interval excludes 0.5 and both sides have ``FEW_SEEDS`` seeds or more (else marked)."""
+    left_out = sum(1 for v in (*x, *y) if not np.isfinite(v))  # runs that finished no episode: no return
+    x, y = [v for v in x if np.isfinite(v)], [v for v in y if np.isfinite(v)]
+    note = f" ({left_out} run{'s' * (left_out > 1)} without a return left out)" if left_out else ""
+    if not x or not y:
+        return "n/a" + note
     lo, hi = prob_improvement_ci(x, y)
     few = " (too few seeds to resolve)" if min(len(x), len(y)) < FEW_SEEDS else ""
-    return f"{prob_improvement(x, y):.2f} [{lo:.2f}, {hi:.2f}]{few}"
+    return f"{prob_improvement(x, y):.2f} [{lo:.2f}, {hi:.2f}]{few}{note}"
 
 
 def write_summary(path: Path, rows: list[dict], evals: dict[tuple[str, str, str], dict], samples: int) -> None:

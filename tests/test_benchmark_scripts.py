@@ -429,6 +429,18 @@ def test_paired_line_by_hand(tmp_path):
     assert learning.paired_text(alone, "Swimmer-v5", "afedpg", "vanilla") == ""
 
 
+def test_a_run_without_a_return_shows_as_n_a_and_is_left_out_of_the_seed_statistics():
+    learning = load_script("learning")
+    nan = float("nan")
+    assert learning.seed_summary([10.0, nan, 20.0]) == "15.0 [10.0, 20.0] | 15.0 | 10.0, n/a, 20.0"
+    assert learning.seed_summary([nan]) == "n/a | n/a | n/a"
+    # counted as a loss against every seed, the NaN would have given 2/3 here
+    assert learning.improvement_text([1.0, 2.0, nan], [0.0, 0.0, 0.0]) == (
+        "1.00 [1.00, 1.00] (too few seeds to resolve) (1 run without a return left out)"
+    )
+    assert learning.improvement_text([nan], [0.0]) == "n/a (1 run without a return left out)"
+
+
 def test_a_retrained_run_loses_its_old_evaluation(tmp_path):
     learning = load_script("learning")
     path = tmp_path / "eval.csv"

@@ -209,6 +209,21 @@ def test_prob_improvement_ci():
         prob_improvement_ci([1.0], [])
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: prob_improvement([1.0, 2.0, float("nan")], [0.0, 0.0, 0.0]),  # NaN compared false: P 0.67, not 1
+        lambda: prob_improvement([0.0], [1.0, float("inf")]),
+        lambda: prob_improvement_ci([1.0, float("nan")], [0.0, 0.0]),
+        lambda: bootstrap_mean_ci([1.0, 2.0, float("nan")]),
+    ],
+)
+def test_seed_statistics_refuse_a_run_without_a_return(call):
+    # a run that finished no episode has a NaN return: it must be left out by the caller, not counted a loss
+    with pytest.raises(ValueError, match="finite returns"):
+        call()
+
+
 def test_sign_test_by_hand():
     # 18 wins of 20: P(K <= 2) = (1 + 20 + 190) / 2^20, doubled
     assert sign_test_p(18, 2) == pytest.approx(2 * 211 / 2**20)

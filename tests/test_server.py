@@ -57,6 +57,20 @@ def test_a_checkpoint_of_another_policy_is_refused_on_restore(server):
         ParameterServer(CONFIG).restore(saved)
 
 
+def masked_nan(values: np.ndarray) -> np.ma.MaskedArray:
+    """``values`` with a NaN in entry 0, masked: ``np.isfinite`` skips it, ``np.asarray`` brings it back."""
+    hidden = np.ma.masked_array(values.astype(np.float64))
+    hidden.data[0] = np.nan
+    hidden[0] = np.ma.masked
+    return hidden
+
+
+def masked_obs_delta(sent: GradientMeta) -> GradientMeta:
+    """``sent`` with a masked NaN in its normaliser statistics (they would reach every agent)."""
+    stats = sent.obs_delta
+    return dataclasses.replace(sent, obs_delta=RunningStats(stats.count, masked_nan(stats.mean), stats.m2))
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
@@ -69,6 +83,8 @@ def test_a_checkpoint_of_another_policy_is_refused_on_restore(server):
         (lambda s: (meta(0, 0), np.full(s.num_params, 1e9)), "norm_too_large"),
         (lambda s: (meta(0, 7), np.ones(s.num_params)), "future_version"),
         (lambda s: (meta(9, 0), np.ones(s.num_params)), "unknown_agent"),
+        (lambda s: (meta(0, 0), masked_nan(np.ones(s.num_params))), "wrong_dtype"),
+        (lambda s: (masked_obs_delta(meta(0, 0)), np.ones(s.num_params)), "non_finite"),
     ],
 )
 def test_bad_gradients_are_rejected_and_counted(server, make, reason):
