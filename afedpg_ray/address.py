@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 NAMESPACE = "afedpg"
 """Ray namespace of the run's named actors (``afedpg status`` looks there)."""
@@ -100,3 +102,37 @@ def token_auth_on() -> bool:
     """Whether this process authenticates to Ray with a token (RAY_AUTH_MODE=token; ``ray.init`` sets it
     when it enables token auth for a local instance, Ray's default since 2.59)."""
     return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+
+
+def local_token_source() -> str | None:
+    """Where Ray would read this machine's token from, in its order (the ``RAY_AUTH_TOKEN`` variable, the file
+    ``RAY_AUTH_TOKEN_PATH`` names, ``~/.ray/auth_token``); None if there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    path = Path(named) if named else Path.home() / ".ray" / "auth_token"
+    try:
+        return str(path) if path.stat().st_size > 0 else None
+    except OSError:
+        return None
+
+
+def adopt_local_token() -> bool:
+    """Before joining a cluster at an explicit address: authenticate with this machine's token, if it has one and
+    ``RAY_AUTH_MODE`` is unset (an explicit setting is kept). Returns whether token mode is on.
+
+    Ray sends a token to an explicit address only under ``RAY_AUTH_MODE=token``; without it a cluster that uses
+    token authentication (Ray's default for local instances since 2.59) refuses the driver, which Ray retries
+    with a warning a second until it gives up (measured: 20 lines, then "Failed to connect"). A cluster without
+    authentication ignores the token (measured with Ray 2.60)."""
+    if "RAY_AUTH_MODE" not in os.environ and local_token_source() is not None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        # Ray read its config at import: refresh it, as Ray does when it turns token auth on for a local
+        # instance (a private API: if it moves, the variable still reaches the workers and the next process)
+        ray = sys.modules.get("ray")
+        if "ray._raylet" in sys.modules and ray is not None and not ray.is_initialized():
+            try:
+                sys.modules["ray._raylet"].Config.initialize("")
+            except Exception:  # noqa: BLE001
+                pass
+    return token_auth_on()

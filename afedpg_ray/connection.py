@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ray
 
-from afedpg_ray.address import NAMESPACE, init_with_retry, probe_address, quiet_token_auth_notice
+from afedpg_ray.address import NAMESPACE, adopt_local_token, init_with_retry, probe_address, quiet_token_auth_notice
 from afedpg_ray.config import first_line
 from afedpg_ray.errors import RunError
 from afedpg_ray.signals import ctrl_c_deferred
@@ -19,6 +19,7 @@ def connect(address: str | None) -> str | None:
         return None
     if address:
         probe_address(address)  # raises AddressError within seconds instead of ray.init's long retries
+        adopt_local_token()
     quiet_token_auth_notice()
     try:  # address None: start a local instance
         with ctrl_c_deferred():
@@ -46,12 +47,10 @@ def status_address(address: str | None) -> str:
 def watch_hint(status_at: str, dashboard: str | None, prefix: str, token_auth: bool) -> str:
     """One line telling where to watch a run: the Ray dashboard and the ``afedpg status`` command.
 
-    With token authentication (Ray's default for local instances since 2.59) the command needs
-    RAY_AUTH_MODE=token: Ray sends its token to an explicit address only then; the dashboard asks a
-    browser for the token.
+    With token authentication (Ray's default for local instances since 2.59) the dashboard asks a browser for
+    the token; ``afedpg status`` sends this machine's token by itself (see ``address.adopt_local_token``).
     """
-    token = "RAY_AUTH_MODE=token " if token_auth else ""
-    status = f"{token}afedpg status --address {status_at}" + ("" if prefix == "afedpg" else f" --prefix {prefix}")
+    status = f"afedpg status --address {status_at}" + ("" if prefix == "afedpg" else f" --prefix {prefix}")
     asks = " (it asks for the token that `ray get-auth-token` prints)" if token_auth else ""
     board = f"Ray dashboard http://{dashboard.removeprefix('http://')}{asks}; " if dashboard else ""
     return f"watch: {board}straggler table: {status}"

@@ -29,7 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from afedpg_ray.address import NAMESPACE, PROBE_TIMEOUT_S, AddressError, init_with_retry, probe_address, token_auth_on
+from afedpg_ray.address import (
+    NAMESPACE,
+    PROBE_TIMEOUT_S,
+    AddressError,
+    adopt_local_token,
+    init_with_retry,
+    local_token_source,
+    probe_address,
+    token_auth_on,
+)
 from afedpg_ray.cli import EXIT_USAGE, fail
 from afedpg_ray.config import first_line
 from afedpg_ray.signals import Terminated, sigterm_raises_terminated
@@ -124,6 +133,7 @@ def connect(address: str, timeout: float) -> None:
         probe_address(address, min(PROBE_TIMEOUT_S, timeout))
     except AddressError as err:
         raise StatusError(str(err)) from None
+    adopt_local_token()  # before Ray is imported: it reads RAY_AUTH_MODE once
     import ray
 
     outcome: dict[str, BaseException] = {}
@@ -142,7 +152,7 @@ def connect(address: str, timeout: float) -> None:
     thread.join(timeout)
     if thread.is_alive():
         # a cluster that refuses a driver without its token keeps it retrying: this is how that looks too
-        hint = "" if token_auth_on() else f" ({TOKEN_HINT})"
+        hint = f" ({token_hint()})"
         print(
             f"afedpg: error: --address: no Ray cluster let us in at {address!r} within {timeout:.0f}s{hint}",
             file=sys.stderr,
@@ -151,15 +161,24 @@ def connect(address: str, timeout: float) -> None:
         sys.stdout.flush()
         os._exit(EXIT_USAGE)
     if "error" in outcome:
-        hint = "" if token_auth_on() else f"; {TOKEN_HINT}"
+        hint = f"; {token_hint()}"
         raise StatusError(f"--address: cannot connect to Ray at {address!r}: {first_line(outcome['error'])}{hint}")
 
 
-TOKEN_HINT = (
-    "if the cluster uses token authentication (Ray's default for local instances since 2.59), "
-    "run with RAY_AUTH_MODE=token"
-)
-"""Ray sends its token (``~/.ray/auth_token``) to an explicit address only when RAY_AUTH_MODE=token is set."""
+def token_hint() -> str:
+    """What to check when a cluster does not let ``status`` in: whether and which token it sent (Ray sends one to
+    an explicit address only under RAY_AUTH_MODE=token, which ``status`` sets itself when this machine has one)."""
+    where = local_token_source()
+    if token_auth_on() and where is not None:
+        return (
+            f"if the cluster uses token authentication, its token must be the one in {where} "
+            "(`ray get-auth-token` on the cluster's head prints it)"
+        )
+    return (
+        "if the cluster uses token authentication (Ray's default for local instances since 2.59), run with "
+        "RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token "
+        "(`ray get-auth-token` on its head prints it)"
+    )
 
 
 def find_server(prefix: str) -> Any:

@@ -149,7 +149,7 @@ def test_watch_hint_names_the_dashboard_and_a_status_command_that_works():
     local = watch_hint("10.0.0.5:6379", "127.0.0.1:8265", "afedpg", token_auth=True)
     assert local == (
         "watch: Ray dashboard http://127.0.0.1:8265 (it asks for the token that `ray get-auth-token` prints); "
-        "straggler table: RAY_AUTH_MODE=token afedpg status --address 10.0.0.5:6379"
+        "straggler table: afedpg status --address 10.0.0.5:6379"  # status sends this machine's token itself
     )
     # no dashboard, no token auth, a run under another actor prefix
     other = watch_hint("ray://head:10001", None, "trial-3", token_auth=False)

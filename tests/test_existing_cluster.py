@@ -11,9 +11,11 @@ not depend on whether ``~/.ray/auth_token`` exists on this machine.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -392,9 +394,12 @@ def test_watch_ends_with_one_line_when_the_ray_instance_stops(monkeypatch, capsy
     assert out.rstrip().endswith("afedpg-server: the run has ended (its Ray instance stopped)")
 
 
-def test_status_at_an_address_that_never_lets_it_in_names_the_token_after_its_timeout():
+@pytest.mark.parametrize("has_token", [False, True])
+def test_status_at_an_address_that_never_lets_it_in_names_the_token_after_its_timeout(has_token, tmp_path):
     """A port that accepts but never completes Ray's handshake looks, from the driver, like a cluster that
-    refuses a driver without its token: the one line must name RAY_AUTH_MODE=token, not only a timeout."""
+    refuses a driver without its token: the one line must say what to do about the token, not only time out.
+    Without a token on the machine: set one; with one (which status then sends by itself): it must be the
+    cluster's."""
     import os
     import sys
 
@@ -402,10 +407,44 @@ def test_status_at_an_address_that_never_lets_it_in_names_the_token_after_its_ti
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         port = listener.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token
+        if has_token:
+            env["RAY_AUTH_TOKEN"] = "0" * 32
         argv = [sys.executable, "-m", "afedpg_ray.cli", "status", "--address", f"127.0.0.1:{port}", "--timeout", "3"]
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2, done.stderr[-2000:]
     assert last.startswith(f"afedpg: error: --address: no Ray cluster let us in at '127.0.0.1:{port}' within 3s")
-    assert "run with RAY_AUTH_MODE=token" in last, last
+    if has_token:
+        assert "its token must be the one in RAY_AUTH_TOKEN (`ray get-auth-token`" in last, last
+    else:
+        assert "run with RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN" in last, last
+
+
+def test_a_driver_joining_an_address_sends_this_machines_token_unless_told_otherwise(monkeypatch, tmp_path):
+    """Ray sends a token to an explicit address only under RAY_AUTH_MODE=token: a local run's own instance
+    (token auth, Ray 2.60's default) refused ``afedpg status`` without it, with a warning a second for 20 s."""
+    from afedpg_ray.address import adopt_local_token, local_token_source
+
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(name, "")  # recorded, so that the teardown restores what the session had
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ray._raylet", raising=False)  # leave this process's Ray config alone
+    assert local_token_source() is None and adopt_local_token() is False  # no token here: nothing to send
+    assert "RAY_AUTH_MODE" not in os.environ
+    token_file = tmp_path / ".ray" / "auth_token"
+    token_file.parent.mkdir()
+    token_file.write_text("")
+    assert local_token_source() is None  # an empty file is no token (Ray refuses it)
+    token_file.write_text("a" * 32)
+    assert local_token_source() == str(token_file)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert adopt_local_token() is False and os.environ["RAY_AUTH_MODE"] == "disabled"  # an explicit choice stays
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    assert adopt_local_token() is True and os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))  # Ray reads only the file named
+    assert local_token_source() is None
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "b" * 32)
+    assert local_token_source() == "RAY_AUTH_TOKEN"
