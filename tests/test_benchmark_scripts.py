@@ -441,6 +441,38 @@ def test_a_run_without_a_return_shows_as_n_a_and_is_left_out_of_the_seed_statist
     assert learning.improvement_text([nan], [0.0]) == "n/a (1 run without a return left out)"
 
 
+def test_familywise_widens_each_interval_for_the_number_of_comparisons(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports learning.py, as a script beside it does
+    familywise = load_script("familywise")
+    apart = write_fake_learning_dir(tmp_path / "apart", {"afedpg": [10.0 + s for s in range(6)], "vanilla": [0.0] * 6})
+    close = write_fake_learning_dir(
+        tmp_path / "close", {"afedpg": [1.0, 3.0, 5.0, 7.0, 9.0, float("nan")], "vanilla": [0.0, 2.0, 4.0, 6.0, 8.0]}
+    )
+    found = familywise.comparisons([apart, close], [("afedpg", "vanilla"), ("vanilla", "a3c")])
+    assert [(env, x, y, left_out) for env, x, y, _, _, left_out in found] == [
+        ("Swimmer-v5 (apart)", "afedpg", "vanilla", 0),
+        ("Swimmer-v5 (close)", "afedpg", "vanilla", 1),  # no a3c ran: one pair each; the NaN run is left out
+    ]
+    text = familywise.table(found, alpha=0.05)
+    assert text.startswith("2 comparisons; family-wise level 95%: each interval at 97.50% (Bonferroni).")
+    rows = [line for line in text.splitlines() if line.startswith("| Swimmer")]
+    # every afedpg seed above every vanilla seed in every resample: P = 1 at any level
+    assert rows[0] == (
+        "| Swimmer-v5 (apart) | afedpg > vanilla | 6 / 6 | 1.00 | [1.00, 1.00] | [1.00, 1.00] | afedpg > vanilla |"
+    )
+    # 5 vs 5 interleaved: P = (5 + 4 + 3 + 2 + 1) / 25 = 0.6, unresolved
+    assert rows[1].startswith("| Swimmer-v5 (close) | afedpg > vanilla | 5 / 5 (1 without a return) | 0.60 |")
+    assert rows[1].endswith("| no |")
+    lo95, hi95 = (float(v) for v in rows[1].split("|")[5].strip(" []").split(","))
+    lo, hi = (float(v) for v in rows[1].split("|")[6].strip(" []").split(","))
+    assert lo <= lo95 and hi >= hi95  # the family-wise interval is the wider one
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "familywise.py"), "--pairs", "afedpg", str(apart)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "familywise.py: error: --pairs wants X:Y[,X:Y...] with two different algorithms, got 'afedpg'"
+    ]
+
+
 def test_a_retrained_run_loses_its_old_evaluation(tmp_path):
     learning = load_script("learning")
     path = tmp_path / "eval.csv"
