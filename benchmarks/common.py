@@ -32,9 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 """The repository root (benchmarks/..)."""
 
 
-def default_out(name: str) -> Path:
-    """``benchmarks/results/<name>/``."""
-    return REPO / "benchmarks" / "results" / name
+def default_out(name: str, quick: bool = False) -> Path:
+    """``benchmarks/results/<name>/``; with ``quick``, ``<name>-quick/`` (git-ignored): a check of the script
+    must not overwrite the committed full-size results."""
+    return REPO / "benchmarks" / "results" / (f"{name}-quick" if quick else name)
 
 
 def _cpu_model() -> str:

@@ -123,11 +123,11 @@ def main() -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=REPO / "benchmarks" / "results" / "gradient-noise",
-        help="directory for noise.csv and summary.md",
+        help="directory for noise.csv and summary.md (default results/gradient-noise/, -quick/ with --quick)",
     )
     parser.add_argument("--quick", action="store_true", help="CartPole, initial policy, 4 gradients")
     args = parser.parse_args()
+    args.out = args.out or REPO / "benchmarks" / "results" / ("gradient-noise" + ("-quick" if args.quick else ""))
     if args.quick:
         args.envs, args.gradients, args.warmup = "CartPole-v1", 4, 2
     if args.gradients < 2:

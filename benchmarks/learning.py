@@ -648,7 +648,11 @@ def main() -> None:
     add("--agents", type=positive_int, default=8, help="agents per run (pg always uses 1)")
     add("--hetero", default="linear:4", help="agents' slowdown profile, as afedpg train --hetero")
     add("--train-args", default="", help="extra afedpg train options, e.g. --train-args='--batch 2000'")
-    add("--out", default="benchmarks/results/learning", help="directory for learning.csv, runs/, plots, summary.md")
+    add(
+        "--out",
+        help="directory for learning.csv, runs/, plots, summary.md (default benchmarks/results/learning/; "
+        "learning-quick/ with --quick, so that a check never mixes into a real grid's directory)",
+    )
     add("--quick", action="store_true", help="CartPole, 2 algorithms, 1 seed, tiny budget")
     add("--report", action="store_true", help="train nothing: rebuild curves, plots, eval, summary from learning.csv")
     add(
@@ -672,6 +676,8 @@ def run_grid(args: argparse.Namespace) -> None:
         args.envs, args.algos, args.seeds, args.samples, args.agents = "CartPole-v1", "afedpg,a3c", "0", 4000, 2
         args.train_args = args.train_args or "--batch 500 --num-envs 2"
         args.eval_episodes = min(args.eval_episodes, 2)
+    if args.out is None:
+        args.out = "benchmarks/results/learning-quick" if args.quick else "benchmarks/results/learning"
     if not args.out.strip():  # Path("") is the working directory
         raise GridError("--out: give a directory for learning.csv and the runs")
     out = Path(args.out)

@@ -336,8 +336,7 @@ def main() -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=REPO / "benchmarks" / "results" / "lookahead-bias",
-        help="directory for the CSV, tables and plot",
+        help="directory for the CSV, tables and plot (default results/lookahead-bias/, -quick/ with --quick)",
     )
     parser.add_argument("--quick", action="store_true", help="N 1,4 x alpha 0.2, noise 0, 1 seed")
     parser.add_argument(
@@ -354,6 +353,7 @@ def main() -> None:
         help="instead: both rules with and without FedAsync weighting (staleness.md)",
     )
     args = parser.parse_args()
+    args.out = args.out or REPO / "benchmarks" / "results" / ("lookahead-bias" + ("-quick" if args.quick else ""))
     studies = {
         "staleness": (staleness_study, "staleness.md", "FedAsync staleness weighting in the lag model"),
         "delay_compensation": (

@@ -188,9 +188,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--skip-system", action="store_true", help="only part 1 (no Ray)")
     parser.add_argument("--compare-with", type=Path, help="another rollout.py whose Sampler part 1 also times")
-    parser.add_argument("--out", type=Path, default=common.default_out(NAME), help="directory for result.json")
+    parser.add_argument(
+        "--out", type=Path, help=f"directory for result.json (default benchmarks/results/{NAME}/, -quick/ with --quick)"
+    )
     parser.add_argument("--quick", action="store_true", help="a few gradients, one tiny train() run")
     args = parser.parse_args()
+    args.out = args.out or common.default_out(NAME, args.quick)
     if args.quick:
         args.gradients, args.repeats, args.system_samples, args.raw_seconds = 2, 1, 4000, 1.0
     options = {"env": args.env, "num_envs": args.num_envs, "batch": args.batch, "hidden": args.hidden}

@@ -170,9 +170,10 @@ def parse_args() -> argparse.Namespace:
     add("--placement-timeout", type=positive_float, default=600.0, help="seconds for all agents to start")
     add("--margin-gib", type=positive_float, default=3.0, help="memory left free for other jobs")
     add("--repeats", type=positive_int, default=3, help="runs per N; the medians are reported")
-    add("--out", type=Path, default=common.default_out(NAME), help="directory for result.json")
+    add("--out", type=Path, help=f"directory for result.json (default results/{NAME}/, {NAME}-quick/ with --quick)")
     add("--quick", action="store_true", help="N = 2, 4; one short run each")
     args = parser.parse_args()
+    args.out = args.out or common.default_out(NAME, args.quick)
     if args.quick:
         args.agents, args.repeats, args.iteration_time = (2, 4), 1, 0.5
         args.startup_per_agent, args.steady_seconds = 1.0, 2.0

@@ -227,12 +227,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=positive_int, default=3, help="repetitions; the medians are reported")
     parser.add_argument("--loop-agents", type=positive_int, default=4, help="agents in the driver-loop runs")
     parser.add_argument("--loop-updates", type=positive_int, default=4000, help="updates per driver-loop run")
-    parser.add_argument("--out", type=Path, default=common.default_out(NAME), help="directory for result.json")
+    parser.add_argument(
+        "--out", type=Path, help=f"directory for result.json (default benchmarks/results/{NAME}/, -quick/ with --quick)"
+    )
     parser.add_argument("--quick", action="store_true", help="few updates, one repetition")
     parser.add_argument(
         "--compare-with", type=Path, help="another runtime.py whose loop is timed too, interleaved with the current one"
     )
     args = parser.parse_args()
+    args.out = args.out or common.default_out(NAME, args.quick)
     if args.quick:
         args.updates, args.repeats, args.loop_updates = 30, 1, 300
     return args

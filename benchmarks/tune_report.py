@@ -78,9 +78,10 @@ def parse_args() -> argparse.Namespace:
     add("--agents", type=positive_int, default=4, help="agents per trial")
     add("--samples", type=positive_int, default=100_000, help="environment steps per trial")
     add("--agent-cpus", type=positive_float, default=0.2, help="CPUs each agent requests from Ray")
-    add("--out", type=Path, default=common.default_out(NAME), help="directory for result.json")
+    add("--out", type=Path, help=f"directory for result.json (default results/{NAME}/, {NAME}-quick/ with --quick)")
     add("--quick", action="store_true", help="1 trial per way, 2 agents, 10k samples")
     args = parser.parse_args()
+    args.out = args.out or common.default_out(NAME, args.quick)
     if args.quick:
         args.trials, args.agents, args.samples = 1, 2, 10_000
     return args

@@ -117,9 +117,10 @@ def parse_args() -> argparse.Namespace:
     add("--seconds", type=positive_float, default=25.0, help="steady-state length of each run")
     add("--min-periods", type=positive_int, default=5, help="...and at least this many slowest periods")
     add("--repeats", type=positive_int, default=3, help="runs per profile; the medians are reported")
-    add("--out", type=Path, default=common.default_out(NAME), help="directory for result.json")
+    add("--out", type=Path, help=f"directory for result.json (default results/{NAME}/, {NAME}-quick/ with --quick)")
     add("--quick", action="store_true", help="N=2, linear:4 only, one short run")
     args = parser.parse_args()
+    args.out = args.out or common.default_out(NAME, args.quick)
     if args.quick:
         args.profiles, args.agents, args.repeats = "linear:4", 2, 1
         args.iteration_time, args.seconds, args.min_periods = 0.2, 2.0, 3

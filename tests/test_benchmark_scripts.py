@@ -7,6 +7,7 @@ death (seconds), which is too long for CI; the fault tests in test_faults.py cov
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import shutil
 import subprocess
@@ -19,14 +20,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(name: str, out: Path, *extra: str) -> None:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / name), "--quick", "--out", str(out), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+def run_script(name: str, out: Path | None, *extra: str, cwd: Path = ROOT) -> None:
+    """``benchmarks/<name> --quick`` (into ``out``, or without ``--out``: the script's default, from ``cwd``)."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / name), "--quick", *extra]
+    cmd += [] if out is None else ["--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_learning_quick(tmp_path):
-    run_script("learning.py", tmp_path)
+    # without --out a quick check goes to its own directory: in the real grid's default one, it made the
+    # README's next command refuse to mix budgets
+    work, tmp_path = tmp_path, tmp_path / "benchmarks" / "results" / "learning-quick"
+    quick = functools.partial(run_script, cwd=work)  # the rows' run_dir are relative to it
+    quick("learning.py", None)
+    assert sorted(p.name for p in (work / "benchmarks" / "results").iterdir()) == ["learning-quick"]
     lines = (tmp_path / "learning.csv").read_text().splitlines()
     assert lines[0].startswith("env,algo,agents,seed") and len(lines) == 3
     assert (tmp_path / "learning_CartPole-v1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -45,14 +53,14 @@ def test_learning_quick(tmp_path):
     marked = evals[1].split(",")
     marked[5] = "-123.0"
     (tmp_path / "eval.csv").write_text("\n".join([evals[0], ",".join(marked), *evals[2:]]) + "\n")
-    run_script("learning.py", tmp_path)
+    quick("learning.py", tmp_path)
     assert (tmp_path / "learning.csv").read_text().splitlines() == lines
     assert ",".join(marked) in (tmp_path / "eval.csv").read_text().splitlines()
     summary = (tmp_path / "summary.md").read_text()
     # --report rebuilds the summary and plots from learning.csv alone, training nothing
     (tmp_path / "summary.md").unlink()
     (tmp_path / "learning_CartPole-v1.png").unlink()
-    run_script("learning.py", tmp_path, "--report", "--eval-episodes", "0")
+    quick("learning.py", tmp_path, "--report", "--eval-episodes", "0")
     assert (tmp_path / "summary.md").read_text() == summary
     assert (tmp_path / "learning_CartPole-v1.png").exists()
     assert (tmp_path / "learning.csv").read_text().splitlines() == lines
@@ -543,3 +551,14 @@ def test_resummarize_sweeps_rewrites_the_summary_not_the_rows(tmp_path):
     proc = subprocess.run([*cmd, "--target", "20", "--dry-run"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0 and "target return 20.00 (given by --target)" in proc.stdout, proc.stderr[-2000:]
     assert (tmp_path / "speedup_summary.md").read_text() == before
+
+
+def test_a_quick_check_has_its_own_default_directory():
+    # the committed results/<name>/result.json are full-size measurements: --quick must not overwrite them
+    common = load_script("common")
+    assert common.default_out("update_rate") == ROOT / "benchmarks" / "results" / "update_rate"
+    assert common.default_out("update_rate", quick=True) == ROOT / "benchmarks" / "results" / "update_rate-quick"
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "benchmarks/results/update_rate-quick/result.json"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0  # and git leaves them out
