@@ -37,6 +37,18 @@ def connect(address: str | None) -> str | None:
     return getattr(context, "dashboard_url", None) or None
 
 
+def own_instance_resources() -> dict[str, float] | None:
+    """The total resources of the Ray instance this process started itself (``ray.init`` without an address
+    found no cluster to join, so it runs the head node: one machine, which no autoscaler grows), or None when
+    it joined a cluster, whose nodes may change."""
+    node = getattr(ray._private.worker, "_global_node", None)  # Ray's own record of the node it runs
+    try:
+        started = node is not None and node.is_head()
+    except Exception:  # noqa: BLE001 - a Ray without this internal: treat the instance as a cluster (wait)
+        started = False
+    return {name: float(amount) for name, amount in ray.cluster_resources().items()} if started else None
+
+
 def status_address(address: str | None) -> str:
     """The address ``afedpg status`` joins to watch this driver's cluster (connected already)."""
     if address and address.startswith("ray://"):

@@ -6,9 +6,13 @@ Pure functions on the config and on the nodes' resource dicts (``ray.nodes()``);
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from afedpg_ray.config import TrainConfig
+
+SERVER_CPUS = 0.0
+"""CPUs the parameter server actor asks for (it runs beside the driver and mostly waits on agents)."""
 
 
 def agent_cpus(config: TrainConfig, cluster_cpus: float) -> float:
@@ -31,6 +35,69 @@ def agent_options(config: TrainConfig, agent_id: int, cluster_cpus: float) -> di
             if group.resources:
                 options["resources"] = dict(group.resources)
     return options
+
+
+def local_shortfall(config: TrainConfig, have: dict[str, float]) -> tuple[str, str] | None:
+    """Why the run's agents can never all be placed on a Ray instance holding ``have`` in all (the local
+    instance afedpg started: one node, and no autoscaler can add another), or None if they fit: the option
+    to change and what is wrong. The caller refuses the run before creating any actor.
+    """
+    requests = [agent_options(config, i, have.get("CPU", 0.0)) for i in range(config.agents)]
+    for name in sorted({name for options in requests for name in options.get("resources") or {}}):
+        if have.get(name, 0.0) <= 0:
+            who = _holders(config, lambda options, name=name: (options.get("resources") or {}).get(name, 0) > 0)
+            return (
+                "--agent-resources",
+                f"agents {who} ask for resource {name!r}, which this machine's Ray instance does not have; "
+                "drop it, or join a cluster whose nodes have it with --address",
+            )
+    cpus = Counter(float(options.get("num_cpus") or 0) for options in requests)
+    needed = SERVER_CPUS + sum(amount * count for amount, count in cpus.items())
+    if needed > have.get("CPU", 0.0) + 1e-6:  # Ray counts in units of 1e-4: allow an exact fit's rounding
+        return _cpu_shortfall(config, cpus, needed, have.get("CPU", 0.0))
+    totals: dict[str, float] = {}
+    for options in requests:
+        for name, amount in [*(options.get("resources") or {}).items(), ("memory", options.get("memory") or 0)]:
+            totals[name] = totals.get(name, 0.0) + float(amount)
+    for name, amount in sorted(totals.items()):
+        if amount > have.get(name, 0.0) + 1e-6:
+            scale, what = (2**30, "GiB of memory") if name == "memory" else (1, f"of resource {name!r}")
+            return (
+                "--agent-resources",
+                f"the agents ask for {amount / scale:.4g} {what} in all, but this machine's Ray instance has "
+                f"{have.get(name, 0.0) / scale:.4g}; lower the requests, or join a cluster with --address",
+            )
+    return None
+
+
+def _cpu_shortfall(config: TrainConfig, cpus: Counter, needed: float, have: float) -> tuple[str, str]:
+    """The option and refusal of a run asking for ``needed`` CPUs (``cpus``: agents per CPU amount) of ``have``."""
+    parts = " + ".join(f"{count} agent{'s' if count > 1 else ''} x {amount:g}" for amount, count in cpus.items())
+    server = f" + the server's {SERVER_CPUS:g}" if SERVER_CPUS else ""
+    asked = f"{parts}{server} = {needed:g} CPUs, this machine's Ray instance has {have:g}"
+    if any(group.num_cpus is not None for group in config.agent_resources):
+        return "--agent-resources", f"{asked}; lower the num_cpus requests, or join a cluster with --address"
+    if config.agent_cpus is not None:
+        most = int((have - SERVER_CPUS) / config.agents * 1e4) / 1e4  # Ray keeps 4 decimals
+        return (
+            f"--agent-cpus {config.agent_cpus:g}",
+            f"{asked}; lower --agent-cpus (to at most {most:g}), or join a cluster with --address",
+        )
+    # the even share never goes below 0.01 CPUs an agent: past 95 agents a CPU, the agents are too many
+    fix = "use fewer agents or a smaller --agent-cpus, or join a cluster with --address"
+    return f"--agents {config.agents}", f"{asked}; {fix}"
+
+
+def _holders(config: TrainConfig, asks: Any) -> str:
+    """The agent ranges (``0-3, 6``) whose request ``asks(options)`` holds for."""
+    ids = [i for i in range(config.agents) if asks(agent_options(config, i, 1.0))]
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
 
 
 BUSY = "the nodes that have it are busy (or still being added by the autoscaler)"

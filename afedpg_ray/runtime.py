@@ -28,7 +28,7 @@ from afedpg_ray.config import TrainConfig, first_line
 from afedpg_ray.errors import GradientLostError, RunError, ServerLostError
 from afedpg_ray.heterogeneity import parse_profile
 from afedpg_ray.messages import SUPERSEDED, GradientMeta, UpdateRecord
-from afedpg_ray.placement import BUSY, agent_options, placement_problem
+from afedpg_ray.placement import BUSY, SERVER_CPUS, agent_options, placement_problem
 from afedpg_ray.ray_errors import (
     actor_exists,
     input_lost,
@@ -225,7 +225,7 @@ class RayRunner:
         # there, while elsewhere it could share a spot worker's fate with agents. It asks for no CPU, so any
         # node can host it (a soft affinity would pass over a head node started with no CPUs).
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        options = {"num_cpus": 0, "max_restarts": 0, "scheduling_strategy": here}
+        options = {"num_cpus": SERVER_CPUS, "max_restarts": 0, "scheduling_strategy": here}
         try:
             server = ray.remote(ParameterServer).options(name=f"{self.prefix}-server", **options)
             server = server.remote(self.config, self.start)

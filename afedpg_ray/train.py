@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 
 from afedpg_ray import runlock
@@ -21,8 +22,9 @@ from afedpg_ray.address import token_auth_on
 from afedpg_ray.atomic import temporary_path, write_text_atomically
 from afedpg_ray.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from afedpg_ray.config import RUN_ID_KEY, ConfigError, TrainConfig, check_env_id, first_line, load_config
-from afedpg_ray.connection import connect, status_address, watch_hint
+from afedpg_ray.connection import connect, own_instance_resources, status_address, watch_hint
 from afedpg_ray.normalizer import RunningStats
+from afedpg_ray.placement import local_shortfall
 from afedpg_ray.policy import Policy, build_policy, num_params, set_flat
 from afedpg_ray.runlog import RunLog, cut_progress, progress_problem, progress_shortfall
 from afedpg_ray.runtime import LoopStats, RayRunner
@@ -117,9 +119,22 @@ def _train_locked(config: TrainConfig, out_dir: Path, name_prefix: str, on_recor
     resume_state = load_resumable(out_dir, config) if resume else None
     # A run only finishing needs no agent, nor a cluster to place them on (a smaller one would refuse them).
     # ray.init replaces the SIGTERM handler: ours goes in after it.
-    dashboard = None if _budget_spent(config, resume_state) else connect(config.address)
+    dashboard = None if _budget_spent(config, resume_state) else _connect_placeable(config)
     with sigterm_raises_terminated():
         return _train_connected(config, out_dir, name_prefix, on_record, resume_state, dashboard)
+
+
+def _connect_placeable(config: TrainConfig) -> str | None:
+    """Reach Ray (:func:`connect`, its dashboard's address) and refuse, before any actor or file is made, a run
+    whose agents the local instance this call started can never hold: nothing can join it, so waiting
+    ``--placement-timeout`` for resources would only end the same way. A joined cluster may grow: it waits."""
+    fresh = not ray.is_initialized()  # an instance started earlier (a test's, a Tune trial's) is not judged
+    dashboard = connect(config.address)
+    have = own_instance_resources() if fresh else None
+    problem = local_shortfall(config, have) if have is not None else None
+    if problem:
+        raise ConfigError(*problem)
+    return dashboard
 
 
 def _train_connected(
