@@ -169,14 +169,23 @@ class RunLog:
         return {"return": f"{ret:.1f}", "upd/s": f"{rate:.1f}", "delay": f"{delay:.2f}"}
 
     def event(self, kind: str, agent: int | None, message: str, wall_time: float) -> None:
-        """Log a run event (agent restart, dropped agent, rejection notice)."""
+        """Log a run event to events.csv and print it as one ``[kind] ...`` line.
+
+        Every kind is a warning or a change of the run's state (a restart, a dropped agent, a placement wait,
+        a resume, a kept schedule, the first rejection per reason), never a routine update, so each is
+        worth its line: above the progress bar, or on stderr without it (``--no-progress``, a batch job's
+        log), where it would otherwise be seen only in events.csv.
+        """
         self._events.writerow(
             {"wall_time": f"{wall_time:.3f}", "kind": kind, "agent": "" if agent is None else agent, "message": message}
         )
         self._events_file.flush()
+        who = "" if agent is None else f" agent {agent}:"
+        line = f"[{kind}]{who} {message}"
         if self._bar is not None:
-            who = "" if agent is None else f" agent {agent}:"
-            self._bar.write(f"[{kind}]{who} {message}")
+            self._bar.write(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def note(self, message: str) -> None:
         """Print ``message`` above the progress bar, or on its own line to a terminal (a Tune trial or a

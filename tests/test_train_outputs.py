@@ -158,3 +158,19 @@ def test_a_synchronous_budget_that_is_not_whole_rounds_is_announced():
     )
     assert rounds_note(dataclasses.replace(fedpg, samples=8000)) is None  # whole rounds
     assert rounds_note(dataclasses.replace(fedpg, algo="afedpg")) is None  # one gradient at a time
+
+
+def test_events_print_without_the_progress_bar(tmp_path, stand_in_runner, capsys):
+    # --no-progress printed no event line: a resume that kept the old schedule horizon said so in events.csv only
+    from _checkpoint_util import resume_argv
+
+    from afedpg_ray.cli import main
+
+    run, state = resumable_run(tmp_path, rows=3)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "schedule": "linear"}))
+    save_checkpoint(run, {**state, "schedule_horizon": 10})
+    assert main([*resume_argv(run), "--samples", "4000"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "[resumed] resumed at update 3, 300 samples" in err, err
+    assert "[schedule_kept] --samples 4000 buys 40 updates; the schedule horizon was kept at 10 updates" in err, err
