@@ -7,6 +7,7 @@ plain dicts through :func:`config_from_dict`, which validates exactly as the CLI
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
 import math
@@ -502,12 +503,23 @@ def check_env_id(env_id: str) -> None:
     if not isinstance(env_id, str) or not env_id:
         raise ConfigError("--env", f"must be a gymnasium environment id such as CartPole-v1, got {env_id!r}")
     if env_id not in gym.registry:
-        close = [name for name in gym.registry if name.lower().startswith(env_id.split("-")[0].lower())][:5]
+        close = _close_env_ids(env_id, list(gym.registry))
         hint = f" (did you mean {', '.join(close)}?)" if close else " (e.g. CartPole-v1, Hopper-v5)"
         raise ConfigError("--env", f"unknown gymnasium environment {env_id!r}{hint}")
     problem = _env_problem(env_id)
     if problem:
         raise ConfigError("--env", problem)
+
+
+def _close_env_ids(env_id: str, known: list[str]) -> list[str]:
+    """Up to five registered ids resembling ``env_id``, closest first: a typo anywhere in the name
+    (``HalfCheetha-v5``, ``Swimer-v5``), a wrong case (``cartpole-v1``), or the right name at another version."""
+    by_lower = {name.lower(): name for name in known}
+    close = difflib.get_close_matches(env_id.lower(), list(by_lower), n=5, cutoff=0.75)
+    if not close:  # the name right, the version unknown (Hopper-v9): every version of it
+        stem = env_id.split("-")[0].lower()
+        close = [name for name in by_lower if name.split("-")[0] == stem][:5]
+    return [by_lower[name] for name in close]
 
 
 def first_line(err: BaseException) -> str:

@@ -625,3 +625,21 @@ def test_budgets_are_accepted_as_researchers_write_them(text, steps):
 
     args = build_parser().parse_args(["train", "--samples", text])
     assert config_from_args(args).samples == steps
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("HalfCheetha-v5", "HalfCheetah-v5"),
+        ("Swimer-v5", "Swimmer-v5"),
+        ("Hoper-v5", "Hopper-v5"),
+        ("cartpole-v1", "CartPole-v1"),
+        ("Hopper-v9", "Hopper-v5"),
+    ],
+)
+def test_an_env_typo_is_answered_with_the_id_meant(typo, meant, capsys):
+    # only a shared prefix was matched: a typo inside the name got the generic "(e.g. CartPole-v1, Hopper-v5)"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--env", typo, "--no-progress"])
+    assert exit_info.value.code == 2
+    assert f"unknown gymnasium environment {typo!r} (did you mean {meant}" in capsys.readouterr().err
