@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from afedpg_ray import runlock
 from afedpg_ray.config import (
     AGENT_RESOURCE_KEYS,
     ALGORITHMS,
@@ -338,7 +339,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if not args.resume.strip():
             fail("--resume: give the run directory to continue")
-        config = resume_config(args, extra)
+        try:
+            config = resume_config(args, extra)
+        except RunError as err:  # its lock is held: exit 1, as train() refuses a locked run
+            fail(str(err), code=1)
     else:
         config = config_from_args(args, extra)
         held = [name for name in RUN_FILES if config.out and (Path(config.out) / name).exists()]
@@ -386,6 +390,11 @@ def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfi
     run_dir = Path(args.resume)
     path = run_dir / "config.json"
     if not path.is_file():
+        driver = runlock.holder(run_dir)  # a driver still starting holds the lock before it writes config.json
+        if driver is not None:
+            raise runlock.RunDirLockedError(
+                f"{run_dir} is being trained by {driver}; wait for that run to end or stop it"
+            )
         raise ConfigError("--resume", f"{path}: no config.json (is {run_dir} a run directory?)")
     allowed = {"resume", "samples", "address", "placement_timeout", "agent_timeout", "prefix"}
     allowed |= {"no_progress", "no_tensorboard"}

@@ -66,6 +66,26 @@ def acquire(run_dir: Path) -> RunLock:
     return RunLock(path, fd, created_dir)
 
 
+def holder(run_dir: Path) -> str | None:
+    """Who holds ``run_dir``'s lock (as :func:`acquire`'s refusal names it), or None if no driver does.
+
+    For explaining a run directory that looks incomplete: a driver that is still starting holds the lock
+    before it writes config.json. The probe takes the lock for an instant when it is free, so call it only
+    on a path that refuses the run anyway (a driver starting at that instant would be refused too).
+    """
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR)
+    except OSError:  # no lock file (or none this user may open): no driver to name
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return _holder(fd)
+    finally:
+        os.close(fd)  # also releases the probe's lock if it got it
+    return None
+
+
 def release(lock: RunLock) -> None:
     """Give up a lock taken by :func:`acquire`.
 

@@ -643,3 +643,27 @@ def test_an_env_typo_is_answered_with_the_id_meant(typo, meant, capsys):
         main(["train", "--env", typo, "--no-progress"])
     assert exit_info.value.code == 2
     assert f"unknown gymnasium environment {typo!r} (did you mean {meant}" in capsys.readouterr().err
+
+
+def test_resuming_a_run_whose_driver_is_still_starting_names_that_driver(tmp_path, capsys):
+    # the driver holds the lock before it writes config.json: "no config.json (is DIR a run directory?)" misled
+    import os
+    import socket
+
+    from afedpg_ray import runlock
+
+    run = tmp_path / "run"
+    lock = runlock.acquire(run)  # as a starting driver holds it
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--resume", str(run), "--no-progress"])
+    finally:
+        runlock.release(lock)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == (
+        f"afedpg: error: {run} is being trained by process {os.getpid()} on host {socket.gethostname()}; "
+        "wait for that run to end or stop it\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:  # the lock released: a directory without a run, as before
+        main(["train", "--resume", str(run), "--no-progress"])
+    assert exit_info.value.code == 2 and "no config.json" in capsys.readouterr().err
