@@ -24,6 +24,13 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, damaged or belongs to another model; the message names the file."""
 
 
+NO_OLDER_COPY = (
+    "afedpg keeps no older checkpoint (each one replaces the last), so put back a copy of this file if you "
+    "have one, or start the run afresh with a new --out"
+)
+"""What a user can do about a checkpoint that cannot be read."""
+
+
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``run_dir/checkpoint.pt`` atomically; a crash mid-write leaves the old one."""
     path = run_dir / CHECKPOINT_FILE
@@ -49,7 +56,9 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any failure to unpickle means the file is unusable
-        raise CheckpointError(f"{path}: corrupt checkpoint ({first_line(err)})") from None
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint, it cannot be read ({first_line(err)}); {NO_OLDER_COPY}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "rule_state" not in state:
         raise CheckpointError(f"{path}: not an afedpg checkpoint (unknown format)")
     rule_state, rows = state["rule_state"], state.get("progress_rows")

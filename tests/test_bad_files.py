@@ -365,3 +365,19 @@ def test_a_failing_agent_is_reported_by_its_error_and_leaves_no_unhandled_ray_er
     assert message.startswith("every agent failed; last error: ValueError: Expected parameter logits"), message
     assert "\n" not in message
     assert not [m for m in ray_log.messages if "Unhandled error" in m], ray_log.messages
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed"])
+def test_a_checkpoint_that_cannot_be_read_says_what_to_do(damage, tmp_path, capsys, monkeypatch):
+    # "corrupt checkpoint ([Errno 22] Invalid argument)" named no way out
+    monkeypatch.setattr("afedpg_ray.train.connect", no_ray)
+    run, _ = resumable_run(tmp_path, rows=3)
+    path = run / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:40] + bytes(100) + data[140:])
+    with pytest.raises(SystemExit) as exit_info:
+        main([*resume(run), "--samples", "4000"])
+    assert exit_info.value.code == 2
+    err = one_error_line(capsys)
+    assert err.startswith(f"afedpg: error: {path}: corrupt checkpoint, it cannot be read ("), err
+    assert err.endswith("put back a copy of this file if you have one, or start the run afresh with a new --out")
