@@ -368,6 +368,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"done: return {returned} after {result.samples_total} samples, {result.updates} updates "
         f"in {result.wall_time:.0f}s (start-up {result.startup_seconds:.0f}s, then "
         f"{result.updates_per_second:.1f} upd/s; mean delay {result.mean_delay:.2f}"
+        + (
+            f" over the updates after {result.log_starts_after_update} only (progress.csv lost the earlier rows)"
+            if result.log_starts_after_update
+            else ""
+        )
         + (f", {result.superseded} gradients superseded" if result.superseded else "")
         + f"); outputs in {result.out_dir}\n"
         f"next: afedpg eval {result.out_dir}  (deterministic return); afedpg plot {result.out_dir}  (learning curve)"

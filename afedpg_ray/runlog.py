@@ -54,10 +54,12 @@ class RunLog:
         self.rows = 0
         """Rows in progress.csv: a checkpoint stores it, so going back to it cuts exactly the later rows."""
         self._earlier_return = float("nan")  # the last return logged before a resume
+        self._first_row: tuple[int, bool] | None = None  # (update, accepted) of progress.csv's first row
         if append and self._progress_path.is_file():
             for row in read_progress(self._progress_path):
                 self._count(row, +1)
                 self._earlier_return = float(row["return_mean"])
+                self._first_row = self._first_row or (int(row["update"]), row["accepted"] == "True")
         self._listeners: list[Callable[[UpdateRecord], None]] = []
         self._rejection_reasons: set[str] = set()
 
@@ -77,6 +79,7 @@ class RunLog:
         self.rows += 1
         self.superseded += rec.reason == SUPERSEDED
         self.last = rec
+        self._first_row = self._first_row or (rec.update, rec.accepted)
         if rec.accepted:
             self.accepted += 1
             self.delay_sum += rec.delay
@@ -150,6 +153,17 @@ class RunLog:
         # (a restore soon after the start, or a test's resume) would share a file without a finer stamp
         suffix = f".{time.time_ns():020d}"
         return _tensorboard_writer(self.out_dir / "tb", purge_step, suffix)
+
+    @property
+    def updates_before_log(self) -> int:
+        """Updates the run applied before progress.csv's first row: 0 when the file holds the whole run, more
+        when a resume found it missing (moved aside), so that what is counted from it (the mean delay)
+        covers only the later updates. An accepted row's update is the version it made; a rejected one's,
+        the version it was refused at."""
+        if self._first_row is None:
+            return 0
+        update, accepted = self._first_row
+        return max(0, update - 1 if accepted else update)
 
     @property
     def return_mean(self) -> float:

@@ -39,8 +39,9 @@ class TrainResult:
     """What a finished run reports (also written as summary.json).
 
     Return, updates, samples, ``wall_time``, mean delay and rejections cover the whole run, across
-    resumes; updates per second, start-up time, restarts, dropped agents and server restores are this
-    driver session's (a resume starts every agent afresh; ``events.csv`` has every session's).
+    resumes (the mean delay: the updates progress.csv holds, see ``log_starts_after_update``); updates per
+    second, start-up time, restarts, dropped agents and server restores are this driver session's (a resume
+    starts every agent afresh; ``events.csv`` has every session's).
     ``wall_time`` is the run's clock at its final checkpoint, progress.csv's: it counts the first session's
     start-up but not a resumed session's (``startup_seconds`` has the last session's).
     """
@@ -67,6 +68,9 @@ class TrainResult:
     startup_seconds: float = 0.0
     """Seconds this session spent before its first dispatch: creating and placing the actors (the
     environments are built then) and writing the first checkpoint."""
+    log_starts_after_update: int = 0
+    """progress.csv's rows, and so ``mean_delay``, cover the updates after this one: 0 for the whole run; more
+    when a resume found progress.csv missing (the earlier rows are gone)."""
 
 
 def default_out_dir(config: TrainConfig) -> Path:
@@ -155,6 +159,7 @@ def _train_connected(
         save_run_config(out_dir / "config.json", config, run_id)
     initial_samples = int(resume_state["samples_total"]) if resume_state else 0
     resuming = resume_state is not None
+    log_missing = resuming and _progress_missing(out_dir, resume_state)  # before RunLog creates a new one
     log = RunLog(
         out_dir, config.samples, config.progress, config.tensorboard, append=resuming, initial_samples=initial_samples
     )
@@ -170,6 +175,12 @@ def _train_connected(
     if resume_state is not None:
         version = resume_state["rule_state"]["version"]
         log.event("resumed", None, f"resumed at update {version}, {initial_samples} samples", prior_wall)
+        if log_missing:
+            message = (
+                f"{out_dir / 'progress.csv'} was missing: a new one starts after update {version}, and the "
+                "summary's mean delay covers only the updates from here"
+            )
+            log.event("progress_missing", None, message, prior_wall)
         horizon = resume_state.get("schedule_horizon")  # absent in older checkpoints
         uses_horizon = config.schedule == "linear" or config.alpha_end is not None  # constant, theory: no horizon
         if uses_horizon and horizon is not None and int(horizon) != config.expected_updates:
@@ -208,6 +219,7 @@ def _train_connected(
         wall_time=wall,
         updates_per_second=stats.loop_updates / stats.loop_seconds if stats.loop_seconds > 0 else 0.0,
         mean_delay=log.delay_sum / log.accepted if log.accepted else 0.0,
+        log_starts_after_update=log.updates_before_log,
         rejected=rejected,
         restarts=dict(stats.restarts),
         dropped_agents=list(stats.dropped),
@@ -219,6 +231,16 @@ def _train_connected(
     )
     save_summary(out_dir, result)
     return result
+
+
+def _progress_missing(run_dir: Path, state: dict[str, Any]) -> bool:
+    """Whether a resume finds no progress.csv although its checkpoint was taken after logged rows (moved
+    aside: what a resume refusing a damaged progress.csv suggests). The run continues from the checkpoint,
+    which holds its state; only the rows, and the statistics read from them, are gone."""
+    logged = state.get("progress_rows")
+    if logged is None:  # an older checkpoint: every update up to its version was logged
+        logged = int(state["rule_state"]["version"])
+    return logged > 0 and not (run_dir / "progress.csv").is_file()
 
 
 def rounds_note(config: TrainConfig) -> str | None:

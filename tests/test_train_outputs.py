@@ -174,3 +174,41 @@ def test_events_print_without_the_progress_bar(tmp_path, stand_in_runner, capsys
     err = capsys.readouterr().err.splitlines()
     assert "[resumed] resumed at update 3, 300 samples" in err, err
     assert "[schedule_kept] --samples 4000 buys 40 updates; the schedule horizon was kept at 10 updates" in err, err
+
+
+def test_a_resume_without_progress_csv_warns_and_its_summary_says_what_it_covers(tmp_path, stand_in_runner, capsys):
+    # progress.csv removed: the resume was silent, and the summary's "mean delay" covered the new rows only
+    from _checkpoint_util import resume_argv
+
+    from afedpg_ray.cli import main
+
+    run = resumed_run(tmp_path)
+    (run / "progress.csv").unlink()
+    assert main([*resume_argv(run), "--samples", "4000"]) == 0
+    out, err = capsys.readouterr()
+    assert (
+        f"[progress_missing] {run / 'progress.csv'} was missing: a new one starts after update 3, and the "
+        "summary's mean delay covers only the updates from here"
+    ) in err.splitlines(), err
+    assert "mean delay 0.00 over the updates after 3 only (progress.csv lost the earlier rows)" in out, out
+    assert json.loads((run / "summary.json").read_text())["log_starts_after_update"] == 3
+    from afedpg_ray.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run)  # the final checkpoint the stand-in runner does not write: update 4, one row
+    state["rule_state"]["version"], state["samples_total"], state["progress_rows"] = 4, 4000, 1
+    save_checkpoint(run, state)
+    capsys.readouterr()
+    assert main([*resume_argv(run), "--samples", "6000"]) == 0  # a later resume still knows
+    assert json.loads((run / "summary.json").read_text())["log_starts_after_update"] == 3
+    assert "[progress_missing]" not in capsys.readouterr().err  # the new file is there
+
+
+def test_a_whole_runs_log_starts_at_its_first_update(tmp_path, stand_in_runner, capsys):
+    from _checkpoint_util import resume_argv
+
+    from afedpg_ray.cli import main
+
+    run = resumed_run(tmp_path)
+    assert main([*resume_argv(run), "--samples", "4000"]) == 0
+    assert "over the updates after" not in capsys.readouterr().out
+    assert json.loads((run / "summary.json").read_text())["log_starts_after_update"] == 0
