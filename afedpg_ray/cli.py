@@ -386,11 +386,17 @@ directory with only config.json, progress.csv and events.csv holds a run that st
 checkpoint (e.g. its agents could not be placed): there is nothing to resume, so a fresh run may reuse it."""
 
 
+RESUME_MAY_CHANGE = {"resume", "samples", "address", "placement_timeout", "agent_timeout", "prefix"}
+"""Options a resume may set: the budget, and where and how patiently the run continues."""
+NOT_OPTIONS = {"no_progress", "no_tensorboard", "handler", "command", "argv"}
+"""Namespace entries that are output flags or argparse's, not the run's config."""
+
+
 def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfig:
     """The config of the run in ``--resume RUN_DIR``.
 
     Only --samples, where and how patiently it runs (--address, --placement-timeout, --agent-timeout) and
-    output flags may change.
+    output flags may change; another option is accepted only with the run's own value.
     """
     run_dir = Path(args.resume)
     path = run_dir / "config.json"
@@ -401,12 +407,6 @@ def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfi
                 f"{run_dir} is being trained by {driver}; wait for that run to end or stop it"
             )
         raise ConfigError("--resume", f"{path}: no config.json (is {run_dir} a run directory?)")
-    allowed = {"resume", "samples", "address", "placement_timeout", "agent_timeout", "prefix"}
-    allowed |= {"no_progress", "no_tensorboard"}
-    allowed |= {"handler", "command", "argv"}
-    changed = sorted(k for k, v in vars(args).items() if v is not None and v is not False and k not in allowed)
-    if changed:
-        raise ConfigError("--resume", f"a resumed run keeps its config; drop --{changed[0].replace('_', '-')}")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -417,12 +417,46 @@ def resume_config(args: argparse.Namespace, extra: dict[str, Any]) -> TrainConfi
         raise ConfigError("--resume", f"{path}: not a run's config (expected a JSON object)")
     raw.pop(RUN_ID_KEY, None)  # the run's identity, not an option
     raw.update(extra, out=str(run_dir))
+    saved = config_from_dict(raw)
+    _refuse_changed_options(args, saved, run_dir)
     if args.samples is not None:
         raw["samples"] = args.samples
     for option in ("address", "placement_timeout", "agent_timeout"):  # where the run continues may differ
         if getattr(args, option) is not None:
             raw[option] = getattr(args, option)
     return config_from_dict(raw)
+
+
+def _refuse_changed_options(args: argparse.Namespace, saved: TrainConfig, run_dir: Path) -> None:
+    """Refuse an option given with ``--resume`` whose value differs from the run's (``saved``): the checkpoint
+    was trained with the run's. The run's own value, restated, is accepted."""
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in RESUME_MAY_CHANGE | NOT_OPTIONS}
+    for name, value in sorted(given.items()):
+        if name == "out":
+            have, same = str(run_dir), Path(value).resolve() == run_dir.resolve()
+        elif name == "agent_resources":
+            have, same = "its own", parse_agent_resources(value) == saved.agent_resources
+        else:
+            holder = saved.estimator if name in ESTIMATOR_FLAGS else saved
+            have = getattr(holder, name, None)
+            same = hasattr(holder, name) and have == value
+        if not same:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                "--resume",
+                f"a resumed run keeps its config, which has {flag} {_shown(have)}; drop {flag} {_shown(value)}",
+            )
+
+
+def _shown(value: Any) -> str:
+    """An option's value as it is typed: ``64,64``, ``true``, ``unset``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "unset" if value is None else str(value)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -667,3 +667,49 @@ def test_resuming_a_run_whose_driver_is_still_starting_names_that_driver(tmp_pat
     with pytest.raises(SystemExit) as exit_info:  # the lock released: a directory without a run, as before
         main(["train", "--resume", str(run), "--no-progress"])
     assert exit_info.value.code == 2 and "no config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "same",
+    [
+        ["--agents", "4"],
+        ["--hidden", "64,64", "--critic", "true", "--env", "CartPole-v1"],
+        ["--eta0", "0.03"],  # parsed as a float, as saved
+        ["--out", "{run}"],
+        ["--agent-resources", "{{}}"],
+    ],
+)
+def test_a_resume_accepts_options_restating_the_runs_config(same, tmp_path, monkeypatch):
+    # "--resume DIR --agents 4" with the run's own 4 was refused "a resumed run keeps its config; drop --agents"
+    def passed(*args, **kwargs):
+        raise RuntimeError("passed the checks")
+
+    monkeypatch.setattr("afedpg_ray.train.connect", passed)
+    run = finished_run(tmp_path)
+    argv = ["train", "--resume", str(run), "--samples", "9000", *[a.format(run=run) for a in same]]
+    with pytest.raises(RuntimeError, match="passed the checks"):
+        main([*argv, "--no-progress", "--no-tensorboard"])
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        (["--agents", "2"], "which has --agents 4; drop --agents 2"),
+        (["--hidden", "32,32"], "which has --hidden 64,64; drop --hidden 32,32"),
+        (["--critic", "false"], "which has --critic true; drop --critic false"),  # a False value slipped through
+        (["--out", "{run}-copy"], "drop --out"),
+    ],
+)
+def test_a_resume_refuses_options_changing_the_runs_config(changed, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("afedpg_ray.train.connect", no_ray_here)
+    run = finished_run(tmp_path)
+    argv = ["train", "--resume", str(run), "--samples", "9000", *[a.format(run=run) for a in changed]]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("afedpg: error: --resume: a resumed run keeps its config, ") and message in err, err
+
+
+def no_ray_here(*args, **kwargs):
+    raise AssertionError("a changed option passed the resume's checks")
