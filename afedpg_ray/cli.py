@@ -37,8 +37,9 @@ class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are a single line (no usage dump) with exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        """Print ``afedpg: error: ...`` and exit 2."""
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        """Print ``afedpg: error: ...`` and exit 2 (a subcommand's parser too: its prog is ``afedpg train``,
+        but every other error of the CLI starts ``afedpg: error:``)."""
+        self.exit(EXIT_USAGE, f"{self.prog.split()[0]}: error: {message}\n")
 
 
 DEFAULT_PREFIX = "afedpg"
@@ -69,20 +70,27 @@ def int_list(text: str) -> tuple[int, ...]:
     return _items(text, int, "integers")
 
 
+MAX_STEPS = 2**63 - 1
+"""Largest step count: the counters are 64-bit integers (numpy, torch, Ray's metrics)."""
+
+
 def step_count(text: str) -> int:
     """A whole number of environment steps, also written as researchers write budgets: ``1e6``, ``2.5e5``,
     ``1_000_000`` (an argparse type; whether it is positive is the config's check)."""
     try:
-        return int(text)
+        value: float = int(text)
     except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value.is_integer() and abs(value) < 2**63):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+    if not (value == math.inf or (math.isfinite(value) and value == int(value))):
         raise argparse.ArgumentTypeError(
             f"must be a whole number of environment steps, e.g. 1000000 or 1e6; got {text!r}"
+        )
+    if value > MAX_STEPS:  # a float compares exactly with the int; a negative count is the config's to refuse
+        raise argparse.ArgumentTypeError(
+            f"too large: at most {MAX_STEPS} (about 9.2e18) environment steps; got {text!r}"
         )
     return int(value)
 

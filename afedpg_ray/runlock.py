@@ -116,7 +116,9 @@ def _open(run_dir: Path, path: Path) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     except OSError as exc:  # --out names a file, or a place this user cannot write
-        raise RunError(f"cannot use {run_dir} as a run directory ({exc.strerror}); choose another --out") from None
+        in_the_way = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+        why = exc.strerror if in_the_way is None else f"{'it' if in_the_way == run_dir else in_the_way} is a file"
+        raise RunError(f"cannot use {run_dir} as a run directory ({why}); choose another --out") from None
 
 
 def _is_current(fd: int, path: Path) -> bool:

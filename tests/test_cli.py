@@ -713,3 +713,33 @@ def test_a_resume_refuses_options_changing_the_runs_config(changed, message, tmp
 
 def no_ray_here(*args, **kwargs):
     raise AssertionError("a changed option passed the resume's checks")
+
+
+@pytest.mark.parametrize(("out", "why"), [("a-file", "(it is a file)"), ("a-file/run", "({tmp}/a-file is a file)")])
+def test_out_in_the_way_of_a_file_says_it_is_a_file(out, why, tmp_path, capsys):
+    # "(File exists)" / "(Not a directory)" did not say what was wrong
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(tmp_path / out), "--no-progress"])
+    assert exit_info.value.code == 1
+    why = why.format(tmp=tmp_path)
+    expected = f"afedpg: error: cannot use {tmp_path / out} as a run directory {why}; choose another --out\n"
+    assert capsys.readouterr().err == expected
+
+
+def test_a_budget_beyond_the_counters_is_too_large_not_fractional(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--samples", "1e99"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "afedpg: error: argument --samples: too large: at most 9223372036854775807 (about 9.2e18) environment "
+        "steps; got '1e99'\n"
+    )
+
+
+def test_argparse_errors_start_like_every_other_error(capsys):
+    # a subcommand's parser printed "afedpg train: error: ...", everything else "afedpg: error: ..."
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--agents", "two"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "afedpg: error: argument --agents: invalid int value: 'two'\n"
