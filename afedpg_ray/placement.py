@@ -48,7 +48,7 @@ def local_shortfall(config: TrainConfig, have: dict[str, float]) -> tuple[str, s
             who = _holders(config, lambda options, name=name: (options.get("resources") or {}).get(name, 0) > 0)
             return (
                 "--agent-resources",
-                f"agents {who} ask for resource {name!r}, which this machine's Ray instance does not have; "
+                f"{who} for resource {name!r}, which this machine's Ray instance does not have; "
                 "drop it, or join a cluster whose nodes have it with --address",
             )
     cpus = Counter(float(options.get("num_cpus") or 0) for options in requests)
@@ -89,7 +89,7 @@ def _cpu_shortfall(config: TrainConfig, cpus: Counter, needed: float, have: floa
 
 
 def _holders(config: TrainConfig, asks: Any) -> str:
-    """The agent ranges (``0-3, 6``) whose request ``asks(options)`` holds for."""
+    """``agents 0-3, 6 ask`` (or ``agent 6 asks``): the agents whose request ``asks(options)`` holds for."""
     ids = [i for i in range(config.agents) if asks(agent_options(config, i, 1.0))]
     runs: list[list[int]] = []
     for i in ids:
@@ -97,7 +97,8 @@ def _holders(config: TrainConfig, asks: Any) -> str:
             runs[-1][1] = i
         else:
             runs.append([i, i])
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+    ranges = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+    return f"agent {ranges} asks" if len(ids) == 1 else f"agents {ranges} ask"
 
 
 BUSY = "the nodes that have it are busy (or still being added by the autoscaler)"

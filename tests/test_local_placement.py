@@ -24,6 +24,10 @@ HAVE = {"CPU": 2.0, "memory": 4 * 2**30, "object_store_memory": 2**30, "node:127
             ("--agent-resources", "agents 0-1 ask for resource 'fast_node', which this machine's Ray instance"),
         ),
         (
+            TrainConfig(agents=4, agent_resources=(AgentResources(2, 2, resources={"fast_node": 1}),)),
+            ("--agent-resources", "agent 2 asks for resource 'fast_node', which this machine's Ray instance"),
+        ),
+        (
             TrainConfig(agents=4, agent_resources=(AgentResources(0, 1, num_cpus=1.5),)),
             ("--agent-resources", "2 agents x 1.5 + 2 agents x 0.475 = 3.95 CPUs"),
         ),
