@@ -43,23 +43,29 @@ def local_shortfall(config: TrainConfig, have: dict[str, float]) -> tuple[str, s
     to change and what is wrong. The caller refuses the run before creating any actor.
     """
     requests = [agent_options(config, i, have.get("CPU", 0.0)) for i in range(config.agents)]
-    for name in sorted({name for options in requests for name in options.get("resources") or {}}):
-        if have.get(name, 0.0) <= 0:
+    cpus = Counter(float(options.get("num_cpus") or 0) for options in requests)
+    needed = SERVER_CPUS + sum(amount * count for amount, count in cpus.items())
+    if needed > have.get("CPU", 0.0) + 1e-6:  # Ray counts in units of 1e-4: allow an exact fit's rounding
+        return _cpu_shortfall(config, cpus, needed, have.get("CPU", 0.0))
+    return _other_shortfall(config, requests, have)
+
+
+def _other_shortfall(
+    config: TrainConfig, requests: list[dict[str, Any]], have: dict[str, float]
+) -> tuple[str, str] | None:
+    """Like :func:`local_shortfall`, for the custom resources and memory of ``--agent-resources`` groups."""
+    totals: dict[str, float] = {}
+    for options in requests:
+        for name, amount in [*(options.get("resources") or {}).items(), ("memory", options.get("memory") or 0)]:
+            totals[name] = totals.get(name, 0.0) + float(amount)
+    for name, amount in sorted(totals.items()):
+        if amount > 0 and have.get(name, 0.0) <= 0:
             who = _holders(config, lambda options, name=name: (options.get("resources") or {}).get(name, 0) > 0)
             return (
                 "--agent-resources",
                 f"{who} for resource {name!r}, which this machine's Ray instance does not have; "
                 "drop it, or join a cluster whose nodes have it with --address",
             )
-    cpus = Counter(float(options.get("num_cpus") or 0) for options in requests)
-    needed = SERVER_CPUS + sum(amount * count for amount, count in cpus.items())
-    if needed > have.get("CPU", 0.0) + 1e-6:  # Ray counts in units of 1e-4: allow an exact fit's rounding
-        return _cpu_shortfall(config, cpus, needed, have.get("CPU", 0.0))
-    totals: dict[str, float] = {}
-    for options in requests:
-        for name, amount in [*(options.get("resources") or {}).items(), ("memory", options.get("memory") or 0)]:
-            totals[name] = totals.get(name, 0.0) + float(amount)
-    for name, amount in sorted(totals.items()):
         if amount > have.get(name, 0.0) + 1e-6:
             scale, what = (2**30, "GiB of memory") if name == "memory" else (1, f"of resource {name!r}")
             return (

@@ -45,7 +45,12 @@ def test_requests_beyond_the_local_instance_are_named(config, expected):
 
 @pytest.mark.parametrize(
     "config",
-    [TrainConfig(agents=2, agent_cpus=1), TrainConfig(agents=4), TrainConfig(agents=190)],  # exact fits, even shares
+    [
+        TrainConfig(agents=2, agent_cpus=1),  # an exact fit
+        TrainConfig(agents=4),  # even shares
+        TrainConfig(agents=190),
+        TrainConfig(agents=2, agent_resources=(AgentResources(0, 1, resources={"fast_node": 0}),)),  # asks none
+    ],
 )
 def test_requests_the_local_instance_holds_pass(config):
     assert local_shortfall(config, HAVE) is None
