@@ -265,7 +265,6 @@ def test_mean_curve_t_interval():
         (["hyper", "--grid", "batch=uniform:1000:2000", "--random", "4"], "--grid: batch: must be a multiple"),
         (["speedup", "--target", "nan"], "--target"),
         (["speedup", "--address", "nonsense"], "--address"),
-        (["sample-efficiency", "--samples-per-agent", "1000", "--storage", "bogus://x", "--resume"], "--storage"),
         (["hyper", "--grid", "eta0=0.01,0.01"], "--grid: eta0: each value may be listed once"),
         (["hyper", "--grid", "eta0=0.01", "--storage", ""], "--storage: give a path or URI"),
         (["hyper", "--grid", "eta0=0.01", "--storage", "file://"], "--storage: give a path after file://"),
@@ -379,6 +378,16 @@ def test_unwritable_storage_is_one_line_exit_2(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--storage" in err, err
 
 
+def test_a_resume_from_an_unreadable_storage_is_one_line_exit_2(tmp_path, capsys):
+    out = tmp_path / "out"
+    _record(out, "sample_efficiency", ["sweep", "sample-efficiency", "--samples-per-agent", "1000"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "sample-efficiency", "--storage", "bogus://x", "--resume", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("afedpg: error: --storage: cannot read 'bogus://x'"), err
+
+
 def test_resume_without_a_sweep_is_one_line_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", "speedup", "--out", str(tmp_path / "out"), "--resume"])
@@ -466,6 +475,60 @@ def test_a_new_sweep_into_the_storage_of_a_sweep_of_its_kind_is_refused(tmp_path
     assert err == (
         f"afedpg: error: --storage {storage} already holds a hyper sweep ({storage / 'hyper'}); continue it "
         "with --resume or choose another --storage"
+    ), err
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_second_driver_on_a_sweeps_out_is_refused_naming_the_first(resume, tmp_path, capsys, monkeypatch):
+    """Found by resuming a speedup sweep while it ran: the second driver started its own Ray, reran the
+    unfinished trial beside the first's, and both wrote the summary."""
+    from afedpg_ray import runlock
+
+    _stop_at_ray(monkeypatch)
+    out = tmp_path / "out"
+    _record(out, "speedup", ["sweep", *SWEEP_ARGV["speedup"], "--out", str(out)])
+    (out / "speedup").mkdir()
+    (out / "speedup" / "tuner.pkl").write_text("")  # Tune's experiment: the resume gets as far as Ray
+    held = runlock.acquire(out / "speedup")  # the first driver (flock: another open file conflicts in-process too)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["sweep", *SWEEP_ARGV["speedup"], "--out", str(out), *(["--resume"] if resume else [])])
+    finally:
+        runlock.release(held)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"afedpg: error: --out: {out / 'speedup'} is being trained by process {os.getpid()}"), err
+    # another kind of sweep may share the --out meanwhile, and the sweep runs once the first driver is gone
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", *SWEEP_ARGV["hyper"], "--out", str(out)])
+    assert exit_info.value.code == 7
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "speedup", "--out", str(out), "--resume"])
+    assert exit_info.value.code == 7
+
+
+def test_a_refused_sweep_leaves_no_directory_behind(tmp_path, capsys):
+    out = tmp_path / "new" / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", *SWEEP_ARGV["speedup"], "--seeds", "0", "--out", str(out)])
+    assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_resume_of_an_out_without_the_sweeps_record_is_refused(tmp_path, capsys, monkeypatch):
+    """Found by resuming a 1-trial speedup sweep before it had written its record: the resume ran with
+    the default options and reported "23 of 24 trials unfinished"."""
+    _stop_at_ray(monkeypatch)
+    out = tmp_path / "out"
+    (out / "speedup").mkdir(parents=True)
+    (out / "speedup" / "tuner.pkl").write_text("")  # Tune's experiment exists, the record not yet
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "speedup", "--out", str(out), "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err == (
+        f"afedpg: error: --resume: {out} holds no speedup sweep to resume (no speedup_command.json); "
+        "start it without --resume"
     ), err
 
 

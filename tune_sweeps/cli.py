@@ -7,17 +7,20 @@ directory and its storage before Ray starts; bad input is one line naming the op
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from afedpg_ray import runlock
 from afedpg_ray.cli import OneLineParser, add_train_options, config_from_args, fail, int_list, refuse_ignored_options
 from afedpg_ray.config import ALGORITHMS, SEED_LIMIT, ConfigError, TrainConfig, first_line
+from afedpg_ray.errors import RunError
 from afedpg_ray.placement import packable_share, unplaceable_reason
 from afedpg_ray.runlog import read_progress
 from afedpg_ray.signals import SIGTERM_RECEIVED, sigterm_as_ctrl_c
@@ -139,6 +142,38 @@ def _writable_dir(option: str, path: Path) -> Path:
     return path.resolve()
 
 
+@contextlib.contextmanager
+def _driver_lock(args: argparse.Namespace, name: str) -> Iterator[None]:
+    """Hold ``afedpg_ray.runlock``'s lock on ``OUT/<name>`` for the whole command, or exit 2 naming its holder.
+
+    Two drivers on one sweep each started Ray and ran the unfinished trials, and both wrote the tables
+    (measured); a resume started before the first driver had recorded its command ran with the defaults.
+    The lock comes first, before the record is read. It is per kind of sweep (``OUT/<name>``, Tune's
+    experiment directory under the default storage): sweeps of different kinds may share an ``--out``.
+    """
+    if not args.out.strip():  # Path("") is the working directory
+        fail("--out: give a directory, got an empty string")
+    out = Path(args.out)
+    created_out = not out.exists()
+    try:
+        lock = runlock.acquire(out / name)
+    except RunError as err:  # another driver holds it, or --out cannot hold a directory
+        _remove_if_empty(out, created_out)
+        fail(f"--out: {err}")
+    try:
+        yield
+    finally:
+        runlock.release(lock)  # removes OUT/<name> again if the sweep was refused before writing there
+        _remove_if_empty(out, created_out)
+
+
+def _remove_if_empty(path: Path, created: bool) -> None:
+    """Remove ``path`` if this command created it and left it empty (a refused sweep leaves no trace)."""
+    if created:
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            path.rmdir()
+
+
 def _command_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
     """The options a sweep runs with: on ``--resume`` the ones it started with, then the defaults of those
     not given (``--seeds``, ``--agents``, ``--algos`` default to None so that a resume can tell)."""
@@ -163,9 +198,8 @@ def _seeds(args: argparse.Namespace) -> list[int]:
 
 def _sweep_run(args: argparse.Namespace, name: str, placement_timeout: float) -> tuple[SweepRun, Path]:
     """Check (and create) the output directory and storage, and the sweep to resume; returns both."""
-    for option, value in (("--out", args.out), ("--storage", args.storage)):
-        if value is not None and not value.strip():  # Path("") is the working directory
-            fail(f"{option}: give a {'directory' if option == '--out' else 'path or URI'}, got an empty string")
+    if args.storage is not None and not args.storage.strip():  # an empty --out is refused by _driver_lock
+        fail("--storage: give a path or URI, got an empty string")
     out = _writable_dir("--out", Path(args.out))
     storage = args.storage or str(out)
     if storage == "file://":  # Path("") would be the working directory
@@ -266,7 +300,6 @@ def _launch(
             fail(str(err))
     sweep, out = _sweep_run(args, name, configs[0].placement_timeout)
     from afedpg_ray.connection import connect
-    from afedpg_ray.errors import RunError
 
     try:
         connect(args.address)
@@ -386,7 +419,13 @@ def _warn_unplaceable(configs: list[TrainConfig], agent_cpus: float | None) -> N
 
 
 def cmd_sample_efficiency(args: argparse.Namespace) -> int:
-    """``afedpg sweep sample-efficiency``."""
+    """``afedpg sweep sample-efficiency``, holding its lock on ``--out``."""
+    with _driver_lock(args, sample_efficiency.NAME):
+        return _sample_efficiency(args)
+
+
+def _sample_efficiency(args: argparse.Namespace) -> int:
+    """:func:`cmd_sample_efficiency` once this driver holds the sweep's lock."""
     args = _command_args(args, sample_efficiency.NAME)
     _check_counts(args.agents)
     if args.samples_per_agent is None:
@@ -428,7 +467,13 @@ def cmd_sample_efficiency(args: argparse.Namespace) -> int:
 
 
 def cmd_speedup(args: argparse.Namespace) -> int:
-    """``afedpg sweep speedup``."""
+    """``afedpg sweep speedup``, holding its lock on ``--out``."""
+    with _driver_lock(args, speedup.NAME):
+        return _speedup(args)
+
+
+def _speedup(args: argparse.Namespace) -> int:
+    """:func:`cmd_speedup` once this driver holds the sweep's lock."""
     args = _command_args(args, speedup.NAME)
     _check_counts(args.agents)
     if not args.algos:
@@ -456,7 +501,13 @@ def cmd_speedup(args: argparse.Namespace) -> int:
 
 
 def cmd_hyper(args: argparse.Namespace) -> int:
-    """``afedpg sweep hyper``."""
+    """``afedpg sweep hyper``, holding its lock on ``--out``."""
+    with _driver_lock(args, hyper.NAME):
+        return _hyper(args)
+
+
+def _hyper(args: argparse.Namespace) -> int:
+    """:func:`cmd_hyper` once this driver holds the sweep's lock."""
     args = _command_args(args, hyper.NAME)
     if args.random is not None and args.random < 1:
         fail(f"--random: must be a positive number of samples, got {args.random}")

@@ -57,14 +57,16 @@ def _shown(value: Any) -> str:
 def resumed_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
     """``args`` as the sweep at ``--out`` started with them; ``args`` itself unless ``--resume``.
 
-    Exit 2 naming the option if the new command gives one a value other than the sweep started with. A
-    sweep that has no record (started before sweeps kept one) resumes with the options as given.
+    Exit 2 naming the option if the new command gives one a value other than the sweep started with, or
+    if ``--out`` holds no record: a resume with the options as given ran a 1-trial sweep as the default
+    24 trials (measured, resumed before the sweep had written its record).
     """
     if not args.resume:
         return args
     path = record_path(Path(args.out), name)
     if not path.is_file():
-        return args
+        kind = name.replace("_", "-")
+        fail(f"--resume: {args.out} holds no {kind} sweep to resume (no {path.name}); start it without --resume")
     from afedpg_ray.cli import build_parser
 
     try:
