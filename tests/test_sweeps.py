@@ -685,16 +685,25 @@ def test_a_trial_tune_stopped_ends_at_the_next_report_of_its_own_thread():
     sender.close(reraise=False)
 
 
-def _fake_tune_trial(monkeypatch, tmp_path, report, train) -> None:
-    """Stand in for what run_trial takes from Tune (trial id "t0", no checkpoint to restore, ``report``)
-    and for ``train``; run from ``tmp_path`` as Tune runs a trial from its working directory."""
+def _fake_tune_trial(monkeypatch, tmp_path, report, train, trial_storage: Path | None = None) -> None:
+    """Stand in for what run_trial takes from Tune (trial id "t0", no checkpoint to restore, ``report``, the
+    trial's directory in storage: ``trial_storage``, default none) and for ``train``; run from ``tmp_path``
+    as Tune runs a trial from its working directory."""
+    import pyarrow.fs
     import ray.tune
 
     from afedpg_ray import train as train_module
 
+    class Storage:
+        storage_filesystem = pyarrow.fs.LocalFileSystem()
+        trial_fs_path = str(trial_storage or tmp_path / "no-trial-storage")
+
     class Context:
         def get_trial_id(self):
             return "t0"
+
+        def get_storage(self):
+            return Storage()
 
     monkeypatch.setattr(ray.tune, "get_context", lambda: Context())
     monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)
@@ -797,6 +806,62 @@ def test_a_trial_reports_a_checkpoint_per_run_checkpoint_and_a_rerun_resumes_fro
     monkeypatch.setattr(train_module, "train", finishing_train)
     run_trial({"train": config.to_dict(), "variants": {}, "seed": 0})
     assert [(s, resumed, held) for s, resumed, held in reported] == [(500, 300, None)]
+
+
+def _run_at(run: Path, config: TrainConfig, run_id: str, updates: int) -> Path:
+    """A trial's run directory as Tune syncs it: ``updates`` rows and a checkpoint after them, of run ``run_id``."""
+    from _checkpoint_util import server_state, update_record
+
+    from afedpg_ray.checkpoint import save_checkpoint
+    from afedpg_ray.runlog import RunLog
+    from afedpg_ray.train import save_run_config
+
+    run.mkdir(parents=True)
+    save_run_config(run / "config.json", config, run_id)
+    log = RunLog(run, config.samples, show_progress=False, tensorboard=False)
+    for update in range(1, updates + 1):
+        log.record(update_record(update))
+    log.close()
+    state = server_state(config, version=updates, samples_total=100 * updates, progress_rows=updates)
+    save_checkpoint(run, {**state, "run_id": run_id})
+    return run
+
+
+def test_a_stopped_trial_resumes_from_the_run_checkpoint_tune_synced_as_it_stopped_it(tmp_path, monkeypatch):
+    """Found by stopping a sweep at update 169 of a run that checkpoints every 5: Tune's latest trial
+    checkpoint (they are at least 30 s apart) was at update 115, and the resume restarted there. Tune takes
+    no trial checkpoint at a stop, but syncs the trial's run directory to storage: the resume continues
+    from its checkpoint, if it belongs to the same run and is intact."""
+    import ray.tune
+
+    from afedpg_ray.checkpoint import load_checkpoint
+    from tune_sweeps.trainable import run_trial
+
+    config = TrainConfig(env="CartPole-v1", agents=2, samples=2000, batch=100, num_envs=2)
+    resumed_at = []
+
+    class Finished:
+        updates, samples_total, return_mean, wall_time = 20, 2000, 42.0, 9.0
+
+    def fake_train(config, name_prefix, on_record, resume=False):
+        resumed_at.append(load_checkpoint(Path(config.out))["samples_total"] if resume else None)
+        return Finished()
+
+    trial = tmp_path / "storage" / "trial"
+    (tmp_path / "work").mkdir()
+    _fake_tune_trial(monkeypatch, tmp_path / "work", lambda metrics: None, fake_train, trial)
+    saved = _run_at(tmp_path / "tune-checkpoint", config, "r1", 3)  # Tune's trial checkpoint
+    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: ray.tune.Checkpoint.from_directory(str(saved)))
+    run_trial({"train": config.to_dict(), "variants": {}, "seed": 0})  # nothing synced: Tune's checkpoint
+    _run_at(trial / "run-t0-20261130-100000", config, "r1", 5)  # the stopped attempt, synced at the stop
+    run_trial({"train": config.to_dict(), "variants": {}, "seed": 0})
+    # later attempts: one whose checkpoint the stop cut off mid-copy, one of another run (a failed trial
+    # rerun from scratch): neither is resumed from, the latest intact one of the run is
+    broken = _run_at(trial / "run-t0-20261130-100100", config, "r1", 7)
+    (broken / "checkpoint.pt").write_bytes((broken / "checkpoint.pt").read_bytes()[:100])
+    _run_at(trial / "run-t0-20261130-100200", config, "r2", 9)
+    run_trial({"train": config.to_dict(), "variants": {}, "seed": 0})
+    assert resumed_at == [300, 500, 500]
 
 
 def test_trial_checkpoints_are_at_least_the_minimum_interval_apart(tmp_path, monkeypatch):

@@ -149,7 +149,9 @@ checkpoint goes first: it is replaced atomically, and progress.csv holds at leas
 from the moment it is written (they are fsynced before it), so copying in this order is consistent."""
 TRIAL_CHECKPOINT_MIN_S = 30.0
 """Seconds between a trial's Tune checkpoints at least: Tune snapshots and syncs the experiment's state
-with each (it warns when that happens more than once in 5 s), and a run checkpoints every 25 updates."""
+with each (it warns when that happens more than once in 5 s), and a run checkpoints every 25 updates.
+A stopped trial resumes from its run's own later checkpoint if Tune synced it at the stop
+(:func:`_stopped_attempts_checkpoint`); these bound what a resume loses only without that."""
 CHECKPOINT_PAYLOAD_KEY = "_with_checkpoint"
 """A report payload's marker: attach a snapshot of the run directory (popped before Tune sees it)."""
 
@@ -251,14 +253,14 @@ def snapshot_run(run_dir: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="afedpg-trial-checkpoint-"))
     for name in SNAPSHOT_FILES:
         source = run_dir / name
-        if not source.is_file():
-            continue
-        if name.endswith(".csv"):
-            text = source.read_bytes()
-            (target / name).write_bytes(text[: text.rfind(b"\n") + 1])
-        else:
-            shutil.copy2(source, target / name)
+        if source.is_file():
+            _copy_snapshot_file(source.read_bytes(), target / name)
     return target
+
+
+def _copy_snapshot_file(content: bytes, target: Path) -> None:
+    """Write one of :data:`SNAPSHOT_FILES`; a log is cut after its last complete line (it was being appended)."""
+    target.write_bytes(content[: content.rfind(b"\n") + 1] if target.suffix == ".csv" else content)
 
 
 def report_to_tune(run_dir: Path, report: Callable[..., None]) -> Callable[[dict[str, Any]], None]:
@@ -345,7 +347,7 @@ def run_trial(trial_config: dict[str, Any]) -> None:
     run_dir = Path.cwd() / f"run-{trial_id}-{started}"
     raw.update(out=str(run_dir), progress=False, address=None)
     config = with_trial_agent_cpus(config_from_dict(raw))
-    resumed_from = _restore_trial_checkpoint(run_dir)
+    resumed_from = _restore_trial_checkpoint(run_dir, config, trial_id)
     # Tune copies the working directory to storage while the run writes: no temporary file may vanish
     # from it mid-copy (see afedpg_ray.atomic); its parent holds every trial's working directory
     # (one per trial, reused by its reruns: a trial Tune stops is killed before it can remove it)
@@ -366,9 +368,15 @@ def run_trial(trial_config: dict[str, Any]) -> None:
     sender.close()  # the last report must reach Tune before the trial's function returns
 
 
-def _restore_trial_checkpoint(run_dir: Path) -> int | None:
-    """If Tune restores this trial from a checkpoint, unpack it into ``run_dir`` and return the samples it
-    holds (``train(resume=True)`` continues from there); None for a trial that starts afresh."""
+def _restore_trial_checkpoint(run_dir: Path, config: TrainConfig, trial_id: str) -> int | None:
+    """If Tune restores this trial from a checkpoint, unpack its run's latest checkpoint into ``run_dir`` and
+    return the samples it holds (``train(resume=True)`` continues from there); None for a trial that starts
+    afresh (a new one, or a failed one that Tune reruns from scratch).
+
+    The latest is Tune's trial checkpoint, or the stopped attempt's own run checkpoint if newer: Tune takes
+    no trial checkpoint at a stop, but it syncs the trial's working directory to storage as it stops it
+    (:func:`_stopped_attempts_checkpoint`).
+    """
     from ray import tune
 
     from afedpg_ray.checkpoint import load_checkpoint
@@ -381,7 +389,80 @@ def _restore_trial_checkpoint(run_dir: Path) -> int | None:
         for name in SNAPSHOT_FILES:
             if (Path(saved) / name).is_file():
                 shutil.copy2(Path(saved) / name, run_dir / name)
+    samples = int(load_checkpoint(run_dir)["samples_total"])
+    later = _stopped_attempts_checkpoint(run_dir, config, trial_id, samples)
+    if later is None:
+        return samples
+    try:
+        for name in SNAPSHOT_FILES:  # the stopped attempt's files only, none of Tune's older snapshot
+            (run_dir / name).unlink(missing_ok=True)
+            if (later / name).is_file():
+                shutil.copy2(later / name, run_dir / name)
+    finally:
+        shutil.rmtree(later, ignore_errors=True)
     return int(load_checkpoint(run_dir)["samples_total"])
+
+
+def _stopped_attempts_checkpoint(run_dir: Path, config: TrainConfig, trial_id: str, samples: int) -> Path | None:
+    """A local copy of the run directory files (:data:`SNAPSHOT_FILES`) of this trial's latest earlier
+    attempt of the same run, if Tune synced them to storage and their checkpoint is resumable and holds more
+    than ``samples``; None otherwise (the caller removes the copy).
+
+    Trial checkpoints are at least :data:`TRIAL_CHECKPOINT_MIN_S` apart, so Tune's latest could be far
+    behind the run (measured: update 115 of a run stopped at 169, whose synced checkpoint was at 166). The
+    same run is the one with Tune's checkpoint's run id (a failed trial rerun from scratch starts another);
+    a copy cut short by the stop fails :func:`load_resumable` and the next earlier attempt is tried.
+    """
+    from ray import tune
+
+    from afedpg_ray.train import read_run_id
+
+    run_id = read_run_id(run_dir)
+    storage = tune.get_context().get_storage()
+    for path in _earlier_attempts(storage.storage_filesystem, storage.trial_fs_path, f"run-{trial_id}-", run_dir):
+        copy = _download_snapshot(storage.storage_filesystem, path)
+        held = _resumable_samples(copy, config) if read_run_id(copy) == run_id else None
+        if held is not None and held > samples:
+            return copy
+        shutil.rmtree(copy, ignore_errors=True)
+        if held is not None:
+            return None  # the run's earlier attempts are older still
+    return None
+
+
+def _earlier_attempts(filesystem: Any, trial_path: str, prefix: str, current: Path) -> list[str]:
+    """Storage paths of the trial's earlier run directories (``run-<trial_id>-<start>``), latest first."""
+    from pyarrow import fs
+
+    try:
+        entries = filesystem.get_file_info(fs.FileSelector(trial_path, allow_not_found=True))
+    except OSError:  # storage unreachable from this node: Tune's checkpoint it is
+        return []
+    runs = [entry for entry in entries if entry.type == fs.FileType.Directory and entry.base_name.startswith(prefix)]
+    runs = [entry for entry in runs if entry.base_name != current.name]
+    return [entry.path for entry in sorted(runs, key=lambda entry: entry.base_name, reverse=True)]
+
+
+def _download_snapshot(filesystem: Any, run_path: str) -> Path:
+    """Copy :data:`SNAPSHOT_FILES` of the run directory at ``run_path`` in storage into a new temporary directory."""
+    target = Path(tempfile.mkdtemp(prefix="afedpg-synced-run-"))
+    for name in SNAPSHOT_FILES:
+        try:
+            with filesystem.open_input_stream(f"{run_path}/{name}") as stream:
+                _copy_snapshot_file(stream.read(), target / name)
+        except OSError:  # absent, or cut off by the stop: load_resumable decides
+            continue
+    return target
+
+
+def _resumable_samples(run_dir: Path, config: TrainConfig) -> int | None:
+    """The samples of ``run_dir``'s checkpoint if ``train(resume=True)`` would continue it, else None."""
+    from afedpg_ray.train import load_resumable
+
+    try:
+        return int(load_resumable(run_dir, config)["samples_total"])
+    except (ValueError, OSError):  # CheckpointError: damaged, another run's, or its log lacks rows
+        return None
 
 
 def make_trainable() -> Any:
