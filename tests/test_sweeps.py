@@ -956,16 +956,71 @@ class FakeGrid(list):
 def test_interrupted_sweep_exits_130(capsys):
     from tune_sweeps.cli import _done
 
+    resume = "afedpg sweep speedup --resume --out 'my sweeps/x'"
     done, cut = FakeResult([100, 400]), FakeResult([100, 200])
-    assert _done(FakeGrid([done])) == 0 and _done(FakeGrid([done]), expected=1) == 0
+    assert _done(FakeGrid([done]), 0, resume) == 0 and _done(FakeGrid([done]), 1, resume) == 0
     # stopped mid-trial (Tune says TERMINATED); or before two trials started
     for grid, expected in ((FakeGrid([done, cut]), 0), (FakeGrid([done]), 3)):
         with pytest.raises(SystemExit) as exit_info:
-            _done(grid, expected)
+            _done(grid, expected, resume)
         assert exit_info.value.code == 130
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "--resume" in err, err
+        assert len(err.splitlines()) == 1 and err.endswith(f"the outputs are partial - continue with: {resume}"), err
     assert "2 of 3 trials unfinished" in err
+
+
+def test_a_sweep_stopped_before_any_report_says_it_wrote_nothing(capsys):
+    """Found by stopping a sweep in its first seconds: "the outputs are partial", though it wrote none."""
+    from tune_sweeps.cli import _done
+
+    with pytest.raises(SystemExit) as exit_info:
+        _done(FakeGrid([FakeResult([])]), 2, "afedpg sweep hyper --resume --out x", wrote=False)
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "afedpg: error: interrupted with 2 of 2 trials unfinished; no outputs written - continue with: "
+        "afedpg sweep hyper --resume --out x"
+    ), err
+
+
+def test_tunes_restore_advice_and_its_note_on_trials_without_reports_are_dropped():
+    """Tune advised "Tuner.restore(path=..., trainable=...)" after a stop (afedpg's resume is a command),
+    and every resume logged "Failed to fetch metrics ... FileNotFoundError" for trials that had not reported."""
+    import logging
+
+    from tune_sweeps.trainable import quiet_tune_advice
+
+    class Kept(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    quiet_tune_advice()
+    tune_log = logging.getLogger("ray.tune.tune")
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    kept = Kept()
+    for logger in (tune_log, analysis_log):
+        logger.addHandler(kept)  # a logger's filters decide before its handlers see a record
+    try:
+        tune_log.warning(
+            "Experiment has been interrupted, but the most recent state was saved.\n"
+            'Resume experiment with: Tuner.restore(path="/x/speedup", trainable=...)'
+        )
+        tune_log.warning("Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run.")
+        missing = "- run_trial_c99ed_00000: FileNotFoundError('Could not fetch metrics for run_trial_c99ed_00000')"
+        analysis_log.warning(f"Failed to fetch metrics for 2 trial(s):\n{missing}\n{missing}")
+        damaged = "- run_trial_c99ed_00001: JSONDecodeError('Expecting value: line 1 column 1 (char 0)')"
+        analysis_log.warning(f"Failed to fetch metrics for 2 trial(s):\n{missing}\n{damaged}")
+    finally:
+        for logger in (tune_log, analysis_log):
+            logger.removeHandler(kept)
+    assert [m.splitlines()[0] for m in kept.messages] == [
+        "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run.",
+        "Failed to fetch metrics for 2 trial(s):",
+    ]
 
 
 def test_only_finished_trials_reach_the_tables():
@@ -1024,7 +1079,8 @@ def test_sigterm_stops_a_sweep_gracefully_and_its_resume_continues_trials_from_t
     # the CLI's own last line (Ray may forward a worker's output after it)
     last = [line for line in text.splitlines() if not re.match(r"(\x1b\[\d+m)?\(\w+ pid=\d+", line)][-1]
     assert last.startswith("afedpg: error: terminated (SIGTERM) with 2 of 2 trials unfinished"), last
-    assert "rerun with --resume" in last, last
+    assert last.endswith(f"continue with: afedpg sweep hyper --resume --out {out}"), last
+    assert "Tuner.restore" not in text and "Failed to fetch metrics" not in text  # Tune's advice and note
     assert "SIGTERM received" not in text  # Ray's handler (a stack dump and abort) did not run
 
     # the resume needs no option but where the sweep is; it finishes both trials, a checkpointed one from

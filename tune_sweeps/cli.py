@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import math
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -338,18 +339,24 @@ def _launch(
     if not rows:
         expected = len(trials) if num_samples == 1 else 0  # random draws: trials lists only the range ends
         if _unfinished(results, expected):  # stopped (Ctrl-C, SIGTERM) before any trial reported
-            _done(results, expected)
+            _done(results, expected, _resume_command(args, name), wrote=False)
         fail(f"no trial reported a return; Tune's records are in {sweep.path}", code=1)
     print(f"Tune experiment: {sweep.path}")
     return rows, results, out
 
 
-def _done(results: Any, expected: int = 0) -> int:
-    """0 if every trial finished; else one line on what is left: exit 130 if interrupted (143 if by SIGTERM),
-    1 if trials failed.
+def _resume_command(args: argparse.Namespace, name: str) -> str:
+    """The command that continues the sweep (its record in ``--out`` holds every other option)."""
+    return f"afedpg sweep {name.replace('_', '-')} --resume --out {shlex.quote(args.out)}"
 
-    ``expected`` is the number of trials the sweep asked for: Tune's grid leaves out trials that an
-    interrupt stopped before they started.
+
+def _done(results: Any, expected: int, resume: str, wrote: bool = True) -> int:
+    """0 if every trial finished; else one line on what is left and the command ``resume`` that continues
+    the sweep: exit 130 if interrupted (143 if by SIGTERM), 1 if trials failed.
+
+    ``expected`` is the number of trials the sweep asked for (0: as many as ``results``): Tune's grid
+    leaves out trials that an interrupt stopped before they started. ``wrote`` says whether the tables
+    and figures were written (from the trials that finished).
     """
     total = max(expected, len(results))
     unfinished = _unfinished(results, expected)
@@ -360,13 +367,14 @@ def _done(results: Any, expected: int = 0) -> int:
     if unfinished:
         fail(
             f"{'terminated (SIGTERM)' if SIGTERM_RECEIVED.is_set() else 'interrupted'} with {unfinished} of {total} "
-            "trials unfinished; the outputs are partial - rerun with --resume to finish",
+            f"trials unfinished; {'the outputs are partial' if wrote else 'no outputs written'} - continue with: "
+            f"{resume}",
             code=143 if SIGTERM_RECEIVED.is_set() else 130,
         )
     if results.num_errors:
         fail(
-            f"{results.num_errors} of {len(results)} trials failed; the outputs are partial - "
-            "rerun with --resume to retry them",
+            f"{results.num_errors} of {len(results)} trials failed; the outputs are partial - retry them with: "
+            f"{resume}",
             code=1,
         )
     return 0
@@ -463,7 +471,7 @@ def _sample_efficiency(args: argparse.Namespace) -> int:
     rows, results, out = _launch(args, sample_efficiency.NAME, trials, lambda: grid_space(base, variants, seeds))
     csv_path, png = sample_efficiency.write_outputs(rows, out, args.target)
     print(f"wrote {csv_path} and {png} ({len(rows)} reports)")
-    return _done(results, len(trials))
+    return _done(results, len(trials), _resume_command(args, sample_efficiency.NAME))
 
 
 def cmd_speedup(args: argparse.Namespace) -> int:
@@ -497,7 +505,7 @@ def _speedup(args: argparse.Namespace) -> int:
     text = speedup.write_outputs(rows, out, timing, args.target)
     print(text, end="")
     print(f"wrote {out}/speedup.csv, speedup.png, speedup_summary.csv and speedup_summary.md")
-    return _done(results, len(trials))
+    return _done(results, len(trials), _resume_command(args, speedup.NAME))
 
 
 def cmd_hyper(args: argparse.Namespace) -> int:
@@ -533,7 +541,8 @@ def _hyper(args: argparse.Namespace) -> int:
     for row in table[:5]:
         print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     print(f"wrote {out / hyper.RESULTS_CSV} ({len(table)} configurations, best first)")
-    return _done(results, 0 if random else len(trials))  # random: trials lists range ends, not the draws
+    expected = 0 if random else len(trials)  # random: trials lists the range ends, not the draws
+    return _done(results, expected, _resume_command(args, hyper.NAME))
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

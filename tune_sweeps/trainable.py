@@ -513,6 +513,39 @@ SNAPSHOT_WARNING_THRESHOLD = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THR
 warning (0 turns it off), which a short trial's frequent checkpoints trigger."""
 
 
+class TuneAdviceFilter(logging.Filter):
+    """Drops two of Tune's log records that mislead a sweep's user.
+
+    - ``Resume experiment with: Tuner.restore(path=..., trainable=...)`` after a stop: Python advice; the
+      sweep's own last line gives the command that resumes it (``afedpg sweep KIND --resume --out DIR``).
+    - ``Failed to fetch metrics ... FileNotFoundError`` as the results are read: Tune's note on every trial
+      without a report yet (it never started, or a stop came first), harmless - such a trial counts as
+      unfinished. A failure of any other kind (a damaged result.json) still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for the two records above, True for any other."""
+        message = record.getMessage()
+        if message.startswith("Experiment has been interrupted") and "Tuner.restore(" in message:
+            return False
+        failures = message.splitlines()[1:]
+        missing = bool(failures) and all(": FileNotFoundError(" in line for line in failures)
+        return not (message.startswith("Failed to fetch metrics") and missing)
+
+
+TUNE_ADVICE_LOGGERS = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
+"""The loggers of the records :class:`TuneAdviceFilter` drops."""
+
+
+def quiet_tune_advice() -> None:
+    """Install :class:`TuneAdviceFilter` on Tune's loggers (once: a logger keeps one copy of a filter)."""
+    for name in TUNE_ADVICE_LOGGERS:
+        logging.getLogger(name).addFilter(_ADVICE_FILTER)
+
+
+_ADVICE_FILTER = TuneAdviceFilter()
+
+
 def run_tuner(
     sweep: SweepRun, param_space: dict[str, Any], num_samples: int = 1, created: Callable[[], None] | None = None
 ) -> Any:
@@ -526,6 +559,7 @@ def run_tuner(
     from tune_sweeps.placement_watch import PlacementWatchdog
 
     trainable = make_trainable()
+    quiet_tune_advice()
     if sweep.resume:  # Tune restores the options (and the watchdog) the sweep started with
         tuner = tune.Tuner.restore(sweep.path, trainable=trainable, resume_unfinished=True, restart_errored=True)
     else:
