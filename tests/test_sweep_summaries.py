@@ -15,6 +15,7 @@ from tune_sweeps import sample_efficiency, speedup
 from tune_sweeps.plots import mean_curve
 from tune_sweeps.speedup import (
     SUMMARY_COLUMNS,
+    SpeedupRow,
     Timing,
     default_target,
     sample_rate,
@@ -257,3 +258,19 @@ def test_speedup_budget_time_excludes_startup():
     assert by_algo["afedpg"].startup_s == pytest.approx((7.5 + 8.5) / 2)  # seed 1: 19 - 2100 / 200
     text = summary_markdown(table, "target return 4.00 (given by --target)", "linear:4")
     assert "| fedpg | 4 | 1 | 1.00 | 5.00 | 23.0 | 20.0 | 7.0 |" in text
+
+
+def test_a_time_to_target_that_is_mostly_start_up_says_so():
+    """Found in a small speedup sweep: fedpg's time to target held 19.7 s of start-up, afedpg's 12.5 s, and
+    3-7 s of training; the table showed the times as if they measured learning."""
+
+    def row(algo, to_target, startup):
+        return SpeedupRow(algo, 4, 1, 50.0, 40.0, to_target, math.nan, 1.0, 5.0, math.nan, 10.0, startup)
+
+    table = [row("fedpg", 25.0, 19.7), row("afedpg", 30.0, 12.5), row("vanilla", math.nan, 19.7)]
+    text = summary_markdown(table, "target return 40.00 (given by --target)", "linear:4")
+    assert "| fedpg | 4 | 1 | 10.00 | 50.00 | 25.0 (mostly start-up) | 5.0 | 19.7 |" in text
+    assert "| afedpg | 4 | 1 | 10.00 | 50.00 | 30.0 | 5.0 | 12.5 |" in text  # 12.5 s of 30: learning counts
+    assert "| vanilla | 4 | 1 | 10.00 | 50.00 | not reached | 5.0 | 19.7 |" in text
+    assert speedup.MOSTLY_STARTUP_NOTE in text
+    assert speedup.MOSTLY_STARTUP_NOTE not in summary_markdown(table[1:], "target", "linear:4")
