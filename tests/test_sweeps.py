@@ -1002,7 +1002,12 @@ def test_tunes_restore_advice_and_its_note_on_trials_without_reports_are_dropped
     tune_log = logging.getLogger("ray.tune.tune")
     analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
     kept = Kept()
+    # an earlier test's ray.init or sweep may have raised these loggers' levels (verbose 0): the filters are
+    # what is tested here, so the level is set for the test and restored after it
+    saved = [(logger.level, logger.disabled) for logger in (tune_log, analysis_log)]
     for logger in (tune_log, analysis_log):
+        logger.setLevel(logging.WARNING)
+        logger.disabled = False
         logger.addHandler(kept)  # a logger's filters decide before its handlers see a record
     try:
         tune_log.warning(
@@ -1015,8 +1020,10 @@ def test_tunes_restore_advice_and_its_note_on_trials_without_reports_are_dropped
         damaged = "- run_trial_c99ed_00001: JSONDecodeError('Expecting value: line 1 column 1 (char 0)')"
         analysis_log.warning(f"Failed to fetch metrics for 2 trial(s):\n{missing}\n{damaged}")
     finally:
-        for logger in (tune_log, analysis_log):
+        for logger, (level, disabled) in zip((tune_log, analysis_log), saved, strict=True):
             logger.removeHandler(kept)
+            logger.setLevel(level)
+            logger.disabled = disabled
     assert [m.splitlines()[0] for m in kept.messages] == [
         "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run.",
         "Failed to fetch metrics for 2 trial(s):",
