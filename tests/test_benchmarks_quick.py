@@ -2,7 +2,8 @@
 
 Only the files and their structure are checked, never timings (CI machines vary too much). The
 scripts run side by side, each in its own process with its own local Ray instance, so the module
-costs about as long as the slowest of them.
+costs about as long as the slowest of them: about 3 minutes on two busy cores, so the module is in the
+slow tier (``pytest -m slow``), out of the default run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ EXPECTED_KEYS = {
     "tune_report": ["trials", "ways"],
 }
 TIMEOUT_S = 420
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
